@@ -1,0 +1,278 @@
+-- kpiwatch.cli: the command line, run as the main task.
+--
+-- Two shapes share one parser:
+--   kpiwatch [options] [script [args]]      lua.c-compatible
+--   kpiwatch [options] COMMAND [args]       get, gate, sandbox
+-- The returned integer is the process exit status (see README: 0 ok,
+-- 1 a check failed, 2 usage/config/script error, 3 API or network error).
+
+local M = {}
+
+local VERSION = "kpiwatch 0.1.0"
+
+M.commands = {
+  get = "kpiwatch.cli.get",
+  gate = "kpiwatch.cli.gate",
+  sandbox = "kpiwatch.cli.sandbox",
+}
+
+M.usage = [==[
+usage: kpiwatch [options] [script [args]]
+       kpiwatch [options] get ID [--json]
+       kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
+       kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+
+Lua options (as lua):
+  -e stat       execute string 'stat'
+  -i            enter interactive mode after running the script
+  -l mod        require library 'mod' into global 'mod' (-l g=mod: into 'g')
+  -v            show version information
+  -E            ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)
+  -W            turn warnings on
+  --            stop handling options
+  -             execute stdin and stop handling options
+
+kpiwatch options:
+  --sandbox             start the built-in sandbox API in this process and
+                        point the KPIs client at it (no account needed)
+  --base-url URL        API base URL (default $FI_BASE_URL or
+                        https://api.futureagi.com)
+  --timeout SECONDS     per-request timeout (default 30)
+  --retries N           retries on 5xx, 429, timeouts and connection errors
+                        (default 3)
+  --verbose             trace each request on stderr (never the secrets)
+  -h, --help            show this help
+  --version             show the version
+
+Commands:
+  get ID [--json]       print the KPIs of one execution (summary or JSON)
+  gate ID ...           gate a CI pipeline (kpiwatch gate --help)
+  sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+
+Environment:
+  FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
+  FI_BASE_URL                API base URL
+  LUA_INIT_5_4, LUA_INIT     run before the script (as lua does; not with -E)
+  KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
+
+Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
+             3 API or network error, 130 interrupted (Ctrl-C).
+]==]
+
+local function fail(msg)
+  io.stderr:write("kpiwatch: ", msg, "\n")
+  return 2
+end
+
+-- Global kpiwatch flags that take a value, and the client option they set.
+local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries" }
+
+-- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
+-- plus the kpiwatch long options. Returns a plan or nil, message.
+function M.parse(argv)
+  local plan = { actions = {}, flags = {}, script = nil }
+  local i, n = 1, #argv
+  while i <= n do
+    local a = argv[i]
+    if a:sub(1, 1) ~= "-" then
+      break
+    elseif a == "--" then
+      i = i + 1
+      plan.dashdash = true
+      break
+    elseif a == "-" then
+      break
+    elseif a == "-E" then
+      plan.noenv = true
+    elseif a == "-W" then
+      plan.warnings = true
+    elseif a == "-i" then
+      plan.interactive = true
+      plan.version = true
+    elseif a == "-v" then
+      plan.version = true
+    elseif a:match("^%-[el]") then
+      local opt, val = a:sub(2, 2), a:sub(3)
+      if val == "" then
+        i = i + 1
+        val = argv[i]
+        if val == nil or (val:sub(1, 1) == "-" and val ~= "-") then
+          return nil, "'-" .. opt .. "' needs argument"
+        end
+      end
+      plan.actions[#plan.actions + 1] = { opt, val }
+    elseif a == "-h" or a == "--help" then
+      plan.help = true
+    elseif a == "--version" then
+      plan.version = true
+      plan.version_only = true
+    elseif a == "--sandbox" then
+      plan.flags.sandbox = true
+    elseif a == "--verbose" then
+      plan.flags.verbose = true
+    elseif a == "--allow-insecure-http" then
+      plan.flags.allow_insecure_http = true
+    else
+      local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
+      name = name or a
+      local key = VALUE_FLAGS[name]
+      if not key then
+        return nil, "unrecognized option '" .. a .. "' (try 'kpiwatch --help')"
+      end
+      if val == nil then
+        i = i + 1
+        val = argv[i]
+        if val == nil then return nil, "option '" .. name .. "' needs a value" end
+      end
+      if key ~= "base_url" then
+        local num = tonumber(val)
+        if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
+          return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
+        end
+        val = num
+      end
+      plan.flags[key] = val
+    end
+    i = i + 1
+  end
+  if i <= n then
+    plan.script = i
+    local a = argv[i]
+    if not plan.dashdash and M.commands[a] then plan.command = a end
+  end
+  return plan
+end
+
+-- arg exactly as lua.c's createargtable builds it.
+local function make_arg(argv, script)
+  local n = #argv
+  if not script then script = 0 end
+  local t = {}
+  for i = 0, n do t[i - script] = argv[i] end
+  return t
+end
+
+local function pack_args(arg)
+  return table.unpack(arg, 1, #arg)
+end
+
+local function traceback_handler(e)
+  if type(e) == "table" and getmetatable(e) and getmetatable(e).__tostring then return e end
+  return debug.traceback(tostring(e), 2)
+end
+
+-- LUA_INIT_5_4 or LUA_INIT: "@file" or a chunk, as lua.c's handle_luainit.
+local function run_luainit()
+  local name = "=LUA_INIT_5_4"
+  local init = os.getenv("LUA_INIT_5_4")
+  if not init then
+    name = "=LUA_INIT"
+    init = os.getenv("LUA_INIT")
+  end
+  if not init then return true end
+  local chunk, err
+  if init:sub(1, 1) == "@" then
+    chunk, err = loadfile(init:sub(2))
+  else
+    chunk, err = load(init, name)
+  end
+  if not chunk then return nil, err end
+  chunk()
+  return true
+end
+
+local function apply_flags(flags)
+  if next(flags) == nil then return end
+  local client = {
+    base_url = flags.base_url, timeout = flags.timeout, retries = flags.retries,
+    verbose = flags.verbose, allow_insecure_http = flags.allow_insecure_http,
+  }
+  if next(client) then require("kpiwatch.kpis")._set_flags(client) end
+end
+
+local function run_repl()
+  return require("kpiwatch.repl").run()
+end
+
+local function stdin_is_tty()
+  local ok, term = pcall(require, "kpiwatch._term")
+  return ok and term.isatty(0)
+end
+
+function M.main(argv)
+  local plan, err = M.parse(argv)
+  if not plan then
+    io.stderr:write("kpiwatch: ", err, "\n", M.usage)
+    return 2
+  end
+  if plan.help then
+    io.stdout:write(M.usage)
+    return 0
+  end
+  if plan.version then
+    print(VERSION .. " (" .. _VERSION .. ")")
+    if plan.version_only then return 0 end
+  end
+  if plan.warnings then warn("@on") end
+  apply_flags(plan.flags)
+
+  local sandbox
+  if plan.flags.sandbox then sandbox = require("kpiwatch.sandbox").start_for_client() end
+  local function finish(code)
+    if sandbox then sandbox:close() end
+    return code
+  end
+
+  if not plan.noenv then
+    local ok, e = run_luainit()
+    if not ok then return finish(fail(tostring(e))) end
+  end
+
+  -- A command: its own arguments follow it; `arg` is built as for a script.
+  if plan.command then
+    _G.arg = make_arg(argv, plan.script)
+    local args = table.move(argv, plan.script + 1, #argv, 1, {})
+    local code = require(M.commands[plan.command])(args, plan.flags)
+    return finish(code or 0)
+  end
+
+  for _, act in ipairs(plan.actions) do
+    if act[1] == "e" then
+      local chunk, e = load(act[2], "=(command line)")
+      if not chunk then return finish(fail(e)) end
+      chunk()
+    else
+      local g, mod = act[2]:match("^([^=]+)=(.+)$")
+      if not g then g, mod = act[2], act[2] end
+      _G[g] = require(mod)
+    end
+  end
+
+  if plan.script then
+    _G.arg = make_arg(argv, plan.script)
+    local fname = argv[plan.script]
+    if fname == "-" and argv[plan.script - 1] ~= "--" then fname = nil end
+    local chunk, e = loadfile(fname)
+    if not chunk then return finish(fail(e)) end
+    chunk(pack_args(_G.arg))
+  else
+    _G.arg = make_arg(argv, nil)
+  end
+
+  if plan.interactive then
+    return finish(run_repl() or 0)
+  elseif not plan.script and #plan.actions == 0 and not plan.version then
+    if stdin_is_tty() then
+      print(VERSION .. " (" .. _VERSION .. ")")
+      return finish(run_repl() or 0)
+    end
+    local chunk, e = loadfile(nil)
+    if not chunk then return finish(fail(e)) end
+    chunk()
+  end
+  return finish(nil)
+end
+
+M.traceback_handler = traceback_handler
+M.fail = fail
+return M

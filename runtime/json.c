@@ -1,0 +1,225 @@
+/*
+ * json.c - the `json` module: lua-cjson 2.1.0 (Debian's, linked statically)
+ * with the quirks that matter to kpiwatch handled.
+ *
+ * - cjson 2.1.0 predates Lua 5.3 integers and decodes 50 as 50.0; KPI counts
+ *   must be integers, so decode converts every integral number it produced.
+ * - cjson decodes [] and {} to the same empty table and encodes an empty
+ *   table as {}; an empty array is marked with json.array_mt on decode (and
+ *   by json.array() in scripts) and encoded back as [].
+ * - json.null is cjson's null sentinel (a light userdata), exposed so that
+ *   scripts can test for it.
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <math.h>
+#include <string.h>
+
+int luaopen_cjson(lua_State *L);
+
+#define ARRAY_MT "kpiwatch.json.array"
+#define MAX_DEPTH 1000
+
+/* cjson writes NUL as \u0000 and decodes it back, so this string cannot
+ * collide with the text of a document that is itself valid UTF-8 JSON
+ * unless a producer really sent this exact string inside an array alone. */
+static const char MARK[] = "\0kw-empty-array";
+#define MARK_LEN (sizeof MARK - 1)
+static const char MARK_JSON[] = "[\"\\u0000kw-empty-array\"]";
+#define MARK_JSON_LEN (sizeof MARK_JSON - 1)
+
+enum { UP_DECODE = 1, UP_ENCODE };
+
+static int is_mark(lua_State *L, int idx) {
+  size_t len;
+  const char *s;
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  s = lua_tolstring(L, idx, &len);
+  return len == MARK_LEN && memcmp(s, MARK, len) == 0;
+}
+
+/* Rewrite every empty array outside strings into MARK_JSON. Returns 0 when
+ * the text has none (the common case: nothing is copied). */
+static int mark_empty_arrays(lua_State *L, const char *s, size_t len) {
+  luaL_Buffer b;
+  size_t i, from = 0;
+  int in_str = 0, found = 0;
+  for (i = 0; i < len; i++) {
+    char c = s[i];
+    if (in_str) {
+      if (c == '\\') i++;
+      else if (c == '"') in_str = 0;
+    } else if (c == '"') {
+      in_str = 1;
+    } else if (c == '[') {
+      size_t j = i + 1;
+      while (j < len && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+      if (j < len && s[j] == ']') {
+        if (!found) luaL_buffinit(L, &b);
+        found = 1;
+        luaL_addlstring(&b, s + from, i - from);
+        luaL_addlstring(&b, MARK_JSON, MARK_JSON_LEN);
+        from = j + 1;
+        i = j;
+      }
+    }
+  }
+  if (!found) return 0;
+  luaL_addlstring(&b, s + from, len - from);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* Integral floats to integers, marked arrays back to empty arrays. */
+static void fix_decoded(lua_State *L, int idx, int depth) {
+  idx = lua_absindex(L, idx);
+  if (lua_rawlen(L, idx) == 1) {
+    lua_rawgeti(L, idx, 1);
+    if (is_mark(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      lua_rawseti(L, idx, 1);
+      luaL_setmetatable(L, ARRAY_MT);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  luaL_checkstack(L, 4, "json too deep");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int t = lua_type(L, -1);
+    if (t == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number n = lua_tonumber(L, -1);
+      if (n == floor(n) && n >= -9007199254740992.0 && n <= 9007199254740992.0) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, (lua_Integer)n);
+        lua_rawset(L, idx); /* assigning an existing field is allowed in next */
+      }
+    } else if (t == LUA_TTABLE && depth < MAX_DEPTH) {
+      fix_decoded(L, -1, depth + 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int marked = mark_empty_arrays(L, s, len);
+  lua_pushvalue(L, lua_upvalueindex(UP_DECODE));
+  lua_pushvalue(L, marked ? -2 : 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    if (marked) {
+      /* Report the position in the caller's text, not in our rewrite. */
+      lua_pushvalue(L, lua_upvalueindex(UP_DECODE));
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, 1);
+    }
+    return luaL_error(L, "invalid JSON: %s", lua_tostring(L, -1));
+  }
+  if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+    lua_Number n = lua_tonumber(L, -1);
+    if (n == floor(n) && fabs(n) <= 9007199254740992.0) lua_pushinteger(L, (lua_Integer)n);
+  } else if (lua_istable(L, -1)) {
+    fix_decoded(L, -1, 0);
+  }
+  return 1;
+}
+
+/* Put MARK into every empty marked array (so cjson writes an array) and
+ * push the tables touched onto a list at `list`; returns how many. */
+static int mark_for_encode(lua_State *L, int idx, int list, int n, int depth) {
+  idx = lua_absindex(L, idx);
+  if (depth > MAX_DEPTH) return n;
+  luaL_checkstack(L, 4, "json too deep");
+  if (lua_getmetatable(L, idx)) {
+    int is_array;
+    luaL_getmetatable(L, ARRAY_MT);
+    is_array = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (is_array) {
+      lua_pushnil(L);
+      if (!lua_next(L, idx)) {
+        lua_pushlstring(L, MARK, MARK_LEN);
+        lua_rawseti(L, idx, 1);
+        lua_pushvalue(L, idx);
+        lua_rawseti(L, list, ++n);
+        return n;
+      }
+      lua_pop(L, 2);
+    }
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_istable(L, -1)) n = mark_for_encode(L, -1, list, n, depth + 1);
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+static int l_encode(lua_State *L) {
+  int n = 0, i, status;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  if (lua_istable(L, 1)) {
+    lua_newtable(L); /* 2: tables given a MARK */
+    n = mark_for_encode(L, 1, 2, 0, 0);
+  }
+  lua_pushvalue(L, lua_upvalueindex(UP_ENCODE));
+  lua_pushvalue(L, 1);
+  status = lua_pcall(L, 1, 1, 0);
+  for (i = 1; i <= n; i++) { /* restore the caller's tables, error or not */
+    lua_rawgeti(L, 2, i);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, 1);
+    lua_pop(L, 1);
+  }
+  if (status != LUA_OK) return luaL_error(L, "cannot encode JSON: %s", lua_tostring(L, -1));
+  if (n > 0) {
+    size_t len, i0 = 0;
+    const char *s = lua_tolstring(L, -1, &len), *hit;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    while ((hit = strstr(s + i0, MARK_JSON)) != NULL) {
+      luaL_addlstring(&b, s + i0, (size_t)(hit - (s + i0)));
+      luaL_addstring(&b, "[]");
+      i0 = (size_t)(hit - s) + MARK_JSON_LEN;
+    }
+    luaL_addlstring(&b, s + i0, len - i0);
+    luaL_pushresult(&b);
+  }
+  return 1;
+}
+
+/* json.array([t]): mark t (or a new table) as an array, so that it encodes
+ * as [] when empty. */
+static int l_array(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_setmetatable(L, ARRAY_MT);
+  return 1;
+}
+
+int luaopen_kpiwatch_json(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"decode", l_decode}, {"encode", l_encode}, {"array", l_array}, {NULL, NULL}};
+  luaL_newmetatable(L, ARRAY_MT);
+  lua_pushliteral(L, "array");
+  lua_setfield(L, -2, "__jsontype");
+  lua_pop(L, 1);
+  luaopen_cjson(L);
+  lua_newtable(L); /* the module */
+  lua_getfield(L, -2, "decode");
+  lua_getfield(L, -3, "encode");
+  luaL_setfuncs(L, funcs, 2);
+  lua_getfield(L, -2, "null");
+  lua_setfield(L, -2, "null");
+  lua_remove(L, -2); /* cjson */
+  luaL_getmetatable(L, ARRAY_MT);
+  lua_setfield(L, -2, "array_mt");
+  return 1;
+}
