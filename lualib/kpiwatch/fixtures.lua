@@ -1,0 +1,214 @@
+-- kpiwatch.fixtures: the sandbox's executions.
+--
+-- Bodies are kept as JSON text, byte for byte what the sandbox serves, in
+-- the shapes of the real API (see ../shared/api/): the reference page's
+-- camelCase keys in some, the server's current snake_case keys in others,
+-- the other agent type's fields as 0, nulls for aggregates over no calls,
+-- dynamic eval metrics (avg_<name> percentages and choice objects) and
+-- scenario graphs keyed by scenario UUID.
+--
+-- Besides these KPI fixtures there are fault fixtures: ids that always
+-- answer with a given failure, so scripts can be tried against errors with
+-- `kpiwatch --sandbox`.
+
+local M = {}
+
+local list = {}
+local by_id = {}
+
+local function add(f)
+  list[#list + 1] = f
+  by_id[f.id] = f
+end
+
+-- ---- KPI fixtures -------------------------------------------------------------
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000001",
+  name = "voice-outbound",
+  description = "voice agent, outbound calls, healthy; camelCase keys as on the reference page",
+  body = [[
+{"total_calls": 120, "avg_score": 0.87, "avg_response": 1240.5, "callsAttempted": 120, "connectedCalls": 112, "callsConnectedPercentage": 93.33, "failed_calls": 8, "total_duration": 15840, "agent_type": "voice", "is_inbound": false, "scenarioGraphs": {"baeb76f4-f7b1-4b6d-a3bd-129fc5bce3f1": {"nodes": [{"id": "start", "type": "conversation", "prompt": "Greet the customer and confirm their appointment for tomorrow."}, {"id": "reschedule", "type": "conversation", "prompt": "Offer two alternative slots."}, {"id": "end", "type": "end_call", "prompt": "Thank the customer and end the call."}], "edges": [{"source": "start", "target": "reschedule", "condition": "customer cannot make it"}, {"source": "start", "target": "end", "condition": "customer confirms"}, {"source": "reschedule", "target": "end", "condition": "new slot agreed"}]}, "6a8f0bb7-cf84-4ecb-92be-7cdfeaef9d5c": {}}, "avg_agent_latency": 820.3, "avg_user_interruption_count": 1.4, "avg_user_interruption_rate": 0.12, "avg_user_wpm": 148.2, "avg_bot_wpm": 162.7, "avg_talk_ratio": 0.58, "avg_ai_interruption_count": 0.3, "avg_ai_interruption_rate": 0.03, "avg_stop_time_after_interruption": 410.0, "agentTalkPercentage": 58.2, "customerTalkPercentage": 41.8, "avg_total_tokens": 0, "avg_input_tokens": 0, "avg_output_tokens": 0, "avg_chat_latency_ms": 0, "avg_turn_count": 0, "avg_csat_score": 0, "avg_task_completion": 91.1, "avg_is_polite": 100.0, "avg_is_helpful": 88.4, "avg_conversation_coherence": 86.6, "avg_audio_quality": 79.5, "tone": {"friendly": 96, "neutral": 14, "rude": 2, "choices": ["friendly", "neutral", "rude"]}}
+]],
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000002",
+  name = "voice-inbound",
+  description = "voice agent, inbound calls; snake_case keys as the server's current code emits",
+  body = [[
+{"total_calls": 64, "avg_score": 0.91, "avg_response": 980.2, "calls_attempted": 64, "connected_calls": 63, "calls_connected_percentage": 98.44, "failed_calls": 1, "total_duration": 9210, "agent_type": "voice", "is_inbound": true, "scenario_graphs": {"1ce6f887-f06b-4a57-9f27-7c7ff6f75f64": {"nodes": [{"id": "intake", "type": "conversation", "prompt": "Ask for the order number."}, {"id": "lookup", "type": "tool", "prompt": "Look the order up and read back its status."}, {"id": "transfer", "type": "transfer_call", "prompt": "Transfer to a human agent."}], "edges": [{"source": "intake", "target": "lookup", "condition": "order number given"}, {"source": "lookup", "target": "transfer", "condition": "customer asks for a human"}]}, "2f70d6e9-7629-4dd6-a967-3ec30310746e": {"nodes": [{"id": "intake", "type": "conversation", "prompt": "Ask what the refund is for."}], "edges": []}}, "avg_agent_latency": 690.8, "avg_user_interruption_count": 0.9, "avg_user_interruption_rate": 0.07, "avg_user_wpm": 156.3, "avg_bot_wpm": 158.9, "avg_talk_ratio": 0.47, "avg_ai_interruption_count": 0.1, "avg_ai_interruption_rate": 0.01, "avg_stop_time_after_interruption": 350.5, "agent_talk_percentage": 47.1, "customer_talk_percentage": 52.9, "avg_total_tokens": 0, "avg_input_tokens": 0, "avg_output_tokens": 0, "avg_chat_latency_ms": 0, "avg_turn_count": 0, "avg_csat_score": 0, "avg_task_completion": 95.2, "avg_is_polite": 98.4, "avg_conversation_resolution": 90.5, "avg_context_adherence": 93.7, "avg_toxicity": 100.0, "customer_agent_loop_detection": {"no_loop": 61, "loop": 2, "choices": ["no_loop", "loop"]}}
+]],
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000003",
+  name = "text-agent",
+  description = "text (chat) agent: is_inbound null, voice fields 0, token and CSAT fields set",
+  body = [[
+{"total_calls": 50, "avg_score": 0.84, "avg_response": 1512.0, "calls_attempted": 50, "connected_calls": 48, "calls_connected_percentage": 96.0, "failed_calls": 2, "total_duration": 6120, "agent_type": "text", "is_inbound": null, "scenario_graphs": {"cfcf24d0-2af0-41bd-87dd-842c0704d710": {}}, "avg_agent_latency": 0, "avg_user_interruption_count": 0, "avg_user_interruption_rate": 0, "avg_user_wpm": 0, "avg_bot_wpm": 0, "avg_talk_ratio": 0, "avg_ai_interruption_count": 0, "avg_ai_interruption_rate": 0, "avg_stop_time_after_interruption": 0, "agent_talk_percentage": 0, "customer_talk_percentage": 0, "avg_total_tokens": 1843.6, "avg_input_tokens": 1210.2, "avg_output_tokens": 633.4, "avg_chat_latency_ms": 912.8, "avg_turn_count": 7.4, "avg_csat_score": 4.3, "avg_task_completion": 87.5, "avg_is_helpful": 91.7, "avg_is_concise": 72.9, "avg_completeness": 84.0, "tone": {"friendly": 31, "neutral": 17, "rude": 0, "choices": ["friendly", "neutral", "rude"]}}
+]],
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000004",
+  name = "empty",
+  description = "an execution with no completed call: counts 0, averages null",
+  body = [[
+{"total_calls": 0, "avg_score": null, "avg_response": null, "calls_attempted": 0, "connected_calls": 0, "calls_connected_percentage": 0, "failed_calls": 0, "total_duration": 0, "agent_type": "voice", "is_inbound": false, "scenario_graphs": {}, "avg_agent_latency": null, "avg_user_interruption_count": null, "avg_user_interruption_rate": null, "avg_user_wpm": null, "avg_bot_wpm": null, "avg_talk_ratio": null, "avg_ai_interruption_count": null, "avg_ai_interruption_rate": null, "avg_stop_time_after_interruption": null, "agent_talk_percentage": null, "customer_talk_percentage": null, "avg_total_tokens": null, "avg_input_tokens": null, "avg_output_tokens": null, "avg_chat_latency_ms": null, "avg_turn_count": null, "avg_csat_score": null, "avg_task_completion": null, "avg_is_polite": null}
+]],
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000005",
+  name = "failing",
+  description = "voice outbound run below typical thresholds: avg_score 0.62, evals under 70, 29% failed calls",
+  body = [[
+{"total_calls": 80, "avg_score": 0.62, "avg_response": 2315.7, "callsAttempted": 80, "connectedCalls": 57, "callsConnectedPercentage": 71.25, "failed_calls": 23, "total_duration": 7415, "agent_type": "voice", "is_inbound": false, "scenarioGraphs": {"d05c0b10-5b9f-4f18-8147-bc0e0c913833": {"nodes": [{"id": "pitch", "type": "conversation", "prompt": "Present the renewal offer."}, {"id": "objection", "type": "conversation", "prompt": "Handle the price objection."}], "edges": [{"source": "pitch", "target": "objection", "condition": "customer objects to the price"}]}, "5e2a9535-52ef-4dc1-b158-bf0569537e22": {}}, "avg_agent_latency": 1904.6, "avg_user_interruption_count": 3.8, "avg_user_interruption_rate": 0.31, "avg_user_wpm": 171.4, "avg_bot_wpm": 188.0, "avg_talk_ratio": 0.74, "avg_ai_interruption_count": 2.2, "avg_ai_interruption_rate": 0.18, "avg_stop_time_after_interruption": 1220.3, "agentTalkPercentage": 74.3, "customerTalkPercentage": 25.7, "avg_total_tokens": 0, "avg_input_tokens": 0, "avg_output_tokens": 0, "avg_chat_latency_ms": 0, "avg_turn_count": 0, "avg_csat_score": 0, "avg_task_completion": 54.2, "avg_is_polite": 61.0, "avg_is_helpful": 58.9, "avg_conversation_coherence": 66.7, "avg_audio_quality": 69.4, "tone": {"friendly": 12, "neutral": 27, "rude": 18, "choices": ["friendly", "neutral", "rude"]}, "customer_agent_loop_detection": {"no_loop": 41, "loop": 16, "choices": ["no_loop", "loop"]}}
+]],
+}
+
+-- ---- fault fixtures -----------------------------------------------------------
+-- `fault` is a fault spec of kpiwatch.sandbox applied to every request for
+-- the id ("flaky" alternates: odd requests fail, even ones succeed).
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000500",
+  name = "fault-500",
+  description = "always answers 500 with the server_error body",
+  fault = "500",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000502",
+  name = "fault-502-html",
+  description = "always answers 502 with an HTML gateway page",
+  fault = "502",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000429",
+  name = "fault-429",
+  description = "always answers 429 with Retry-After: 1 and the rate-limit body",
+  fault = "429:1",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-0000000000f1",
+  name = "flaky",
+  description = "odd-numbered requests answer 500, even ones the voice-outbound body (a retry succeeds)",
+  fault = "flaky",
+  body_of = "c0ffee00-0000-4000-8000-000000000001",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-0000000000b0",
+  name = "fault-broken-json",
+  description = "answers 200 with a truncated JSON body",
+  fault = "broken",
+  body_of = "c0ffee00-0000-4000-8000-000000000001",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-000000000200",
+  name = "fault-html-200",
+  description = "answers 200 with an HTML page (a base URL pointing at a web site)",
+  fault = "html",
+}
+
+add {
+  id = "c0ffee00-0000-4000-8000-0000000000d0",
+  name = "slow",
+  description = "answers the voice-inbound body after 5 seconds (try --timeout 1)",
+  fault = "delay:5",
+  body_of = "c0ffee00-0000-4000-8000-000000000002",
+}
+
+for _, f in ipairs(list) do
+  if f.body then f.body = f.body:gsub("^%s+", ""):gsub("%s+$", "") end
+  if f.body_of then f.body = by_id[f.body_of].body end
+end
+
+-- Stable ids by fixture name, for scripts and tests: fixtures.ids["voice-outbound"].
+M.ids = {}
+for _, f in ipairs(list) do M.ids[f.name] = f.id end
+
+-- list() -> array of {id, name, description, body (JSON text) [, fault]}.
+-- The KPI fixtures come first, the fault fixtures after them.
+function M.list()
+  return list
+end
+
+function M.get(id)
+  return by_id[id]
+end
+
+-- The ids of the fixtures that answer a KPIs body without any fault.
+function M.kpi_ids()
+  local out = {}
+  for _, f in ipairs(list) do
+    if f.body and not f.fault then out[#out + 1] = f.id end
+  end
+  return out
+end
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+M.UUID_PATTERN = UUID
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- File names in dir. Lua has no directory listing; the runtime's fs module
+-- is used when there is one, otherwise `ls` (the path is quoted, never
+-- interpreted by the shell).
+local function list_dir(dir)
+  local ok, fs = pcall(require, "kpiwatch.fs")
+  if ok and type(fs) == "table" and type(fs.scandir) == "function" then
+    return fs.scandir(dir)
+  end
+  local p = io.popen("ls -1A -- " .. shell_quote(dir) .. " 2>/dev/null")
+  if not p then return nil, "cannot list " .. dir end
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  local okc = p:close()
+  if not okc and #names == 0 then return nil, "cannot list " .. dir end
+  return names
+end
+
+-- load_dir(dir) -> array of fixtures read from dir/<uuid>.json files, each
+-- the recorded body of one execution served byte for byte. Raises a
+-- `config` error naming the file when a file cannot be read or is not a
+-- JSON object; other files in the folder are ignored.
+function M.load_dir(dir)
+  local errors = require "kpiwatch.errors"
+  local model = require "kpiwatch.model"
+  local names, err = list_dir(dir)
+  if not names then errors.raise("config", "fixtures folder: " .. err) end
+  local f0 = io.open(dir, "r")
+  if not f0 then errors.raise("config", "fixtures folder not found: " .. dir) end
+  f0:close()
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local id = name:match("^(.+)%.json$")
+    if id and id:match(UUID) then
+      local path = dir:gsub("/+$", "") .. "/" .. name
+      local fh, ferr = io.open(path, "rb")
+      if not fh then errors.raise("config", "cannot read fixture " .. tostring(ferr)) end
+      local text = fh:read("a")
+      fh:close()
+      local k, perr = model.parse(text, id:lower())
+      if not k then errors.raise("config", path .. ": " .. perr.message) end
+      out[#out + 1] = {
+        id = id:lower(),
+        name = name,
+        description = "loaded from " .. path,
+        body = text,
+      }
+    end
+  end
+  return out
+end
+
+return M

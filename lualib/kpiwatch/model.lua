@@ -1,0 +1,603 @@
+-- kpiwatch.model: the KPI object, a read-only view over one decoded body of
+-- GET /simulate/test-executions/{id}/kpis/.
+--
+-- The object keeps the decoded table as it came and resolves names lazily in
+-- __index: constructing one is a setmetatable and an envelope check, no copy,
+-- because a watch or a gate may build tens of thousands of them.
+--
+-- What the view adds over the raw table:
+--   * every documented field is readable under both casings the server has
+--     used (callsAttempted / calls_attempted, ...), whichever one was sent;
+--     other keys are readable under either casing too;
+--   * json.null reads as nil (k:raw() keeps the decoded table, nulls and all);
+--   * integer fields are Lua integers even when the JSON had 120.0;
+--   * k:evals() collects the dynamic eval metrics (avg_<name> numbers that
+--     are not documented fields, and choice objects with a `choices` list).
+--
+-- Units: avg_response, avg_agent_latency and avg_stop_time_after_interruption
+-- are passed through unchanged. The reference page says seconds, the
+-- server's code computes milliseconds; kpiwatch does not guess which one a
+-- given server sent.
+
+local M = {}
+
+local type, next, pairs, rawget, rawset = type, next, pairs, rawget, rawset
+local math_type, tointeger = math.type, math.tointeger
+local setmetatable, getmetatable = setmetatable, getmetatable
+local concat, sort = table.concat, table.sort
+local format = string.format
+
+-- json.null as the running process defines it: the `json` global inside the
+-- kpiwatch binary, lua-cjson's when the module runs under a plain lua5.4.
+local json
+do
+  local ok, j = pcall(function() return _G.json end)
+  if ok and type(j) == "table" then
+    json = j
+  else
+    local ok2, m = pcall(require, "kpiwatch.json")
+    json = (ok2 and type(m) == "table") and m or require("cjson")
+  end
+end
+local NULL = json.null
+M.null = NULL
+
+-- The documented fields of the reference page: canonical snake_case name,
+-- the camelCase name the page uses where it differs, kind and group.
+-- kind: int | num | str | bool | obj. group: core | voice | text.
+local FIELD_LIST = {
+  { "total_calls", nil, "int", "core" },
+  { "calls_attempted", "callsAttempted", "int", "core" },
+  { "connected_calls", "connectedCalls", "int", "core" },
+  { "calls_connected_percentage", "callsConnectedPercentage", "num", "core" },
+  { "failed_calls", nil, "int", "core" },
+  { "total_duration", nil, "int", "core" },
+  { "agent_type", nil, "str", "core" },
+  { "is_inbound", nil, "bool", "core" },
+  { "avg_score", nil, "num", "core" },
+  { "avg_response", nil, "num", "core" },
+  { "scenario_graphs", "scenarioGraphs", "obj", "core" },
+  { "avg_agent_latency", nil, "num", "voice" },
+  { "avg_user_interruption_count", nil, "num", "voice" },
+  { "avg_user_interruption_rate", nil, "num", "voice" },
+  { "avg_user_wpm", nil, "num", "voice" },
+  { "avg_bot_wpm", nil, "num", "voice" },
+  { "avg_talk_ratio", nil, "num", "voice" },
+  { "avg_ai_interruption_count", nil, "num", "voice" },
+  { "avg_ai_interruption_rate", nil, "num", "voice" },
+  { "avg_stop_time_after_interruption", nil, "num", "voice" },
+  { "agent_talk_percentage", "agentTalkPercentage", "num", "voice" },
+  { "customer_talk_percentage", "customerTalkPercentage", "num", "voice" },
+  { "avg_total_tokens", nil, "num", "text" },
+  { "avg_input_tokens", nil, "num", "text" },
+  { "avg_output_tokens", nil, "num", "text" },
+  { "avg_chat_latency_ms", nil, "num", "text" },
+  { "avg_turn_count", nil, "num", "text" },
+  { "avg_csat_score", nil, "num", "text" },
+}
+
+-- name (either casing) -> field record {snake=, camel=, kind=, group=}
+local FIELDS = {}
+local FIELD_ORDER = {}
+for i, f in ipairs(FIELD_LIST) do
+  local rec = { snake = f[1], camel = f[2], kind = f[3], group = f[4], order = i }
+  FIELDS[f[1]] = rec
+  if f[2] then FIELDS[f[2]] = rec end
+  FIELD_ORDER[i] = rec
+end
+M.FIELDS = FIELDS
+
+-- Documented field names, snake_case, in the order of the reference page
+-- grouped as core, voice, text.
+function M.field_names(group)
+  local out = {}
+  for _, rec in ipairs(FIELD_ORDER) do
+    if group == nil or rec.group == group then out[#out + 1] = rec.snake end
+  end
+  return out
+end
+
+function M.is_documented(name)
+  return FIELDS[name] ~= nil
+end
+
+-- The fields whose values are passed through in whatever unit the server
+-- used (the page says seconds, the server computes milliseconds).
+M.UNIT_AMBIGUOUS = {
+  avg_response = true,
+  avg_agent_latency = true,
+  avg_stop_time_after_interruption = true,
+}
+
+local function to_snake(name)
+  return (name:gsub("(%u)", function(c) return "_" .. c:lower() end))
+end
+
+local function to_camel(name)
+  return (name:gsub("_(%l)", string.upper))
+end
+
+-- The other casing of an undocumented name, or nil when it has only one.
+local function other_casing(name)
+  if name:find("%u") then
+    return to_snake(name)
+  elseif name:find("_%l") then
+    return to_camel(name)
+  end
+  return nil
+end
+
+M.to_snake = to_snake
+
+local function fix_int(v)
+  if math_type(v) == "float" then
+    local i = tointeger(v)
+    if i then return i end
+  end
+  return v
+end
+
+-- lookup(body, name) -> value (json.null kept), present
+-- The one resolution rule for every accessor: documented fields by either
+-- casing (snake_case wins when a body carries both), then the name as is,
+-- then its other casing.
+local function lookup(body, name)
+  local f = FIELDS[name]
+  if f then
+    local v = body[f.snake]
+    if v == nil and f.camel then v = body[f.camel] end
+    if v == nil then return nil, false end
+    if f.kind == "int" then v = fix_int(v) end
+    return v, true
+  end
+  local v = body[name]
+  if v ~= nil then return v, true end
+  if type(name) ~= "string" then return nil, false end
+  local other = other_casing(name)
+  if other then
+    v = body[other]
+    if v ~= nil then return v, true end
+  end
+  return nil, false
+end
+
+-- Unwrap {"status": true|false, "result": {...}}; a bare body is returned as is.
+local function unwrap(body)
+  if type(body) == "table" and type(rawget(body, "status")) == "boolean"
+    and type(rawget(body, "result")) == "table" then
+    return rawget(body, "result")
+  end
+  return body
+end
+M.unwrap = unwrap
+
+local RAW = setmetatable({}, { __name = "kpiwatch.model.raw" })
+
+local KPI = {}
+local methods = {}
+KPI.__name = "kpiwatch.kpi"
+
+local function body_of(k)
+  if getmetatable(k) == KPI then return rawget(k, RAW) end
+  return unwrap(k)
+end
+
+KPI.__index = function(self, name)
+  local m = methods[name]
+  if m then return m end
+  local v = lookup(rawget(self, RAW), name)
+  if v == NULL then return nil end
+  return v
+end
+
+KPI.__newindex = function(_, name)
+  error("KPI objects are read-only (assigning " .. tostring(name) .. ")", 2)
+end
+
+-- new(body [, execution_id]) -> KPI object
+-- body is the decoded JSON table (enveloped or not). No copy is made.
+function M.new(body, execution_id)
+  if type(body) ~= "table" then
+    error("kpiwatch.model.new: expected a table, got " .. type(body), 2)
+  end
+  if getmetatable(body) == KPI then
+    if execution_id == nil then return body end
+    body = rawget(body, RAW)
+  end
+  return setmetatable({ [RAW] = unwrap(body), execution_id = execution_id }, KPI)
+end
+
+function M.is(v)
+  return getmetatable(v) == KPI
+end
+
+-- get(k, name) -> value, present
+-- Works on a KPI object or a plain table (decoded body, enveloped or not),
+-- so rule engines treat both alike. value is nil for null; present tells a
+-- field that is null (true) from one the execution does not have (false).
+function M.get(k, name)
+  local body = body_of(k)
+  local v, present = lookup(body, name)
+  if v == NULL then return nil, present end
+  if v == nil and name == "execution_id" and getmetatable(k) == KPI then
+    v = rawget(k, "execution_id")
+    return v, v ~= nil
+  end
+  return v, present
+end
+
+-- eval(k, name) -> value, present: one dynamic eval metric by its name
+-- (the avg_<name> number, or the <name> choice object).
+function M.eval(k, name)
+  local body = body_of(k)
+  local v = body["avg_" .. name]
+  if v == nil and not FIELDS[name] then
+    local c = body[name]
+    if type(c) == "table" and type(c.choices) == "table" then v = c end
+  end
+  if v == nil or FIELDS["avg_" .. name] then return nil, false end
+  if v == NULL then return nil, true end
+  return v, true
+end
+
+local function is_choice(v)
+  return type(v) == "table" and type(rawget(v, "choices")) == "table"
+end
+
+-- evals_of(body) -> map name -> number | choice table, and the sorted list
+-- of every eval name including the null-valued ones.
+local function evals_of(body)
+  local out, names = {}, {}
+  for key, v in next, body do
+    if type(key) == "string" and not FIELDS[key] then
+      if key:sub(1, 4) == "avg_" and (type(v) == "number" or v == NULL) then
+        local name = key:sub(5)
+        names[#names + 1] = name
+        if v ~= NULL then out[name] = v end
+      elseif is_choice(v) then
+        names[#names + 1] = key
+        out[key] = v
+      end
+    end
+  end
+  sort(names)
+  return out, names
+end
+
+function M.evals(k)
+  return (evals_of(body_of(k)))
+end
+
+function M.eval_names(k)
+  local _, names = evals_of(body_of(k))
+  return names
+end
+
+local function agent_type(body)
+  local t = lookup(body, "agent_type")
+  if type(t) == "string" then return t:lower() end
+  return nil
+end
+
+-- normalize(k) -> plain table for JSON output: snake_case keys (documented
+-- fields by their snake_case name, other camelCase keys converted), integer
+-- fields as integers, nulls kept as json.null so they survive encoding, and
+-- `execution_id` when known. Nested values (scenario graphs, choice
+-- objects) are shared with the body, not copied.
+function M.normalize(k)
+  local body = body_of(k)
+  local out = {}
+  for key, v in next, body do
+    if type(key) == "string" then
+      local f = FIELDS[key]
+      local name = f and f.snake or (key:find("%u") and to_snake(key)) or key
+      -- snake_case wins when a body carries both spellings
+      if out[name] == nil or key == name then
+        if f and f.kind == "int" then v = fix_int(v) end
+        out[name] = v
+      end
+    end
+  end
+  if out.execution_id == nil and getmetatable(k) == KPI then
+    out.execution_id = rawget(k, "execution_id")
+  end
+  return out
+end
+
+-- ---- methods ----------------------------------------------------------------
+
+function methods.raw(self)
+  return rawget(self, RAW)
+end
+
+function methods.evals(self)
+  return (evals_of(rawget(self, RAW)))
+end
+
+function methods.eval_names(self)
+  local _, names = evals_of(rawget(self, RAW))
+  return names
+end
+
+function methods.eval(self, name)
+  return M.eval(self, name)
+end
+
+function methods.get(self, name)
+  return M.get(self, name)
+end
+
+function methods.has(self, name)
+  local _, present = M.get(self, name)
+  return present
+end
+
+function methods.is_voice(self)
+  return agent_type(rawget(self, RAW)) == "voice"
+end
+
+function methods.is_text(self)
+  return agent_type(rawget(self, RAW)) == "text"
+end
+
+function methods.normalize(self)
+  return M.normalize(self)
+end
+
+-- Every name readable on the object (documented fields in both casings,
+-- the body's keys, methods), sorted: for completion in the REPL.
+function methods.fields(self)
+  local seen, out = {}, {}
+  local function add(n)
+    if type(n) == "string" and not seen[n] then
+      seen[n] = true
+      out[#out + 1] = n
+    end
+  end
+  for name in pairs(FIELDS) do add(name) end
+  for key in next, rawget(self, RAW) do
+    add(key)
+    if type(key) == "string" then
+      local o = other_casing(key)
+      if o then add(o) end
+    end
+  end
+  add("execution_id")
+  sort(out)
+  return out
+end
+
+function methods.summary(self)
+  return M.summary(self)
+end
+
+M.methods = methods
+
+-- pairs(k) walks the normalized view, nulls left out (they read as nil).
+KPI.__pairs = function(self)
+  local view = M.normalize(self)
+  for key, v in next, view do
+    if v == NULL then view[key] = nil end
+  end
+  return next, view, nil
+end
+
+-- ---- summary ----------------------------------------------------------------
+
+local function fmt_num(v)
+  if math_type(v) == "integer" then return tostring(v) end
+  if v ~= v then return "nan" end
+  if v == math.huge then return "inf" end
+  if v == -math.huge then return "-inf" end
+  local s = format("%.4f", v)
+  s = s:gsub("0+$", ""):gsub("%.$", "")
+  if s == "-0" then s = "0" end
+  return s
+end
+
+-- A value as one short line: numbers trimmed, strings as is (cut at 60
+-- bytes, control characters replaced), choice objects as "a 3, b 1".
+local function fmt_value(v)
+  if v == nil or v == NULL then return "null" end
+  local t = type(v)
+  if t == "number" then return fmt_num(v) end
+  if t == "boolean" then return tostring(v) end
+  if t == "string" then
+    local s = v:gsub("[%c]", "?")
+    if #s > 60 then s = s:sub(1, 57) .. "..." end
+    return s
+  end
+  if is_choice(v) then
+    local parts, listed = {}, {}
+    for _, c in ipairs(v.choices) do
+      if type(c) == "string" or type(c) == "number" then
+        local n = v[c]
+        listed[c] = true
+        parts[#parts + 1] = tostring(c) .. " " .. (type(n) == "number" and fmt_num(n) or "0")
+      end
+    end
+    -- counts for choices the list does not name (seen in older runs)
+    local extra = {}
+    for key, n in pairs(v) do
+      if key ~= "choices" and not listed[key] and type(n) == "number" then
+        extra[#extra + 1] = tostring(key) .. " " .. fmt_num(n)
+      end
+    end
+    sort(extra)
+    for _, e in ipairs(extra) do parts[#parts + 1] = e end
+    return concat(parts, ", ")
+  end
+  if t == "table" then
+    local n = 0
+    for _ in pairs(v) do n = n + 1 end
+    return format("{%d keys}", n)
+  end
+  return tostring(v)
+end
+M.format_value = fmt_value
+
+local function duration_text(secs)
+  if math_type(secs) == nil or secs < 60 then return nil end
+  secs = math.floor(secs)
+  local h, m, s = secs // 3600, (secs % 3600) // 60, secs % 60
+  if h > 0 then return format("%dh %02dm %02ds", h, m, s) end
+  return format("%dm %02ds", m, s)
+end
+
+-- summary(k) -> the readable, aligned multi-line text tostring(k) gives.
+function M.summary(k)
+  local body = body_of(k)
+  local get = function(name)
+    local v = lookup(body, name)
+    return v
+  end
+  local atype = agent_type(body)
+  local sections = {}
+  local width = 0
+  local function section(title)
+    local s = { title = title, rows = {} }
+    sections[#sections + 1] = s
+    return s
+  end
+  local function row(s, name, value, note)
+    if #name > width then width = #name end
+    s.rows[#s.rows + 1] = { name, value, note }
+  end
+
+  local id = getmetatable(k) == KPI and rawget(k, "execution_id") or nil
+  local head = section("KPIs of execution " .. (id and tostring(id) or "(unknown id)"))
+  local direction = ""
+  local inbound = get("is_inbound")
+  if inbound == true then direction = ", inbound"
+  elseif inbound == false then direction = ", outbound" end
+  row(head, "agent_type", fmt_value(get("agent_type")) .. direction)
+  for _, name in ipairs(M.field_names("core")) do
+    if name ~= "agent_type" and name ~= "is_inbound" and name ~= "scenario_graphs" then
+      local v = get(name)
+      local text, note = fmt_value(v), nil
+      if name == "total_duration" and type(v) == "number" then
+        text = text .. " s"
+        local d = duration_text(v)
+        if d then note = "(" .. d .. ")" end
+      elseif M.UNIT_AMBIGUOUS[name] and type(v) == "number" then
+        note = "(server units)"
+      end
+      row(head, name, text, note)
+    end
+  end
+
+  local groups
+  if atype == "voice" then groups = { "voice" }
+  elseif atype == "text" then groups = { "text" }
+  else groups = { "voice", "text" } end
+  for _, g in ipairs(groups) do
+    local s = section(g)
+    for _, name in ipairs(M.field_names(g)) do
+      local v = get(name)
+      row(s, name, fmt_value(v),
+        (M.UNIT_AMBIGUOUS[name] and type(v) == "number") and "(server units)" or nil)
+    end
+  end
+
+  local evals, names = evals_of(body)
+  local es = section("evals")
+  if #names == 0 then
+    row(es, "(none)", "")
+  else
+    for _, name in ipairs(names) do row(es, name, fmt_value(evals[name])) end
+  end
+
+  local graphs = get("scenario_graphs")
+  if type(graphs) == "table" then
+    local n, with = 0, 0
+    for _, g in pairs(graphs) do
+      n = n + 1
+      if type(g) == "table" and next(g) ~= nil then with = with + 1 end
+    end
+    local s = section("scenarios")
+    row(s, "scenario_graphs", format("%d scenario%s, %d with a graph", n, n == 1 and "" or "s", with))
+  end
+
+  local lines = {}
+  for _, s in ipairs(sections) do
+    lines[#lines + 1] = s.title
+    for _, r in ipairs(s.rows) do
+      local line = "  " .. r[1] .. string.rep(" ", width - #r[1] + 2) .. r[2]
+      if r[3] then line = line .. "  " .. r[3] end
+      lines[#lines + 1] = line
+    end
+  end
+  return concat(lines, "\n")
+end
+
+KPI.__tostring = M.summary
+
+-- ---- parsing ----------------------------------------------------------------
+
+local errors = require "kpiwatch.errors"
+
+-- The server's own message in an error body: detail, then message, then
+-- result (a string, or an object with a message), then error.
+function M.server_message(body)
+  if type(body) ~= "table" then return nil end
+  for _, key in ipairs({ "detail", "message", "result", "error" }) do
+    local v = rawget(body, key)
+    if type(v) == "string" and v ~= "" then return v end
+    if type(v) == "table" then
+      local m = rawget(v, "message") or rawget(v, "detail")
+      if type(m) == "string" and m ~= "" then return m end
+    end
+  end
+  return nil
+end
+
+local function snippet(text)
+  local s = text:sub(1, 80):gsub("%s+", " ")
+  s = s:gsub("[%c\128-\255]", "?")
+  return s
+end
+M.snippet = snippet
+
+local function has_documented_field(body)
+  for _, rec in ipairs(FIELD_ORDER) do
+    if body[rec.snake] ~= nil or (rec.camel and body[rec.camel] ~= nil) then return true end
+  end
+  return false
+end
+
+-- parse(text [, execution_id]) -> KPI object, or nil and a `protocol` error
+-- object when text is not a JSON object carrying KPI fields (an HTML page,
+-- truncated JSON, an array, an error body sent with 200, ...).
+function M.parse(text, execution_id)
+  if type(text) ~= "string" then
+    return nil, errors.new("protocol", "expected a response body, got " .. type(text),
+      { execution_id = execution_id, retryable = false })
+  end
+  local ok, body = pcall(json.decode, text)
+  if not ok then
+    local what = text:match("^%s*<") and "an HTML or XML page" or "invalid JSON"
+    return nil, errors.new("protocol",
+      format("expected a JSON object, got %s: '%s'", what, snippet(text)),
+      { execution_id = execution_id, retryable = false })
+  end
+  if type(body) ~= "table" or (rawlen(body) > 0) or type(next(body)) == "number" then
+    local what = type(body) == "table" and "a JSON array" or ("a JSON " .. (body == NULL and "null" or type(body)))
+    return nil, errors.new("protocol", "expected a JSON object, got " .. what,
+      { execution_id = execution_id, retryable = false })
+  end
+  if rawget(body, "status") == false then
+    local msg = M.server_message(body) or "error body without a message"
+    return nil, errors.new("protocol", "server answered with an error body: " .. msg,
+      { execution_id = execution_id, retryable = false })
+  end
+  local inner = unwrap(body)
+  if not has_documented_field(inner) then
+    return nil, errors.new("protocol",
+      "expected a KPIs object, got a JSON object with none of its fields: '" .. snippet(text) .. "'",
+      { execution_id = execution_id, retryable = false })
+  end
+  return setmetatable({ [RAW] = inner, execution_id = execution_id }, KPI)
+end
+
+M.KPI = KPI
+return M
