@@ -1,0 +1,66 @@
+-- kpiwatch.http: HTTP client (libcurl multi on the event loop) and, through
+-- kpiwatch.http_server, the server.
+--
+-- http.request{method=, url=, headers=, body=, timeout=, max_body=,
+--              ca_file=, follow=}
+--   -> {status=, headers=, header_list=, body=, time=, url=, http_version=}
+-- Suspends only the calling task (or runs the loop when the caller cannot
+-- yield). A transport failure raises an error object from kpiwatch.errors
+-- with kind timeout | connect | network | dns | tls | too_large |
+-- invalid_url, the message from libcurl, and fields url and curl_code.
+-- An HTTP error status is not a transport failure: it is returned.
+
+local C = require "kpiwatch._http"
+local errors = require "kpiwatch.errors"
+
+local M = {}
+
+local c_request = C.request
+
+function M.request(opts)
+  if type(opts) == "string" then opts = { url = opts } end
+  if type(opts) ~= "table" then
+    error("http.request: expected a table of options, got " .. type(opts), 2)
+  end
+  local resp, kind, message, code = c_request(opts)
+  if resp then return resp end
+  error(errors.new(kind, message, { url = opts.url, curl_code = code }), 0)
+end
+
+-- http.get(url [, opts]): request with method GET.
+function M.get(url, opts)
+  local o = { url = url, method = "GET" }
+  if opts then
+    for k, v in pairs(opts) do
+      if k ~= "url" and k ~= "method" then o[k] = v end
+    end
+  end
+  return M.request(o)
+end
+
+-- configure{max_concurrent=, max_body=, timeout=, ca_file=}: process-wide
+-- defaults. max_concurrent caps transfers in flight; further requests wait
+-- in a queue (their timeout starts when their transfer starts).
+function M.configure(opts)
+  if type(opts) ~= "table" then
+    error("http.configure: expected a table of options, got " .. type(opts), 2)
+  end
+  C.configure(opts)
+end
+
+-- config() -> the current process-wide settings.
+M.config = C.config
+
+-- stats() -> {connections=, requests=, active=, queued=}: connections is
+-- the number of connections libcurl opened so far (reuse keeps it low).
+M.stats = C.stats
+
+M.user_agent = C.user_agent
+
+-- The server lives in its own module; loaded on first use so that the
+-- client works (and starts fast) without it.
+function M.serve(opts)
+  return require("kpiwatch.http_server").serve(opts)
+end
+
+return M

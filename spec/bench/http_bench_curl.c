@@ -1,0 +1,116 @@
+/*
+ * http_bench_curl.c - the ceiling for a libcurl client: N GETs of one URL
+ * with C transfers in flight, driven by libcurl's multi interface directly
+ * (curl_multi_poll + curl_multi_perform), easy handles reused so that only
+ * the transfers themselves cost anything. Bodies are kept in memory as a
+ * client that looks at them would, then dropped.
+ *
+ * Build (spec/bench/http_bench.sh does this):
+ *   cc -O2 -o http_bench_curl spec/bench/http_bench_curl.c $(pkg-config --cflags --libs libcurl)
+ * Run:
+ *   ./http_bench_curl URL N C
+ * Prints: requests=N ok=K seconds=S req_per_s=R connections=X
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+typedef struct {
+  CURL *easy;
+  char *buf;
+  size_t len, cap;
+} slot;
+
+static size_t on_write(char *data, size_t size, size_t n, void *ud) {
+  slot *s = ud;
+  size_t len = size * n;
+  if (s->len + len > s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    while (cap < s->len + len)
+      cap *= 2;
+    char *p = realloc(s->buf, cap);
+    if (!p) return 0;
+    s->buf = p;
+    s->cap = cap;
+  }
+  memcpy(s->buf + s->len, data, len);
+  s->len += len;
+  return len;
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void start(CURLM *m, slot *s, const char *url) {
+  s->len = 0;
+  curl_easy_setopt(s->easy, CURLOPT_URL, url);
+  curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, s);
+  curl_easy_setopt(s->easy, CURLOPT_PRIVATE, (char *)s);
+  curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_multi_add_handle(m, s->easy);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s URL N C\n", argv[0]);
+    return 2;
+  }
+  const char *url = argv[1];
+  long n = atol(argv[2]), c = atol(argv[3]);
+  if (n <= 0 || c <= 0) return 2;
+  if (c > n) c = n;
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  CURLM *m = curl_multi_init();
+  curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, c);
+  slot *slots = calloc((size_t)c, sizeof *slots);
+  long started = 0, finished = 0, ok = 0, connects = 0;
+  double t0 = now();
+  for (long i = 0; i < c; i++) {
+    slots[i].easy = curl_easy_init();
+    start(m, &slots[i], url);
+    started++;
+  }
+  while (finished < n) {
+    int running;
+    curl_multi_perform(m, &running);
+    CURLMsg *msg;
+    int pending;
+    while ((msg = curl_multi_info_read(m, &pending))) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      slot *s;
+      long code = 0, nc = 0;
+      CURL *e = msg->easy_handle;
+      CURLcode res = msg->data.result;
+      curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&s);
+      curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+      curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nc);
+      connects += nc;
+      curl_multi_remove_handle(m, e);
+      finished++;
+      if (res == CURLE_OK && code == 200 && s->len > 0) ok++;
+      if (started < n) {
+        start(m, s, url);
+        started++;
+      }
+    }
+    if (finished < n) curl_multi_poll(m, NULL, 0, 1000, NULL);
+  }
+  double secs = now() - t0;
+  printf("requests=%ld ok=%ld seconds=%.3f req_per_s=%.0f connections=%ld\n", n, ok, secs,
+         (double)n / secs, connects);
+  for (long i = 0; i < c; i++) {
+    curl_easy_cleanup(slots[i].easy);
+    free(slots[i].buf);
+  }
+  free(slots);
+  curl_multi_cleanup(m);
+  curl_global_cleanup();
+  return ok == n ? 0 : 1;
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# kpiwatch's HTTP client against a server it did not write: python3's
+# standard-library http.server serving a temp dir on a free port.
+# Checks status, body, 404, lowercased response headers, reuse of the one
+# HTTP/1.1 connection (seen from the server's log of client ports), and a
+# connection refused once the server is gone.
+set -euo pipefail
+
+KPIWATCH=${KPIWATCH:-build/kpiwatch}
+SRC=${KPIWATCH_SRC:-$(pwd)}
+tmp=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+mkdir "$tmp/www"
+printf '{"avg_score": 0.91, "calls": 12}' >"$tmp/www/kpis.json"
+head -c 300000 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/www/big.txt"
+
+# SimpleHTTPRequestHandler with HTTP/1.1 keep-alive, logging each request's
+# client port so the test can count connections from the server's side.
+cat >"$tmp/server.py" <<'EOF'
+import functools, http.server, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, fmt, *args):
+        sys.stderr.write("port=%d %s\n" % (self.client_address[1], fmt % args))
+        sys.stderr.flush()
+handler = functools.partial(H, directory=sys.argv[1])
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+EOF
+python3 "$tmp/server.py" "$tmp/www" >"$tmp/port" 2>"$tmp/server.log" &
+server_pid=$!
+for _ in $(seq 100); do
+  [ -s "$tmp/port" ] && break
+  sleep 0.05
+done
+port=$(cat "$tmp/port")
+[ -n "$port" ] || { echo "FAIL: server did not start" >&2; exit 1; }
+base="http://127.0.0.1:$port"
+
+cat >"$tmp/client.lua" <<'EOF'
+local base = arg[1]
+local function check(cond, what)
+  if not cond then io.stderr:write("FAIL: ", what, "\n"); os.exit(1) end
+end
+local r = http.request{ url = base .. "/kpis.json" }
+check(r.status == 200, "status 200, got " .. tostring(r.status))
+check(r.body == '{"avg_score": 0.91, "calls": 12}', "body: " .. r.body)
+check(r.headers["content-type"] == "application/json", "content-type lowercased")
+check(r.headers["Content-Type"] == nil, "no mixed-case header names")
+check(r.headers["content-length"] == tostring(#r.body), "content-length")
+local names = {}
+for _, h in ipairs(r.header_list) do names[#names + 1] = h[1] end
+check(#names >= 4, "header_list has the header lines")
+for _, n in ipairs(names) do check(n == n:lower(), "header_list name lowercased: " .. n) end
+check(json.decode(r.body).calls == 12, "json body")
+
+-- Sequential requests reuse one connection.
+for _ = 1, 5 do
+  check(http.request{ url = base .. "/kpis.json" }.status == 200, "repeat")
+end
+
+-- http.server closes the connection after an error page (Connection: close).
+local nf = http.request{ url = base .. "/missing" }
+check(nf.status == 404, "404, got " .. tostring(nf.status))
+check(nf.headers["connection"] == "close", "404 closes")
+
+local big = http.request{ url = base .. "/big.txt" }
+check(big.status == 200 and #big.body == 600000, "big body " .. #big.body)
+
+local ok, err = pcall(http.request, { url = base .. "/big.txt", max_body = 1000 })
+check(not ok and err.kind == "too_large", "too_large: " .. tostring(err))
+print("connections", http.stats().connections)
+EOF
+
+out=$(KPIWATCH_LUALIB="$SRC/lualib" "$KPIWATCH" "$tmp/client.lua" "$base")
+echo "$out"
+# One connection until the server closed it after the 404, a second after.
+conns=$(awk '/^connections/ {print $2}' <<<"$out")
+if [ "$conns" -ne 2 ]; then
+  echo "FAIL: expected connection reuse, client opened $conns connections" >&2
+  exit 1
+fi
+# Server side: the six requests for kpis.json came over one connection.
+ports=$(grep -c '"GET /kpis.json' "$tmp/server.log")
+distinct=$(grep '"GET /kpis.json' "$tmp/server.log" | sed 's/ .*//' | sort -u | wc -l)
+if [ "$ports" -ne 6 ] || [ "$distinct" -ne 1 ]; then
+  echo "FAIL: server saw $ports requests from $distinct ports" >&2
+  cat "$tmp/server.log" >&2
+  exit 1
+fi
+
+kill "$server_pid"
+wait "$server_pid" 2>/dev/null || true
+server_pid=
+# Nothing listens there now: a connect error, exit status 2 (script error).
+set +e
+KPIWATCH_LUALIB="$SRC/lualib" "$KPIWATCH" -e "
+local ok, e = pcall(http.request, {url = '$base/kpis.json'})
+assert(not ok and e.kind == 'connect', tostring(e))
+assert(e.url == '$base/kpis.json')
+http.request{url = '$base/kpis.json'}" 2>"$tmp/err"
+rc=$?
+set -e
+if [ "$rc" -eq 0 ] || ! grep -q "connect: " "$tmp/err"; then
+  echo "FAIL: uncaught connect error: rc=$rc" >&2
+  cat "$tmp/err" >&2
+  exit 1
+fi
+echo "ok"
