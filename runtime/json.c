@@ -113,7 +113,7 @@ static int l_decode(lua_State *L) {
       /* Report the position in the caller's text, not in our rewrite. */
       lua_pushvalue(L, lua_upvalueindex(UP_DECODE));
       lua_pushvalue(L, 1);
-      lua_call(L, 1, 1);
+      lua_pcall(L, 1, 1, 0);
     }
     return luaL_error(L, "invalid JSON: %s", lua_tostring(L, -1));
   }

@@ -34,6 +34,7 @@ typedef struct kw_task {
   join_op *joiners; /* tasks waiting in task.wait for this one */
   int is_main;
   int was_cancelled; /* its failure is the cancellation, not worth a report */
+  int unobserved;    /* failed with nobody waiting: counted in failed_tasks */
 } kw_task;
 
 struct join_op {
@@ -194,6 +195,7 @@ static void task_finished(lua_State *L, kw_task *t, int status, int nres) {
       report_error(L, t, "");
     } else if (!t->joiners && !t->was_cancelled) {
       S.failed_tasks++;
+      t->unobserved = 1;
       report_error(L, t, "task failed: ");
     }
     lua_pushvalue(t->co, -1);
@@ -262,6 +264,10 @@ static int l_spawn(lua_State *L) {
 static int push_outcome(lua_State *L, kw_task *t) {
   int i;
   if (t->state == TASK_FAILED) {
+    if (t->unobserved) { /* a later wait handles it: no longer a silent failure */
+      t->unobserved = 0;
+      S.failed_tasks--;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->errref);
     return -1;
   }
@@ -355,6 +361,12 @@ static int l_cancel(lua_State *L) {
   return 0;
 }
 
+/* Monotonic seconds, for measuring and for deadlines (not wall time). */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
 static const char *const state_names[] = {"ready", "running", "waiting", "done", "failed"};
 
 static int l_status(lua_State *L) {
@@ -419,6 +431,9 @@ static int l_sleep(lua_State *L) {
   kw_op_init(&s->op, &sleep_class);
   uv_timer_init(&S.loop, &s->timer);
   s->timer.data = s;
+  /* The loop's clock is cached at the start of each turn; Lua may have run
+   * for a while since, and a sleep must not end early. */
+  uv_update_time(&S.loop);
   uv_timer_start(&s->timer, sleep_fired, (uint64_t)(secs * 1000.0 + 0.5), 0);
   return kw_await(L, &s->op);
 }
@@ -436,6 +451,19 @@ typedef struct sig_op {
 
 static sig_op *sig_list;
 
+/* A task waiting for a signal keeps the process alive (it waits on
+ * purpose, like a server); with no waiter the handles are unref'd so they
+ * never hold the loop open. */
+static void sig_refresh(void) {
+  int term = 0;
+  sig_op *s;
+  for (s = sig_list; s; s = s->next) term |= s->signum == SIGTERM;
+  if (term) uv_ref((uv_handle_t *)&S.term);
+  else uv_unref((uv_handle_t *)&S.term);
+  if (S.sigint_waiters) uv_ref((uv_handle_t *)&S.wake);
+  else uv_unref((uv_handle_t *)&S.wake);
+}
+
 static void sig_unlink(sig_op *s) {
   sig_op **p;
   for (p = &sig_list; *p; p = &(*p)->next)
@@ -444,6 +472,7 @@ static void sig_unlink(sig_op *s) {
       break;
     }
   if (s->signum == SIGINT) S.sigint_waiters--;
+  sig_refresh();
 }
 
 static int sig_push(kw_op *op, lua_State *L) {
@@ -478,6 +507,7 @@ static int deliver_signal(int signum) {
       sig_list = s;
     }
   }
+  sig_refresh();
   return n;
 }
 
@@ -491,6 +521,7 @@ static int l_wait_signal(lua_State *L) {
   s->next = sig_list;
   sig_list = s;
   if (s->signum == SIGINT) S.sigint_waiters++;
+  sig_refresh();
   return kw_await(L, &s->op);
 }
 
@@ -596,7 +627,7 @@ void kw_sched_atclose(kw_atclose_fn fn) {
 static const luaL_Reg task_funcs[] = {
     {"spawn", l_spawn},   {"sleep", l_sleep},   {"wait", l_wait},
     {"cancel", l_cancel}, {"status", l_status}, {"running", l_running},
-    {"wait_signal", l_wait_signal}, {NULL, NULL}};
+    {"wait_signal", l_wait_signal}, {"now", l_now}, {NULL, NULL}};
 
 static const luaL_Reg task_meta[] = {{"__tostring", l_tostring}, {NULL, NULL}};
 
@@ -617,6 +648,8 @@ int luaopen_kpiwatch__task(lua_State *L) {
 
 int kw_sched_open(lua_State *L) {
   struct sigaction sa;
+  memset(&S, 0, sizeof S);
+  sig_list = NULL;
   if (uv_loop_init(&S.loop) != 0) return -1;
   S.open = 1;
   S.L = L;

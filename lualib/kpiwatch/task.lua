@@ -13,6 +13,7 @@ local M = {
   status = core.status,           -- "ready" | "running" | "waiting" | "done" | "failed"
   running = core.running,         -- the current task handle, or nil outside tasks
   wait_signal = core.wait_signal, -- wait_signal("int" | "term"): take over that signal
+  now = core.now,                 -- monotonic clock, seconds
 }
 
 -- all(tasks) -> { {results of 1}, {results of 2}, ... }: waits for every

@@ -236,6 +236,7 @@ function M.main(argv)
     return finish(code or 0)
   end
 
+  _G.arg = make_arg(argv, plan.script)
   for _, act in ipairs(plan.actions) do
     if act[1] == "e" then
       local chunk, e = load(act[2], "=(command line)")
@@ -249,14 +250,11 @@ function M.main(argv)
   end
 
   if plan.script then
-    _G.arg = make_arg(argv, plan.script)
     local fname = argv[plan.script]
     if fname == "-" and argv[plan.script - 1] ~= "--" then fname = nil end
     local chunk, e = loadfile(fname)
     if not chunk then return finish(fail(e)) end
     chunk(pack_args(_G.arg))
-  else
-    _G.arg = make_arg(argv, nil)
   end
 
   if plan.interactive then

@@ -1,0 +1,59 @@
+# A thin wrapper over CMake (as Neovim's): `make run` and `make test` are
+# all a newcomer needs; both install missing Debian packages first.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+PREFIX     ?= /usr/local
+CTEST_ARGS ?=
+
+.PHONY: all deps run test test-fast test-asan install bench format clean
+
+all: $(BUILD)/kpiwatch
+
+deps:
+	@tools/deps.sh build
+
+$(BUILD)/Makefile: CMakeLists.txt
+	@tools/deps.sh build
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+
+$(BUILD)/kpiwatch: $(BUILD)/Makefile FORCE
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The main job: the alert rules of scripts/alerts.lua over the sandbox's
+# executions, then the CI gate, all with no account.
+run: $(BUILD)/kpiwatch
+	@scripts/demo.sh $(BUILD)/kpiwatch
+
+test: test-fast test-asan
+
+test-fast:
+	@tools/deps.sh test
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD) -j $(JOBS)
+	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure $(CTEST_ARGS)
+
+# The same suite once more under AddressSanitizer and UBSan; any report
+# fails the run (halt_on_error, and -fno-sanitize-recover).
+test-asan:
+	@tools/deps.sh test
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKW_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  KW_SANITIZED=1 ctest -j $(JOBS) --output-on-failure $(CTEST_ARGS)
+
+install: $(BUILD)/kpiwatch
+	cmake --install $(BUILD)
+
+bench: $(BUILD)/kpiwatch
+	@tools/deps.sh bench
+	spec/bench/run.sh $(BUILD)/kpiwatch
+
+format:
+	clang-format -i runtime/*.c runtime/*.h spec/unit/*.c
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
+
+FORCE:
