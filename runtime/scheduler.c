@@ -88,11 +88,24 @@ uv_loop_t *kw_loop(void) {
 
 /* ---- ops ------------------------------------------------------------------ */
 
+static kw_op *live_ops; /* a stop (SIGTERM, an error) may leave ops pending */
+
 void kw_op_init(kw_op *op, const kw_op_class *cls) {
   op->cls = cls;
   op->waiter = NULL;
   op->done = 0;
   op->cancelled = 0;
+  op->live_prev = NULL;
+  op->live_next = live_ops;
+  if (live_ops) live_ops->live_prev = op;
+  live_ops = op;
+}
+
+static void op_release(kw_op *op) {
+  if (op->live_prev) op->live_prev->live_next = op->live_next;
+  else live_ops = op->live_next;
+  if (op->live_next) op->live_next->live_prev = op->live_prev;
+  op->cls->release(op);
 }
 
 void kw_op_done(kw_op *op) {
@@ -106,12 +119,12 @@ static int op_finish(lua_State *L, kw_op *op, kw_task *t) {
   int n;
   if (t) t->cancel_reason = NULL;
   if (reason || op->cancelled) {
-    op->cls->release(op);
+    op_release(op);
     lua_pushstring(L, reason ? reason : "cancelled");
     return lua_error(L);
   }
   n = op->cls->push(op, L);
-  op->cls->release(op);
+  op_release(op);
   if (n < 0) return lua_error(L);
   return n;
 }
@@ -126,7 +139,7 @@ static void check_interrupt(lua_State *L, kw_op *op) {
   if (!S.sigint || S.sigint_waiters) return;
   if (op->cls->cancel && !op->done) op->cls->cancel(op);
   while (!op->done && kw_sched_step(L, 1)) {}
-  op->cls->release(op);
+  op_release(op);
   luaL_error(L, "interrupted!");
 }
 
@@ -148,7 +161,7 @@ int kw_await(lua_State *L, kw_op *op) {
     if (!kw_sched_step(L, 1)) {
       if (op->done) break;
       if (op->cls->cancel) op->cls->cancel(op);
-      op->cls->release(op);
+      op_release(op);
       return luaL_error(L, "%s would wait forever: nothing left that could complete it",
                         op->cls->name);
     }
@@ -650,6 +663,7 @@ int kw_sched_open(lua_State *L) {
   struct sigaction sa;
   memset(&S, 0, sizeof S);
   sig_list = NULL;
+  live_ops = NULL;
   if (uv_loop_init(&S.loop) != 0) return -1;
   S.open = 1;
   S.L = L;
@@ -669,6 +683,9 @@ int kw_sched_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, "kpiwatch.cancel_reasons");
   open_task_metatable(L);
+  /* New threads copy the main thread's extra space: NULL there is what
+   * marks a foreign coroutine (not a task) everywhere. */
+  *(kw_task **)lua_getextraspace(L) = NULL;
   S.running = L;
   return 0;
 }
@@ -684,8 +701,13 @@ void kw_sched_close(void) {
   signal(SIGINT, SIG_DFL);
   for (i = S.natclose - 1; i >= 0; i--) S.atclose[i]();
   S.natclose = 0;
-  /* Ops still pending belong to tasks that will never run again; their
-   * handles are closed here, their memory goes with the process. */
+  /* Ops still pending belong to tasks that will never run again: abort
+   * and free them, then close whatever handles remain. */
+  while (live_ops) {
+    kw_op *op = live_ops;
+    if (!op->done && op->cls->cancel) op->cls->cancel(op);
+    op_release(op);
+  }
   uv_walk(&S.loop, close_any, NULL);
   uv_run(&S.loop, UV_RUN_DEFAULT);
   uv_loop_close(&S.loop);

@@ -52,6 +52,7 @@ struct kw_op {
   struct kw_task *waiter; /* NULL while waited on by the fallback loop */
   int done;
   int cancelled;
+  kw_op *live_prev, *live_next; /* every op not yet released (for shutdown) */
 };
 
 void kw_op_init(kw_op *op, const kw_op_class *cls);
