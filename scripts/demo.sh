@@ -1,0 +1,28 @@
+#!/bin/sh
+# The main job, against the built-in sandbox (no account needed): what
+# `make run` runs. Each step prints what it does; an unexpected exit code
+# stops the demo with a non-zero status.
+set -u
+KW=${1:-build/kpiwatch}
+GOOD=c0ffee00-0000-4000-8000-000000000001   # voice outbound, healthy
+BAD=c0ffee00-0000-4000-8000-000000000005    # voice outbound, below thresholds
+
+step() {
+  want=$1; shift
+  printf '\n$ %s\n' "$*"
+  "$@"
+  got=$?
+  if [ "$got" -ne "$want" ]; then
+    echo "demo: expected exit code $want, got $got" >&2
+    exit 1
+  fi
+  echo "(exit code $got, as expected)"
+}
+
+step 0 "$KW" --sandbox scripts/report.lua
+step 0 "$KW" --sandbox scripts/alerts.lua "$GOOD"
+step 1 "$KW" --sandbox scripts/alerts.lua "$BAD"
+step 0 "$KW" --sandbox gate "$GOOD" --require 'avg_score>=0.8' --require 'eval:*>=70'
+step 1 "$KW" --sandbox gate "$BAD" --require 'avg_score>=0.8' --require 'eval:*>=70'
+echo
+echo "demo: done. Try 'build/kpiwatch --sandbox -i' for the REPL, or 'build/kpiwatch --help'."
