@@ -304,6 +304,30 @@ function M.normalize(k)
   return out
 end
 
+-- encode_json(k [, encode]) -> the normalized object as one line of JSON
+-- with a stable key order: execution_id, the documented fields in the
+-- order of the reference page, then every other key sorted. Each key and
+-- value is encoded by the json module (encode defaults to json.encode).
+function M.encode_json(k, encode)
+  encode = encode or json.encode
+  local n = M.normalize(k)
+  local keys, rest = {}, {}
+  if n.execution_id ~= nil then keys[1] = "execution_id" end
+  for _, rec in ipairs(FIELD_ORDER) do
+    if n[rec.snake] ~= nil then keys[#keys + 1] = rec.snake end
+  end
+  for key in next, n do
+    if key ~= "execution_id" and not FIELDS[key] then rest[#rest + 1] = key end
+  end
+  sort(rest)
+  for _, key in ipairs(rest) do keys[#keys + 1] = key end
+  local parts = {}
+  for i, key in ipairs(keys) do
+    parts[i] = encode(key) .. ":" .. encode(n[key])
+  end
+  return "{" .. concat(parts, ",") .. "}"
+end
+
 -- ---- methods ----------------------------------------------------------------
 
 function methods.raw(self)

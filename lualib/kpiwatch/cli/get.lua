@@ -1,0 +1,67 @@
+-- kpiwatch get ID [--json]: print the KPIs of one execution.
+--
+-- The readable summary by default; with --json the normalized object on
+-- one line (snake_case keys, integers as integers, nulls as null,
+-- execution_id first). Exit status: 0 ok; 2 usage, an invalid id or
+-- missing credentials; 3 any API or network error (after retries). Errors
+-- are one line on stderr: "kpiwatch: <kind>: <message> (execution <id>)".
+
+local USAGE = [[
+usage: kpiwatch [options] get ID [--json]
+
+Print the KPIs of the test execution ID (a UUID).
+  --json      print the normalized JSON object instead of the summary
+  -h, --help  show this help
+Global options (--base-url, --timeout, --retries, --verbose, --sandbox)
+go before 'get'. Credentials: FI_API_KEY and FI_SECRET_KEY.
+Exit status: 0 ok, 2 bad id / usage / missing credentials, 3 API or network error.
+]]
+
+local function usage_error(msg)
+  io.stderr:write("kpiwatch: get: ", msg, "\n", USAGE)
+  return 2
+end
+
+return function(args)
+  local errors = require "kpiwatch.errors"
+  local as_json = false
+  local ids = {}
+  local i, only_ids = 1, false
+  while i <= #args do
+    local a = args[i]
+    if only_ids or a:sub(1, 1) ~= "-" or a == "-" then
+      ids[#ids + 1] = a
+    elseif a == "--" then
+      only_ids = true
+    elseif a == "--json" then
+      as_json = true
+    elseif a == "-h" or a == "--help" then
+      io.stdout:write(USAGE)
+      return 0
+    else
+      return usage_error("unknown option '" .. require("kpiwatch.kpis")._show_id(a) .. "'")
+    end
+    i = i + 1
+  end
+  if #ids ~= 1 then
+    return usage_error(#ids == 0 and "missing execution ID" or "expected one execution ID")
+  end
+
+  local kpis = require "kpiwatch.kpis"
+  local ok, k = pcall(kpis.get, ids[1])
+  if not ok then
+    if not errors.is(k) then error(k, 0) end
+    local code = (k.kind == "invalid_id" or k.kind == "config") and 2 or 3
+    local where = k.execution_id and (" (execution " .. k.execution_id .. ")") or ""
+    io.stderr:write("kpiwatch: ", k.kind, ": ", k.message, where, "\n")
+    return code
+  end
+  local model = require "kpiwatch.model"
+  if as_json then
+    io.stdout:write(model.encode_json(k, require("kpiwatch.json").encode), "\n")
+  else
+    io.stdout:write(tostring(k), "\n")
+  end
+  io.stdout:flush()
+  return 0
+end

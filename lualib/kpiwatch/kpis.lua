@@ -1,0 +1,711 @@
+-- kpiwatch.kpis: the Future AGI KPIs client (global `kpis`).
+--
+--   kpis.get(id [, opts])            -> KPI object (kpiwatch.model), or raises
+--   kpis.get_all(ids [, opts])       -> results in the order of ids, an error
+--                                       object in place of each failure
+--   kpis.configure{...}              -> set options for the whole script
+--   kpis.config()                    -> the effective options, secrets redacted
+--
+-- Everything here is policy over kpiwatch.http (libcurl on the event loop):
+-- configuration precedence, id validation, retries with backoff, the
+-- client-side rate limit, error classification and the verbose trace.
+--
+-- Configuration, strongest first: the opts of a call, kpis.configure{},
+-- command-line flags (kpis._set_flags, called by the CLI and by --sandbox),
+-- the environment (FI_BASE_URL, FI_API_KEY, FI_SECRET_KEY), the defaults.
+--
+-- Secrets (api_key, secret_key) only ever go into request headers. They are
+-- never part of an error, a trace or a printed config, and any text that
+-- reaches the user through this module is scrubbed of them as well (a
+-- server could echo a header back).
+
+local errors = require "kpiwatch.errors"
+local model = require "kpiwatch.model"
+
+local M = {}
+
+local type, tostring, tonumber, pcall, error = type, tostring, tonumber, pcall, error
+local format = string.format
+local math_type = math.type
+
+local http -- loaded on first request, so `kpis.configure` costs no libcurl
+local task
+
+local function lazy()
+  if not http then
+    http = require "kpiwatch.http"
+    task = require "kpiwatch.task"
+  end
+end
+
+-- ---- options ------------------------------------------------------------------
+
+M.DEFAULT_BASE_URL = "https://api.futureagi.com"
+
+local DEFAULTS = {
+  base_url = M.DEFAULT_BASE_URL,
+  timeout = 30,           -- seconds, per attempt
+  retries = 3,            -- retries after the first attempt
+  backoff = 0.5,          -- base of the exponential backoff, seconds
+  backoff_max = 10,       -- cap of one backoff delay, seconds
+  max_retry_after = 60,   -- a 429 asking to wait longer than this is not retried
+  concurrency = 16,       -- default for get_all
+  rate = false,           -- "100/min": client-side limit shared by the script
+  burst = 1,              -- requests the rate limit lets through at once
+  allow_insecure_http = false,
+  verbose = false,
+}
+
+-- option -> checker(value) returning the normalized value or nil, message
+local function positive(name)
+  return function(v)
+    if type(v) ~= "number" or v ~= v or v <= 0 then return nil, name .. " must be a positive number" end
+    return v
+  end
+end
+local function non_negative(name)
+  return function(v)
+    if type(v) ~= "number" or v ~= v or v < 0 then return nil, name .. " must be a number >= 0" end
+    return v
+  end
+end
+local function boolean(name)
+  return function(v)
+    if type(v) ~= "boolean" then return nil, name .. " must be true or false" end
+    return v
+  end
+end
+local function string_opt(name)
+  return function(v)
+    if type(v) ~= "string" then return nil, name .. " must be a string" end
+    return v
+  end
+end
+
+local CHECK = {
+  base_url = string_opt("base_url"),
+  api_key = string_opt("api_key"),
+  secret_key = string_opt("secret_key"),
+  timeout = positive("timeout"),
+  retries = function(v)
+    if math_type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
+    if math_type(v) ~= "integer" or v < 0 or v > 100 then
+      return nil, "retries must be an integer from 0 to 100"
+    end
+    return v
+  end,
+  backoff = non_negative("backoff"),
+  backoff_max = non_negative("backoff_max"),
+  max_retry_after = non_negative("max_retry_after"),
+  concurrency = function(v)
+    if math_type(v) ~= "integer" or v < 1 then return nil, "concurrency must be a positive integer" end
+    return v
+  end,
+  rate = function(v)
+    if v == false then return false end
+    if type(v) ~= "string" then return nil, "rate must be a string like \"100/min\", or false" end
+    local n, unit = v:match("^%s*(%d+%.?%d*)%s*/%s*(%a+)%s*$")
+    local per = ({ s = 1, sec = 1, second = 1, m = 60, min = 60, minute = 60, h = 3600, hour = 3600 })[unit and unit:lower() or ""]
+    n = tonumber(n)
+    if not n or not per or n <= 0 then
+      return nil, "rate must look like \"100/min\", \"10/s\" or \"5000/hour\", got '" .. v .. "'"
+    end
+    return v
+  end,
+  burst = function(v)
+    if math_type(v) ~= "integer" or v < 1 then return nil, "burst must be a positive integer" end
+    return v
+  end,
+  allow_insecure_http = boolean("allow_insecure_http"),
+  verbose = boolean("verbose"),
+  ca_file = string_opt("ca_file"),
+  headers = function(v)
+    if type(v) ~= "table" then return nil, "headers must be a table" end
+    return v
+  end,
+}
+
+local SECRET = { api_key = true, secret_key = true }
+
+local configured = {} -- kpis.configure
+local flags = {}      -- kpis._set_flags (command line, --sandbox)
+local generation = 0  -- bumped on every change, invalidates the cache
+local cache           -- resolved options without call opts
+
+local function check_opts(t, where)
+  for k, v in pairs(t) do
+    local check = CHECK[k]
+    if not check then
+      errors.raise("config", where .. ": unknown option '" .. tostring(k) .. "'")
+    end
+    local nv, msg = check(v)
+    if nv == nil then errors.raise("config", where .. ": " .. msg) end
+  end
+end
+
+-- configure{...}: options for every later call of this script. A key set
+-- to false (rate, verbose, ...) turns it off; kpis.configure{} keeps all.
+function M.configure(t)
+  if type(t) ~= "table" then
+    errors.raise("config", "kpis.configure: expected a table of options, got " .. type(t))
+  end
+  check_opts(t, "kpis.configure")
+  for k, v in pairs(t) do configured[k] = (CHECK[k](v)) end
+  generation = generation + 1
+  cache = nil
+end
+
+-- _set_flags{base_url=, timeout=, retries=, verbose=, allow_insecure_http=,
+-- api_key=, secret_key=}: the command line's layer (the CLI and --sandbox
+-- call it). Merges into what was set before.
+function M._set_flags(t)
+  check_opts(t, "command line")
+  for k, v in pairs(t) do flags[k] = (CHECK[k](v)) end
+  generation = generation + 1
+  cache = nil
+end
+
+-- Forget every configure and flag (tests).
+function M._reset()
+  configured, flags = {}, {}
+  generation = generation + 1
+  cache = nil
+  M._buckets = {}
+end
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+local function is_loopback(host)
+  host = host:lower()
+  return host == "localhost" or host:sub(-10) == ".localhost" or host == "[::1]"
+    or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+-- Split and check a base URL; returns the URL without trailing slashes, or
+-- raises a config error. No userinfo (a password in a URL would end up in
+-- traces), no query or fragment.
+local function check_base_url(url, allow_insecure)
+  local function bad(why)
+    -- userinfo may hold a password: never echoed
+    local shown = model.snippet(url:gsub("^([^/]*//)[^/@]*@", "%1[REDACTED]@"))
+    errors.raise("config", format("invalid base URL '%s': %s", shown, why))
+  end
+  local scheme, authority, path = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
+  if not scheme then bad("expected http(s)://host[:port][/path]") end
+  scheme = scheme:lower()
+  if scheme ~= "https" and scheme ~= "http" then bad("the scheme must be https or http") end
+  if authority:find("@", 1, true) then bad("credentials in the URL are not allowed; use FI_API_KEY and FI_SECRET_KEY") end
+  local host, port = authority:match("^(%[[%x:.]+%])(.*)$")
+  if not host then host, port = authority:match("^([%w.-]+)(.*)$") end
+  if not host or host == "" then bad("missing host") end
+  if port ~= "" then
+    local p = port:match("^:(%d+)$")
+    if not p or tonumber(p) < 1 or tonumber(p) > 65535 then bad("bad port") end
+  end
+  if path:find("[?#]") then bad("a query or fragment is not allowed") end
+  if path:find("[%s%c]") then bad("whitespace in the path") end
+  if scheme == "http" and not allow_insecure and not is_loopback(host) then
+    errors.raise("config", format(
+      "refusing plain http:// to %s: the credentials would travel unencrypted; use https://, or set allow_insecure_http (--allow-insecure-http) if you mean it",
+      host))
+  end
+  return scheme .. "://" .. authority .. path:gsub("/+$", "")
+end
+M._check_base_url = check_base_url
+
+local function resolve_base()
+  if cache then return cache end
+  local c = {}
+  for k, v in pairs(DEFAULTS) do c[k] = v end
+  c.base_url = getenv("FI_BASE_URL") or c.base_url
+  c.api_key = getenv("FI_API_KEY")
+  c.secret_key = getenv("FI_SECRET_KEY")
+  for k, v in pairs(flags) do c[k] = v end
+  for k, v in pairs(configured) do c[k] = v end
+  c.generation = generation
+  cache = c
+  return c
+end
+
+-- The options of one call: the cached base, overlaid with opts.
+local function resolve(opts)
+  local base = resolve_base()
+  if opts == nil or next(opts) == nil then return base end
+  check_opts(opts, "kpis")
+  local c = {}
+  for k, v in pairs(base) do c[k] = v end
+  for k, v in pairs(opts) do c[k] = (CHECK[k](v)) end
+  c.generation = nil
+  return c
+end
+
+-- Checks what a request needs (credentials, base URL) once per resolved
+-- config, and builds the request headers once.
+local function prepare(c)
+  if c.prepared then return c end
+  if not c.api_key or not c.secret_key then
+    local msg
+    if not c.api_key and not c.secret_key then
+      msg = "no API credentials: set FI_API_KEY and FI_SECRET_KEY"
+    else
+      msg = "missing " .. (c.api_key and "FI_SECRET_KEY" or "FI_API_KEY")
+        .. ": both FI_API_KEY and FI_SECRET_KEY are needed"
+    end
+    errors.raise("config", msg .. " (or call kpis.configure{api_key=..., secret_key=...})",
+      { retryable = false })
+  end
+  c.root = check_base_url(c.base_url, c.allow_insecure_http) .. "/simulate/test-executions/"
+  local h = { ["Accept"] = "application/json" }
+  if c.headers then
+    for k, v in pairs(c.headers) do
+      local lk = type(k) == "string" and k:lower()
+      if lk ~= "x-api-key" and lk ~= "x-secret-key" then h[k] = v end
+    end
+  end
+  h["X-Api-Key"] = c.api_key
+  h["X-Secret-Key"] = c.secret_key
+  c.req_headers = h
+  c.prepared = true
+  return c
+end
+
+-- Replace every occurrence of a secret in s.
+local function redact(c, s)
+  if type(s) ~= "string" then return s end
+  for key in pairs(SECRET) do
+    local v = c[key]
+    if type(v) == "string" and #v >= 3 then
+      local i = 1
+      while true do
+        local a, b = s:find(v, i, true)
+        if not a then break end
+        s = s:sub(1, a - 1) .. "[REDACTED]" .. s:sub(b + 1)
+        i = a + 10
+      end
+    end
+  end
+  return s
+end
+
+-- config() -> the effective options, with the secrets shown as
+-- "[REDACTED]" (or nil when unset); prints as one line.
+local ConfigView = {
+  __name = "kpiwatch.kpis.config",
+  __tostring = function(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do
+      local v = t[k]
+      if type(v) == "string" then v = format("%q", v) else v = tostring(v) end
+      parts[#parts + 1] = k .. "=" .. v
+    end
+    return "kpis.config{" .. table.concat(parts, ", ") .. "}"
+  end,
+}
+
+function M.config(opts)
+  local c = resolve(opts)
+  local out = {}
+  for k in pairs(CHECK) do
+    local v = c[k]
+    if SECRET[k] then
+      if v ~= nil then out[k] = "[REDACTED]" end
+    elseif k == "headers" then
+      if v then
+        local h = {}
+        for hk in pairs(v) do h[#h + 1] = tostring(hk) end
+        table.sort(h)
+        out.headers = table.concat(h, ",")
+      end
+    else
+      out[k] = v
+    end
+  end
+  return setmetatable(out, ConfigView)
+end
+
+-- ---- ids ------------------------------------------------------------------------
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+
+-- An id as it can be shown in one line of a message: printable, short.
+local function show_id(id)
+  if type(id) ~= "string" then return tostring(type(id)) end
+  local s = id:sub(1, 48):gsub("[%c\128-\255\"]", "?")
+  if #id > 48 then s = s .. format("... (%d bytes)", #id) end
+  return s
+end
+M._show_id = show_id
+
+-- check_id(id) -> the id in lower case, or raises invalid_id. The API's
+-- route takes a canonical UUID; anything else never needs a request.
+local function check_id(id)
+  if type(id) ~= "string" then
+    errors.raise("invalid_id", "execution id must be a UUID string, got " .. type(id),
+      { retryable = false })
+  end
+  if #id ~= 36 or not id:match(UUID) then
+    errors.raise("invalid_id", format('not a UUID: "%s"', show_id(id)),
+      { retryable = false, execution_id = nil })
+  end
+  return id:lower()
+end
+M.check_id = check_id
+
+function M.is_uuid(id)
+  return type(id) == "string" and #id == 36 and id:match(UUID) ~= nil
+end
+
+-- ---- time, randomness ---------------------------------------------------------
+
+-- Monotonic seconds: the runtime's clock when it has one, else the kernel's
+-- uptime (monotonic, 10 ms), else wall time in whole seconds.
+local function make_clock()
+  lazy()
+  if type(task.now) == "function" then return task.now end
+  local f = io.open("/proc/uptime", "r")
+  if f then
+    f:close()
+    return function()
+      local fh = io.open("/proc/uptime", "r")
+      if not fh then return os.time() end
+      local v = fh:read("n")
+      fh:close()
+      return v or os.time()
+    end
+  end
+  return os.time
+end
+local clock
+local function now()
+  if not clock then clock = make_clock() end
+  return clock()
+end
+M._now = now
+
+M._random = math.random -- replaceable in tests
+
+-- ---- Retry-After ------------------------------------------------------------------
+
+local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
+  sep = 9, oct = 10, nov = 11, dec = 12 }
+local DAYS_IN = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+
+-- Days since 1970-01-01 of a civil date (proleptic Gregorian).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = (153 * mp + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+local function epoch_of(y, mon, d, hh, mm, ss)
+  local m = MONTHS[mon:lower()]
+  y, d, hh, mm, ss = tonumber(y), tonumber(d), tonumber(hh), tonumber(mm), tonumber(ss)
+  if not m or not y or d < 1 or d > DAYS_IN[m] or hh > 23 or mm > 59 or ss > 60 then return nil end
+  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
+end
+
+-- _parse_retry_after(value [, now]) -> seconds to wait (>= 0), or nil when
+-- value is neither delay-seconds nor an HTTP date (RFC 9110 10.2.3: the
+-- IMF-fixdate, and the obsolete RFC 850 and asctime forms). now is the
+-- current time in seconds since the epoch (os.time() by default). Never
+-- raises, whatever the input.
+function M._parse_retry_after(value, now_epoch)
+  if type(value) == "number" then
+    if value ~= value or value < 0 then return nil end
+    return math.min(value, 2 ^ 31)
+  end
+  if type(value) ~= "string" or #value > 128 then return nil end
+  local v = value:match("^[ \t]*(.-)[ \t]*$")
+  local digits = v:match("^%d+$") or v:match("^%d+%.%d+$")
+  if digits then
+    if #v > 12 then return 2 ^ 31 end
+    return math.min(tonumber(v), 2 ^ 31)
+  end
+  local t
+  -- IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+  local d, mon, y, hh, mm, ss = v:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if d then
+    t = epoch_of(y, mon, d, hh, mm, ss)
+  else
+    -- RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+    d, mon, y, hh, mm, ss = v:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if d then
+      y = tonumber(y)
+      y = y < 70 and 2000 + y or 1900 + y
+      t = epoch_of(y, mon, d, hh, mm, ss)
+    else
+      -- asctime: Sun Nov  6 08:49:37 1994
+      mon, d, hh, mm, ss, y = v:match("^%a%a%a (%a%a%a) ([ %d]%d) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+      if mon then t = epoch_of(y, mon, d:gsub(" ", ""), hh, mm, ss) end
+    end
+  end
+  if not t then return nil end
+  now_epoch = now_epoch or os.time()
+  local wait = t - now_epoch
+  if wait < 0 then wait = 0 end
+  return wait
+end
+
+-- ---- rate limit -----------------------------------------------------------------
+
+-- One GCRA bucket per rate spec, shared by every task of the process: each
+-- request reserves the next slot before it sleeps, so concurrent tasks
+-- never pass together more than `burst` requests in one emission interval.
+M._buckets = {}
+
+local function rate_interval(spec)
+  local n, unit = spec:match("^%s*(%d+%.?%d*)%s*/%s*(%a+)%s*$")
+  local per = ({ s = 1, sec = 1, second = 1, m = 60, min = 60, minute = 60, h = 3600, hour = 3600 })[unit:lower()]
+  return per / tonumber(n)
+end
+
+local function acquire(c)
+  if not c.rate then return 0 end
+  local key = c.rate .. "#" .. c.burst
+  local b = M._buckets[key]
+  if not b then
+    b = { interval = rate_interval(c.rate), tat = nil }
+    M._buckets[key] = b
+  end
+  local t = now()
+  local tau = (c.burst - 1) * b.interval
+  local tat = b.tat or t
+  if tat < t then tat = t end
+  local allowed_at = tat - tau
+  b.tat = tat + b.interval
+  local wait = allowed_at - t
+  if wait > 0 then
+    task.sleep(wait)
+    return wait
+  end
+  return 0
+end
+
+-- ---- errors ------------------------------------------------------------------------
+
+local RETRYABLE_TRANSPORT = { timeout = true, connect = true, network = true }
+
+local REASON = {
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
+  [405] = "Method Not Allowed", [408] = "Request Timeout", [429] = "Too Many Requests",
+  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout",
+}
+
+local json_decode
+local function decode_body(body)
+  if type(body) ~= "string" or not body:match("^%s*{") then return nil end
+  if not json_decode then
+    local ok, j = pcall(function() return _G.json end)
+    json_decode = (ok and type(j) == "table" and j.decode) or require("cjson").decode
+  end
+  local ok, t = pcall(json_decode, body)
+  if ok and type(t) == "table" then return t end
+  return nil
+end
+
+-- classify(resp, c, id, url) -> error object for a non-2xx response
+local function classify(resp, c, id, url)
+  local status = resp.status
+  local decoded = decode_body(resp.body)
+  local msg = decoded and model.server_message(decoded)
+  local code = decoded and (decoded.code or (type(decoded.result) == "table" and decoded.result.code)) or nil
+  if type(code) ~= "string" then code = nil end
+  local http_text = format("HTTP %d%s", status, REASON[status] and (" " .. REASON[status]) or "")
+  local fields = { status = status, execution_id = id, url = url, code = code, retryable = false }
+  local kind
+  if not msg and resp.body and resp.body ~= "" and not decoded then
+    local title = resp.body:match("<[Tt][Ii][Tt][Ll][Ee]>([^<]*)</")
+    msg = http_text .. (title and (" (HTML page: " .. model.snippet(title) .. ")")
+      or (" (non-JSON body: '" .. model.snippet(resp.body) .. "')"))
+  end
+  if status == 401 or status == 403 then
+    kind = "auth"
+    msg = (msg or http_text) .. " (check the credentials: FI_API_KEY and FI_SECRET_KEY)"
+  elseif status == 404 then
+    kind = "not_found"
+    msg = msg or "Test execution not found."
+  elseif status == 429 then
+    kind = "rate_limited"
+    fields.retryable = true
+    local ra = M._parse_retry_after(resp.headers and resp.headers["retry-after"])
+    if ra == nil and decoded and type(decoded.result) == "table" then
+      ra = M._parse_retry_after(decoded.result.retry_after)
+    end
+    fields.retry_after = ra
+    msg = msg or http_text
+  elseif status >= 500 and status <= 599 then
+    kind = "server"
+    fields.retryable = true
+    msg = msg or http_text
+  elseif status >= 400 and status <= 499 then
+    kind = "request"
+    msg = msg or http_text
+  else
+    kind = "protocol"
+    local loc = resp.headers and resp.headers.location
+    msg = format("unexpected %s%s", http_text,
+      loc and (" (redirect to " .. model.snippet(loc) .. ")") or "")
+  end
+  return errors.new(kind, redact(c, msg), fields)
+end
+
+-- ---- the request ---------------------------------------------------------------------
+
+M._stats = { requests = 0, retries = 0, failures = 0 }
+
+function M.stats()
+  local s = M._stats
+  return { requests = s.requests, retries = s.retries, failures = s.failures }
+end
+
+local function trace(c, line)
+  if c.verbose then io.stderr:write("kpiwatch: ", redact(c, line), "\n") end
+end
+
+local function ms(secs)
+  return format("%.1f ms", secs * 1000)
+end
+
+-- The delay before retry number n (1-based): full jitter over an
+-- exponential ceiling; a 429's Retry-After is a floor.
+local function backoff_delay(c, n, retry_after)
+  local ceiling = c.backoff * 2 ^ (n - 1)
+  if ceiling > c.backoff_max then ceiling = c.backoff_max end
+  local d = M._random() * ceiling
+  if retry_after then d = retry_after + M._random() * c.backoff end
+  return d
+end
+
+local http_request
+
+-- get(id [, opts]) -> KPI object; raises an error object (see README).
+function M.get(id, opts)
+  local c = prepare(resolve(opts))
+  id = check_id(id)
+  lazy()
+  http_request = http_request or http.request
+  local url = c.root .. id .. "/kpis/"
+  local req = { method = "GET", url = url, headers = c.req_headers, timeout = c.timeout, ca_file = c.ca_file }
+  local stats = M._stats
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    acquire(c)
+    local t0 = c.verbose and now()
+    stats.requests = stats.requests + 1
+    local ok, resp = pcall(http_request, req)
+    local err
+    if ok then
+      local status = resp.status
+      if status >= 200 and status <= 299 then
+        local k, perr = model.parse(resp.body, id)
+        if k then
+          if c.verbose then
+            trace(c, format("GET %s -> %d (%s)%s", url, status, ms(resp.time or (now() - t0)),
+              attempt > 1 and format(" after %d attempts", attempt) or ""))
+          end
+          return k
+        end
+        err = perr
+        err.status, err.url = status, url
+        err.message = redact(c, err.message)
+      else
+        err = classify(resp, c, id, url)
+      end
+    elseif errors.is(resp) then
+      err = errors.new(resp.kind, redact(c, tostring(resp.message)), {
+        url = url, execution_id = id, retryable = RETRYABLE_TRANSPORT[resp.kind] == true,
+        curl_code = resp.curl_code,
+      })
+    else
+      -- a cancellation ("interrupted!", task.cancel) or a bug: not ours to wrap
+      error(resp, 0)
+    end
+    err.attempts = attempt
+    local outcome = err.status and tostring(err.status) .. " " .. err.kind or err.kind
+    local give_up = not err.retryable or attempt > c.retries
+    if not give_up and err.retry_after and err.retry_after > c.max_retry_after then
+      give_up = true
+      err.message = err.message .. format(" (Retry-After %gs is beyond max_retry_after %gs)",
+        err.retry_after, c.max_retry_after)
+    end
+    if give_up then
+      stats.failures = stats.failures + 1
+      if c.verbose then
+        trace(c, format("GET %s -> %s (%s)%s", url, outcome, ms(now() - t0),
+          attempt > 1 and format("; giving up after %d attempts", attempt) or ""))
+      end
+      error(err, 0)
+    end
+    local delay = backoff_delay(c, attempt, err.retry_after)
+    stats.retries = stats.retries + 1
+    if c.verbose then
+      trace(c, format("GET %s -> %s (%s); retry %d/%d in %.2f s%s", url, outcome, ms(now() - t0),
+        attempt, c.retries, delay,
+        err.retry_after and format(" (Retry-After %g)", err.retry_after) or ""))
+    end
+    if delay > 0 then task.sleep(delay) end
+  end
+end
+
+-- get_all(ids [, opts]) -> array, in the order of ids, of KPI objects and
+-- error objects (one per failed id). opts: concurrency (default 16) and any
+-- option of kpis.get. A missing credential raises at once (it is not a
+-- per-id failure); so does a cancellation of the calling task.
+function M.get_all(ids, opts)
+  if type(ids) ~= "table" then
+    errors.raise("config", "kpis.get_all: expected a list of ids, got " .. type(ids))
+  end
+  opts = opts or {}
+  local conc = opts.concurrency
+  local call_opts = opts
+  if conc ~= nil then
+    call_opts = {}
+    for k, v in pairs(opts) do if k ~= "concurrency" then call_opts[k] = v end end
+  end
+  local c = prepare(resolve(call_opts))
+  conc = conc or c.concurrency
+  local ok_c, msg = CHECK.concurrency(conc)
+  if not ok_c then errors.raise("config", "kpis.get_all: " .. msg) end
+  lazy()
+  local n = #ids
+  local results = {}
+  if n == 0 then return results end
+  local nexti = 0
+  local get = M.get
+  local function worker()
+    while true do
+      nexti = nexti + 1
+      local i = nexti
+      if i > n then return end
+      local ok, r = pcall(get, ids[i], call_opts)
+      if ok or errors.is(r) then
+        results[i] = r
+      else
+        error(r, 0)
+      end
+    end
+  end
+  local workers = {}
+  for w = 1, math.min(conc, n) do workers[w] = task.spawn(worker) end
+  local ok, e = pcall(task.all, workers)
+  if not ok then
+    for _, w in ipairs(workers) do pcall(task.cancel, w) end
+    error(e, 0)
+  end
+  return results
+end
+
+return M
