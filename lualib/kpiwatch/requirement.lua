@@ -1,0 +1,628 @@
+-- kpiwatch.requirement: the checks of `kpiwatch gate`.
+--
+--   parse("avg_score >= 0.8")      -> requirement, or nil and a one-line message
+--   parse_limit("avg_score=0.05")  -> a --max-drop / --max-rise limit, or nil, message
+--   evaluate(req, kpi [, opts])    -> list of check results
+--   compare(limit, kpi, base [, opts]) -> list of check results
+--
+-- The parsers take untrusted text (command lines, CI variables) and never
+-- raise: every input, however broken, gives either a value or (nil,
+-- message). They use no Lua patterns built from user text, and the glob
+-- matcher is a compiled token list, so no input can make a pattern error.
+--
+-- A check never passes by accident: a missing field, a null value, a value
+-- that is not a number, or a glob that matches no eval metric is a
+-- `no_data` or `error` check, both of which fail the gate (`--allow-missing`
+-- turns no_data into `skipped`, nothing else).
+
+local model = require "kpiwatch.model"
+
+local M = {}
+
+local type, tonumber, tostring = type, tonumber, tostring
+local byte, sub, format = string.byte, string.sub, string.format
+local abs = math.abs
+
+-- Longer inputs are refused before any work: no metric name or number is
+-- anywhere near this long, and it bounds the cost of a hostile argument.
+local MAX_LEN = 512
+
+local OPS = {
+  ["<"] = function(a, b) return a < b end,
+  ["<="] = function(a, b) return a <= b end,
+  [">"] = function(a, b) return a > b end,
+  [">="] = function(a, b) return a >= b end,
+  ["=="] = function(a, b) return a == b end,
+  ["!="] = function(a, b) return a ~= b end,
+}
+M.OPS = OPS
+local OP_LIST = "< <= > >= == !="
+
+-- Did-you-mean for the operators people type from other languages.
+local OP_HINTS = { ["="] = "==", ["=>"] = ">=", ["=<"] = "<=", ["<>"] = "!=", ["!"] = "!=", ["==="] = "==" }
+
+local function is_space(c)
+  return c == 32 or (c >= 9 and c <= 13)
+end
+
+-- Linear trim (a `%s*$` pattern is quadratic on long runs of blanks).
+local function trim(s)
+  local i, j = 1, #s
+  while i <= j and is_space(byte(s, i)) do i = i + 1 end
+  while j >= i and is_space(byte(s, j)) do j = j - 1 end
+  return sub(s, i, j)
+end
+
+-- Text safe to quote inside a one-line message: control bytes replaced,
+-- cut at 60 bytes.
+local function show(s)
+  s = s:gsub("[%c]", "?")
+  if #s > 60 then s = sub(s, 1, 57) .. "..." end
+  return s
+end
+M.show = show
+
+-- ---- numbers -----------------------------------------------------------------
+
+-- A decimal number: optional sign, digits with at most one point (at least
+-- one digit), optional exponent. No hex, no inf/nan, no spaces inside.
+local function parse_number(s)
+  local mant, rest = s:match("^([+-]?[%d%.]+)(.*)$")
+  if not mant then return nil end
+  if rest ~= "" and not rest:match("^[eE][+-]?%d+$") then return nil end
+  local digits = mant:gsub("^[+-]", "")
+  if not (digits:match("^%d+%.?%d*$") or digits:match("^%.%d+$")) then return nil end
+  local v = tonumber(s)
+  if v == nil then return nil end
+  if v ~= v or v == math.huge or v == -math.huge then return nil, "out of range" end
+  return v
+end
+M.parse_number = parse_number
+
+-- ---- globs -------------------------------------------------------------------
+-- `*` any run, `?` one character, `[abc]`, `[a-z]`, `[!a-z]` or `[^a-z]`.
+-- Compiled to tokens once; matching is case-insensitive (eval names are
+-- lowercase on the server, people type them in any case).
+
+local function compile_glob(pat)
+  local toks, i, n = {}, 1, #pat
+  while i <= n do
+    local c = byte(pat, i)
+    if c == 42 then -- *
+      if toks[#toks] ~= "*" then toks[#toks + 1] = "*" end
+      i = i + 1
+    elseif c == 63 then -- ?
+      toks[#toks + 1] = "?"
+      i = i + 1
+    elseif c == 91 then -- [
+      local set = { neg = false, ranges = {} }
+      local j = i + 1
+      local first = byte(pat, j)
+      if first == 33 or first == 94 then -- ! or ^
+        set.neg = true
+        j = j + 1
+      end
+      local start = j
+      local closed = false
+      while j <= n do
+        local d = byte(pat, j)
+        if d == 93 and j > start then -- ] (a ] first in the set is literal)
+          closed = true
+          break
+        end
+        local lo = d
+        local hi = d
+        if byte(pat, j + 1) == 45 and j + 2 <= n and byte(pat, j + 2) ~= 93 then -- a-z
+          hi = byte(pat, j + 2)
+          j = j + 2
+          if hi < lo then return nil, "bad range in glob '" .. show(pat) .. "'" end
+        end
+        local r = set.ranges
+        r[#r + 1] = { lo, hi }
+        j = j + 1
+      end
+      if not closed then return nil, "unclosed '[' in glob '" .. show(pat) .. "'" end
+      toks[#toks + 1] = set
+      i = j + 1
+    else
+      toks[#toks + 1] = c
+      i = i + 1
+    end
+  end
+  return toks
+end
+
+local function lower_byte(c)
+  if c >= 65 and c <= 90 then return c + 32 end
+  return c
+end
+
+local function set_has(set, c)
+  local lc = lower_byte(c)
+  local hit = false
+  for _, r in ipairs(set.ranges) do
+    local lo, hi = lower_byte(r[1]), lower_byte(r[2])
+    if (c >= r[1] and c <= r[2]) or (lc >= lo and lc <= hi) then
+      hit = true
+      break
+    end
+  end
+  if set.neg then return not hit end
+  return hit
+end
+
+-- Iterative matcher with one backtrack point per star: linear in practice,
+-- O(#toks * #s) worst case, no recursion.
+local function glob_match(toks, s)
+  local p, i, nt, ns = 1, 1, #toks, #s
+  local star_p, star_i
+  while i <= ns do
+    local t = toks[p]
+    local c = byte(s, i)
+    if t == "*" then
+      star_p, star_i = p, i
+      p = p + 1
+    elseif p <= nt and (t == "?" or (type(t) == "number" and lower_byte(t) == lower_byte(c))
+        or (type(t) == "table" and set_has(t, c))) then
+      p, i = p + 1, i + 1
+    elseif star_p then
+      p = star_p + 1
+      star_i = star_i + 1
+      i = star_i
+    else
+      return false
+    end
+  end
+  while toks[p] == "*" do p = p + 1 end
+  return p > nt
+end
+
+-- glob(pattern) -> matcher function(name) -> bool, or nil, message
+function M.glob(pattern)
+  if type(pattern) ~= "string" then return nil, "glob must be a string" end
+  local toks, err = compile_glob(pattern)
+  if not toks then return nil, err end
+  return function(name) return glob_match(toks, name) end
+end
+
+-- ---- targets: FIELD, eval:NAME, eval:GLOB ------------------------------------
+
+local EVAL_NAME_OK = "^[%w_%-%.%*%?%[%]!%^]+$"
+
+-- parse_target(text) -> target {kind = "field"|"eval"|"glob", name=, metric=}
+-- or nil, message. text is already trimmed.
+local function parse_target(text)
+  if text == "" then return nil, "empty field" end
+  local prefix = sub(text, 1, 5)
+  if prefix:lower() == "eval:" then
+    local name = sub(text, 6)
+    if name == "" then return nil, "empty eval name after 'eval:'" end
+    if not name:match(EVAL_NAME_OK) then
+      return nil, "bad eval name '" .. show(name) .. "' (letters, digits, _ - . and the glob characters * ? [ ])"
+    end
+    if name:find("[%*%?%[]") then
+      local toks, err = compile_glob(name)
+      if not toks then return nil, err end
+      return { kind = "glob", name = name, metric = "eval:" .. name, toks = toks }
+    end
+    if name:find("[%]!%^]") then
+      return nil, "bad eval name '" .. show(name) .. "' (']', '!' and '^' only inside a glob's [ ])"
+    end
+    return { kind = "eval", name = name, metric = "eval:" .. name }
+  end
+  if not text:match("^[%a_][%w_]*$") then
+    return nil, "bad field name '" .. show(text) .. "' (a KPI field such as avg_score, or eval:NAME, or eval:GLOB)"
+  end
+  return { kind = "field", name = text, metric = text }
+end
+M.parse_target = parse_target
+
+-- parse(text) -> requirement {text=, target=, metric=, op=, threshold=,
+-- threshold_text=} or nil, message. Never raises.
+function M.parse(text)
+  if type(text) ~= "string" then return nil, "requirement must be a string, got " .. type(text) end
+  if #text > MAX_LEN then return nil, "requirement too long (" .. #text .. " bytes, at most " .. MAX_LEN .. ")" end
+  if text:find("%z") then return nil, "requirement contains a NUL byte" end
+  local s = trim(text)
+  if s == "" then return nil, "empty requirement (expected FIELD OP NUMBER, e.g. 'avg_score>=0.8')" end
+  local at = s:find("[<>=!]")
+  if not at then
+    return nil, "no operator in '" .. show(s) .. "' (expected FIELD OP NUMBER with OP one of " .. OP_LIST .. ")"
+  end
+  local stop = at
+  while stop < #s and sub(s, stop + 1, stop + 1):find("[<>=!]") do stop = stop + 1 end
+  local op = sub(s, at, stop)
+  local field = trim(sub(s, 1, at - 1))
+  local num = trim(sub(s, stop + 1))
+  if not OPS[op] then
+    local hint = OP_HINTS[op]
+    return nil, "unknown operator '" .. show(op) .. "' in '" .. show(s) .. "'"
+      .. (hint and (" (did you mean '" .. hint .. "'?)") or (" (use one of " .. OP_LIST .. ")"))
+  end
+  if field == "" then return nil, "empty field before '" .. op .. "' in '" .. show(s) .. "'" end
+  local target, terr = parse_target(field)
+  if not target then return nil, terr .. " in '" .. show(s) .. "'" end
+  if num == "" then return nil, "missing number after '" .. op .. "' in '" .. show(s) .. "'" end
+  local threshold, why = parse_number(num)
+  if threshold == nil then
+    return nil, "bad number '" .. show(num) .. "' in '" .. show(s) .. "'" .. (why and (": " .. why) or "")
+  end
+  return {
+    text = field .. " " .. op .. " " .. num,
+    source = text,
+    target = target,
+    metric = target.metric,
+    op = op,
+    threshold = threshold,
+    threshold_text = num,
+  }
+end
+
+-- parse_limit(text [, direction]) -> limit for --max-drop (direction
+-- "drop", the default) or --max-rise ("rise"): `FIELD=AMOUNT` where AMOUNT
+-- is a non-negative number, or a percentage of the baseline value with a
+-- trailing `%`. Or nil, message. Never raises.
+function M.parse_limit(text, direction)
+  direction = direction or "drop"
+  local flag = "--max-" .. direction
+  if type(text) ~= "string" then return nil, flag .. " must be a string, got " .. type(text) end
+  if #text > MAX_LEN then return nil, flag .. " too long (" .. #text .. " bytes, at most " .. MAX_LEN .. ")" end
+  if text:find("%z") then return nil, flag .. " contains a NUL byte" end
+  local s = trim(text)
+  local eq = s:find("=", 1, true)
+  if not eq then
+    return nil, flag .. " '" .. show(s) .. "' has no '=' (expected FIELD=AMOUNT, e.g. 'avg_score=0.05')"
+  end
+  local field = trim(sub(s, 1, eq - 1))
+  local amount = trim(sub(s, eq + 1))
+  if field == "" then return nil, "empty field in " .. flag .. " '" .. show(s) .. "'" end
+  local target, terr = parse_target(field)
+  if not target then return nil, terr .. " in " .. flag .. " '" .. show(s) .. "'" end
+  if amount == "" then return nil, "missing amount after '=' in " .. flag .. " '" .. show(s) .. "'" end
+  local percent = false
+  local num_text = amount
+  if sub(amount, -1) == "%" then
+    percent = true
+    num_text = trim(sub(amount, 1, -2))
+  end
+  local v, why = parse_number(num_text)
+  if v == nil then
+    return nil, "bad amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s) .. "'" .. (why and (": " .. why) or "")
+  end
+  if v < 0 then
+    return nil, "negative amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s) .. "' (give how much it may " .. direction .. ")"
+  end
+  return {
+    text = field .. "=" .. amount,
+    source = text,
+    target = target,
+    metric = target.metric,
+    direction = direction,
+    amount = v,
+    percent = percent,
+    amount_text = amount,
+  }
+end
+
+-- ---- resolving a target against a KPI object -----------------------------------
+
+-- Edit distance, for "did you mean" on field names (short strings only).
+local function distance(a, b)
+  if #a > 64 or #b > 64 then return math.huge end
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    local ca = byte(a, i)
+    for j = 1, #b do
+      local cost = (ca == byte(b, j)) and 0 or 1
+      local v = prev[j] + 1
+      if cur[j - 1] + 1 < v then v = cur[j - 1] + 1 end
+      if prev[j - 1] + cost < v then v = prev[j - 1] + cost end
+      cur[j] = v
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function suggest(name, candidates)
+  -- closer than a quarter of the name (at least 2 edits) counts as a typo
+  local best, bestd = nil, math.max(3, #name // 4 + 1)
+  local lname = name:lower()
+  for _, c in ipairs(candidates) do
+    local d = distance(lname, c:lower())
+    if d < bestd then best, bestd = c, d end
+  end
+  return best
+end
+
+local function field_candidates(kpi)
+  local out = model.field_names()
+  local raw = type(kpi) == "table" and (model.is(kpi) and kpi:raw() or model.unwrap(kpi)) or {}
+  for key in pairs(raw) do
+    if type(key) == "string" then out[#out + 1] = key end
+  end
+  return out
+end
+
+-- Names of the numeric eval metrics (avg_<name>, null ones included) and of
+-- the choice evals, each sorted.
+local function eval_names(kpi)
+  local numeric, choice = {}, {}
+  local evals = model.evals(kpi)
+  for _, name in ipairs(model.eval_names(kpi)) do
+    local v = evals[name]
+    if type(v) == "table" then choice[#choice + 1] = name else numeric[#numeric + 1] = name end
+  end
+  return numeric, choice
+end
+
+local function list_text(names, max)
+  max = max or 8
+  if #names == 0 then return "none" end
+  local shown = {}
+  for i = 1, math.min(#names, max) do shown[i] = names[i] end
+  local s = table.concat(shown, ", ")
+  if #names > max then s = s .. format(", ... (%d in all)", #names) end
+  return s
+end
+
+-- One metric's value: {metric=, value=, state=} with state "ok" (a number),
+-- "null", "missing", "not_number" (with `what`), plus `note` for messages.
+local function read_field(kpi, name)
+  local v, present = model.get(kpi, name)
+  if not present then
+    local hint = suggest(name, field_candidates(kpi))
+    return { metric = name, state = "missing",
+      note = "the execution has no field '" .. name .. "'" .. (hint and hint ~= name and (" (did you mean " .. hint .. "?)") or "") }
+  end
+  if v == nil then return { metric = name, state = "null", note = name .. " is null" } end
+  if type(v) ~= "number" then
+    return { metric = name, state = "not_number", value_text = model.format_value(v),
+      note = name .. " is a " .. (type(v) == "table" and "JSON object" or type(v)) .. ", not a number" }
+  end
+  return { metric = name, state = "ok", value = v }
+end
+
+local function read_eval(kpi, name)
+  local metric = "eval:" .. name
+  local v, present = model.eval(kpi, name)
+  if not present then
+    local lname = name:lower()
+    if lname ~= name then
+      v, present = model.eval(kpi, lname)
+      if present then name, metric = lname, "eval:" .. lname end
+    end
+  end
+  if not present then
+    local numeric, choice = eval_names(kpi)
+    local all = {}
+    for _, n in ipairs(numeric) do all[#all + 1] = n end
+    for _, n in ipairs(choice) do all[#all + 1] = n end
+    local hint = suggest(name, all)
+    return { metric = metric, state = "missing",
+      note = "the execution has no eval metric '" .. name .. "'"
+        .. (hint and (" (did you mean eval:" .. hint .. "?)") or "")
+        .. " (its evals: " .. list_text(all) .. ")" }
+  end
+  if v == nil then return { metric = metric, state = "null", note = metric .. " is null" } end
+  if type(v) ~= "number" then
+    return { metric = metric, state = "not_number", value_text = model.format_value(v),
+      note = metric .. " is a choice eval (counts per choice), not a number: test it with a rule predicate" }
+  end
+  return { metric = metric, state = "ok", value = v }
+end
+
+-- resolve(target, kpis) -> list of readings, or nil, message (a glob that
+-- matches no numeric eval metric in any of kpis).
+local function glob_names(target, kpis)
+  local seen, names, choice_hits = {}, {}, {}
+  local match = function(n) return glob_match(target.toks, n) end
+  for _, k in ipairs(kpis) do
+    local numeric, choice = eval_names(k)
+    for _, n in ipairs(numeric) do
+      if not seen[n] and match(n) then
+        seen[n] = true
+        names[#names + 1] = n
+      end
+    end
+    for _, n in ipairs(choice) do
+      if not seen[n] and match(n) then
+        seen[n] = true
+        choice_hits[#choice_hits + 1] = n
+      end
+    end
+  end
+  table.sort(names)
+  if #names == 0 then
+    if #choice_hits > 0 then
+      table.sort(choice_hits)
+      return nil, "eval:" .. target.name .. " matches only choice evals (" .. list_text(choice_hits)
+        .. "), which have no number to compare"
+    end
+    local all = {}
+    local numeric = eval_names(kpis[1])
+    for _, n in ipairs(numeric) do all[#all + 1] = n end
+    return nil, "eval:" .. target.name .. " matches no eval metric (the execution's numeric evals: " .. list_text(all) .. ")"
+  end
+  return names
+end
+
+local function read(target, kpi)
+  if target.kind == "field" then return read_field(kpi, target.name) end
+  return read_eval(kpi, target.name)
+end
+
+-- ---- evaluation --------------------------------------------------------------
+
+local function fmt(v)
+  if v == nil then return "null" end
+  return model.format_value(v)
+end
+M.format_value = fmt
+
+local function no_data(check, note, opts)
+  if opts and opts.allow_missing then
+    check.status = "skipped"
+    check.message = note .. " (skipped: --allow-missing)"
+  else
+    check.status = "no_data"
+    check.message = "no data: " .. note
+  end
+  return check
+end
+
+local function check_base(req, metric)
+  return {
+    source = "require",
+    requirement = req.text,
+    metric = metric,
+    op = req.op,
+    threshold = req.threshold,
+  }
+end
+
+local function judge_requirement(req, r, opts, b)
+  local c = check_base(req, r.metric)
+  if b and b.state == "ok" then
+    -- the baseline beside the requirement, for the report only
+    c.baseline = b.value
+    if r.state == "ok" then c.delta = r.value - b.value end
+  end
+  if r.state == "missing" or r.state == "null" then return no_data(c, r.note, opts) end
+  if r.state == "not_number" then
+    c.status = "error"
+    c.value_text = r.value_text
+    c.message = r.note
+    return c
+  end
+  c.value = r.value
+  if OPS[req.op](r.value, req.threshold) then
+    c.status = "pass"
+    c.message = format("%s is %s, %s %s", r.metric, fmt(r.value), req.op, req.threshold_text)
+  else
+    c.status = "fail"
+    c.message = format("%s is %s, required %s %s", r.metric, fmt(r.value), req.op, req.threshold_text)
+  end
+  return c
+end
+
+-- evaluate(req, kpi [, opts]) -> list of checks, one per metric the
+-- requirement names (a glob gives one per matching eval metric).
+-- opts.allow_missing: no data is `skipped` instead of `no_data`.
+-- opts.baseline: a baseline KPI object; checks then carry its value as
+-- baseline= and delta= (informational: a requirement judges kpi alone).
+-- A check: {source="require", requirement=, metric=, op=, threshold=,
+-- value= (number or nil), status= pass|fail|no_data|skipped|error, message=}.
+function M.evaluate(req, kpi, opts)
+  local t = req.target
+  if t.kind == "glob" then
+    local names, err = glob_names(t, { kpi })
+    if not names then
+      local c = check_base(req, t.metric)
+      c.status = "error"
+      c.message = err
+      return { c }
+    end
+    local out = {}
+    local base = opts and opts.baseline
+    for _, n in ipairs(names) do
+      out[#out + 1] = judge_requirement(req, read_eval(kpi, n), opts, base and read_eval(base, n))
+    end
+    return out
+  end
+  local base = opts and opts.baseline
+  return { judge_requirement(req, read(t, kpi), opts, base and read(t, base)) }
+end
+
+-- Values within this relative distance are equal for --max-drop/--max-rise:
+-- 0.87 - 0.82 is 0.05000000000000004 in binary floating point, which is
+-- not a drop of more than 0.05.
+local EPSILON = 1e-9
+
+local function limit_check(limit, metric)
+  return {
+    source = "max_" .. limit.direction,
+    requirement = "max-" .. limit.direction .. " " .. limit.text,
+    metric = metric,
+    op = "max_" .. limit.direction,
+    threshold = limit.amount,
+    percent = limit.percent or nil,
+  }
+end
+
+local function judge_limit(limit, cur, base, opts)
+  local c = limit_check(limit, cur.metric)
+  if base.state == "ok" then c.baseline = base.value end
+  if cur.state == "ok" then c.value = cur.value end
+  for _, r in ipairs({ cur, base }) do
+    if r.state == "not_number" then
+      c.status = "error"
+      c.message = r.note
+      return c
+    end
+  end
+  if cur.state ~= "ok" then return no_data(c, cur.note, opts) end
+  if base.state ~= "ok" then return no_data(c, "baseline: " .. base.note, opts) end
+  local delta = cur.value - base.value
+  c.delta = delta
+  local moved = limit.direction == "drop" and -delta or delta
+  local allowed = limit.amount
+  if limit.percent then allowed = abs(base.value) * limit.amount / 100 end
+  c.allowed = allowed
+  local scale = math.max(1, abs(cur.value), abs(base.value))
+  local verb = limit.direction == "drop" and "fell" or "rose"
+  local sign = delta >= 0 and "+" or ""
+  if moved - allowed > EPSILON * scale then
+    c.status = "fail"
+    c.message = format("%s %s from %s to %s (%s%s), more than the %s allowed", cur.metric, verb,
+      fmt(base.value), fmt(cur.value), sign, fmt(delta), limit.amount_text)
+  else
+    c.status = "pass"
+    c.message = format("%s went from %s to %s (%s%s), within %s %s", cur.metric, fmt(base.value),
+      fmt(cur.value), sign, fmt(delta), limit.direction, limit.amount_text)
+  end
+  return c
+end
+
+-- compare(limit, kpi, base [, opts]) -> list of checks comparing kpi to
+-- the baseline base. A glob matches over the eval metrics of both; a metric
+-- one side lacks is no data. Checks carry baseline= and delta= (value -
+-- baseline) besides the fields of evaluate().
+function M.compare(limit, kpi, base, opts)
+  local t = limit.target
+  if t.kind == "glob" then
+    local names, err = glob_names(t, { kpi, base })
+    if not names then
+      local c = limit_check(limit, t.metric)
+      c.status = "error"
+      c.message = err
+      return { c }
+    end
+    local out = {}
+    for _, n in ipairs(names) do
+      out[#out + 1] = judge_limit(limit, read_eval(kpi, n), read_eval(base, n), opts)
+    end
+    return out
+  end
+  return { judge_limit(limit, read(t, kpi), read(t, base), opts) }
+end
+
+-- summarize(checks) -> {total=, passed=, failed=, no_data=, skipped=,
+-- errors=}, verdict ("pass" when nothing failed, had no data or erred).
+function M.summarize(checks)
+  local s = { total = #checks, passed = 0, failed = 0, no_data = 0, skipped = 0, errors = 0 }
+  for _, c in ipairs(checks) do
+    if c.status == "pass" then s.passed = s.passed + 1
+    elseif c.status == "fail" then s.failed = s.failed + 1
+    elseif c.status == "no_data" then s.no_data = s.no_data + 1
+    elseif c.status == "skipped" then s.skipped = s.skipped + 1
+    else s.errors = s.errors + 1 end
+  end
+  local verdict = (s.failed + s.no_data + s.errors == 0) and "pass" or "fail"
+  return s, verdict
+end
+
+M.trim = trim
+return M
