@@ -1,0 +1,480 @@
+-- kpiwatch gate: fail a CI pipeline when a simulation run got worse.
+--
+-- The driver (kpiwatch.cli) calls this module with the arguments after
+-- `gate` and the global flags it parsed; the result is the exit status:
+-- 0 every check passed, 1 a check failed (or had no data, or could not be
+-- evaluated), 2 usage or configuration error, 3 API or network error after
+-- the client's retries. Nothing here can turn an error into 0: every path
+-- that is not an explicit pass returns non-zero.
+
+local requirement = require "kpiwatch.requirement"
+local report = require "kpiwatch.gate_report"
+local errors = require "kpiwatch.errors"
+
+local M = {}
+
+M.USAGE = [==[
+usage: kpiwatch [options] gate ID [checks] [reports]
+
+Fetch the KPIs of test execution ID (a UUID) and check them; the exit
+status tells CI whether the run is good enough.
+
+Checks (at least one --require, --rules or --max-drop/--max-rise):
+  --require 'FIELD OP NUMBER'
+        OP is one of < <= > >= == != (spaces around it are fine).
+        FIELD is a KPI field in either casing (avg_score, failed_calls,
+        callsConnectedPercentage, ...), eval:NAME for one eval metric
+        (the avg_NAME key), or eval:GLOB for every eval metric matching
+        the glob (* ? [a-z]); a glob that matches none is an error.
+        NUMBER is decimal: 0.8, -1, 1e-3, 95. Repeatable.
+  --rules FILE.lua
+        alert rules (kpiwatch.alert); a firing rule fails the gate.
+        Repeatable.
+  --baseline BASE_ID
+        also fetch execution BASE_ID (concurrently) to compare against;
+        the report shows the baseline value and delta of each check.
+  --max-drop 'FIELD=AMOUNT'
+        fail when FIELD fell by more than AMOUNT from the baseline
+        (AMOUNT% : by more than AMOUNT percent of the baseline value).
+        FIELD as for --require, globs included. Repeatable.
+  --max-rise 'FIELD=AMOUNT'
+        the same for metrics where lower is better (failed_calls,
+        avg_agent_latency). Repeatable.
+  --allow-missing
+        a field the execution lacks, or a null value, is reported as
+        skipped instead of failing as "no data".
+
+Reports:
+  --format text|json|junit|github|markdown
+        the report on stdout (default: github when GITHUB_ACTIONS=true,
+        otherwise text).
+  --output [FORMAT:]FILE
+        also write a report to FILE, e.g. --output junit:report.xml
+        --output json:gate.json (repeatable). Without FORMAT: the
+        --format given, else guessed from the extension (.xml junit,
+        .json json, .md markdown, .txt text). When an --output takes the
+        --format, stdout keeps the default (text or github).
+  The github format prints ::error annotations and appends the markdown
+  table to $GITHUB_STEP_SUMMARY when that is set.
+
+Connection options go before 'gate' (they are accepted after it too):
+  --sandbox, --base-url URL, --timeout S, --retries N, --verbose.
+  Credentials: FI_API_KEY and FI_SECRET_KEY.
+
+Exit status:
+  0  every check passed (skipped checks allowed)
+  1  a check failed, had no data, or could not be evaluated
+  2  usage error: bad requirement, invalid id, no credentials, bad rules
+     file, nothing to check, report file not writable
+  3  the API or the network failed (after retries)
+
+Examples:
+  kpiwatch gate "$EXECUTION_ID" --require 'avg_score>=0.8' --require 'eval:*>=70'
+  kpiwatch gate "$RUN" --baseline "$MAIN_RUN" --max-drop 'avg_score=0.05' \
+      --max-drop 'eval:*=5%' --output junit:kpiwatch.xml
+]==]
+
+local function show(s)
+  return requirement.show(tostring(s))
+end
+
+local stderr = io.stderr -- replaced during M.run (tests capture it)
+
+local function usage_error(msg)
+  stderr:write("kpiwatch gate: ", msg, " (see 'kpiwatch gate --help')\n")
+  return 2
+end
+
+-- Options taking a value, and where parse_args stores it.
+local VALUE_OPTS = {
+  ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
+  ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
+  ["--output"] = "output",
+  -- global flags, also accepted after `gate`
+  ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
+}
+local REPEATABLE = { require = true, rules = true, max_drop = true, max_rise = true, output = true }
+local GLOBAL_BOOL = { ["--sandbox"] = "sandbox", ["--verbose"] = "verbose",
+  ["--allow-insecure-http"] = "allow_insecure_http" }
+
+-- parse_args(args) -> options, or nil and a one-line message. Options:
+-- ids, require[], rules[], baseline, max_drop[], max_rise[], format,
+-- output[], allow_missing, help, flags (global flags given after gate).
+function M.parse_args(args)
+  local o = { ids = {}, require = {}, rules = {}, max_drop = {}, max_rise = {}, output = {}, flags = {} }
+  local i, n, only_ids = 1, #args, false
+  while i <= n do
+    local a = args[i]
+    if type(a) ~= "string" then return nil, "argument " .. i .. " is not a string" end
+    if only_ids or a:sub(1, 1) ~= "-" or a == "-" then
+      o.ids[#o.ids + 1] = a
+    elseif a == "--" then
+      only_ids = true
+    elseif a == "-h" or a == "--help" then
+      o.help = true
+    elseif a == "--allow-missing" then
+      o.allow_missing = true
+    elseif GLOBAL_BOOL[a] then
+      o.flags[GLOBAL_BOOL[a]] = true
+    else
+      local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
+      name = name or a
+      local key = VALUE_OPTS[name]
+      if not key then return nil, "unknown option '" .. show(a) .. "'" end
+      if val == nil then
+        i = i + 1
+        val = args[i]
+        if val == nil then return nil, "option '" .. name .. "' needs a value" end
+      end
+      if key == "base_url" or key == "timeout" or key == "retries" then
+        if key ~= "base_url" then
+          local num = tonumber(val)
+          if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
+            return nil, "option '" .. name .. "' needs a non-negative number, got '" .. show(val) .. "'"
+          end
+          val = num
+        end
+        o.flags[key] = val
+      elseif REPEATABLE[key] then
+        local list = o[key]
+        list[#list + 1] = val
+      else
+        if o[key] ~= nil then return nil, "option '" .. name .. "' given twice" end
+        o[key] = val
+      end
+    end
+    i = i + 1
+  end
+  return o
+end
+
+local EXT_FORMAT = { xml = "junit", json = "json", md = "markdown", markdown = "markdown", txt = "text" }
+
+-- plan_outputs(o, env) -> stdout format, list of {format=, path=}, or nil,
+-- message.
+function M.plan_outputs(o, getenv)
+  getenv = getenv or os.getenv
+  if o.format and not report.FORMATS[o.format] then
+    return nil, "unknown --format '" .. show(o.format) .. "' (text, json, junit, github or markdown)"
+  end
+  local terminal = getenv("GITHUB_ACTIONS") == "true" and "github" or "text"
+  local files, format_used = {}, false
+  for _, spec in ipairs(o.output) do
+    local fmt, path = spec:match("^(%a+):(.+)$")
+    if fmt and not report.FORMATS[fmt] then
+      return nil, "unknown report format '" .. show(fmt) .. "' in --output '" .. show(spec)
+        .. "' (text, json, junit, github or markdown; write ./" .. show(spec) .. " for a file name with a colon)"
+    end
+    if not fmt then
+      path = spec
+      if o.format then
+        fmt = o.format
+        format_used = true
+      else
+        local ext = path:match("%.(%w+)$")
+        fmt = ext and EXT_FORMAT[ext:lower()]
+        if not fmt then
+          return nil, "cannot tell the report format of --output '" .. show(spec)
+            .. "': write FORMAT:FILE (e.g. junit:" .. show(spec) .. ") or give --format"
+        end
+      end
+    end
+    if path == "" then return nil, "empty file name in --output '" .. show(spec) .. "'" end
+    files[#files + 1] = { format = fmt, path = path }
+  end
+  local stdout_format = (o.format and not format_used) and o.format or terminal
+  return stdout_format, files
+end
+
+-- ---- rules files (kpiwatch.alert) ----------------------------------------------
+
+-- Each rules file runs once with the alert module as `alert` (also
+-- `require "kpiwatch.alert"`), registering rules. The gate evaluates the
+-- registered rules against the fetched KPIs without notifying anyone: a
+-- rule that fires is a failed check, a rule without data is no data.
+local function load_rules(paths)
+  local ok_mod, alert = pcall(require, "kpiwatch.alert")
+  if not ok_mod then
+    return nil, "cannot load the alert rule engine: " .. tostring(alert)
+  end
+  if type(alert.load_rules) ~= "function" or type(alert.evaluate) ~= "function" then
+    return nil, "the alert rule engine cannot be used by the gate (it has no load_rules/evaluate)"
+  end
+  local sets = {}
+  for _, path in ipairs(paths) do
+    local ok, rules = pcall(alert.load_rules, path)
+    if not ok then
+      local msg = errors.is(rules) and rules.message or tostring(rules)
+      return nil, "rules file " .. show(path) .. ": " .. msg
+    end
+    sets[#sets + 1] = { path = path, rules = rules }
+  end
+  return { alert = alert, sets = sets }
+end
+
+local function rule_checks(engine, kpi, opts)
+  local out = {}
+  for _, set in ipairs(engine.sets) do
+    local ok, results = pcall(engine.alert.evaluate, kpi, set.rules)
+    if not ok then
+      out[#out + 1] = {
+        source = "rule", metric = "rules:" .. set.path, op = "rule", requirement = set.path,
+        status = "error",
+        message = "evaluating " .. set.path .. " failed: " .. (errors.is(results) and results.message or tostring(results)),
+      }
+    else
+      for _, r in ipairs(results) do
+        local c = {
+          source = "rule",
+          metric = "rule:" .. tostring(r.rule or r.name or "?") .. (r.metric and (" " .. tostring(r.metric)) or ""),
+          op = "rule",
+          requirement = r.condition or r.description or ("rule " .. tostring(r.rule or r.name or "?")),
+          threshold = type(r.threshold) == "number" and r.threshold or nil,
+          value = type(r.value) == "number" and r.value or nil,
+          message = r.summary or r.message or "",
+        }
+        if r.state == "firing" or r.status == "firing" then
+          c.status = "fail"
+          if c.message == "" then c.message = "rule fired" end
+        elseif r.state == "no_data" or r.status == "no_data" then
+          c.status = opts.allow_missing and "skipped" or "no_data"
+          if c.message == "" then c.message = "no data" end
+        elseif r.state == "error" or r.status == "error" then
+          c.status = "error"
+        else
+          c.status = "pass"
+        end
+        out[#out + 1] = c
+      end
+    end
+  end
+  return out
+end
+
+-- ---- the run -------------------------------------------------------------------------
+
+local function exit_code_of(err)
+  if err.kind == "invalid_id" or err.kind == "config" then return 2 end
+  return 3
+end
+
+local function error_line(err, id)
+  local where = err.execution_id and (" (execution " .. err.execution_id .. ")")
+    or (id and (" (execution " .. id .. ")") or "")
+  local what = exit_code_of(err) == 2 and "configuration error" or "API error"
+  if err.kind == "timeout" or err.kind == "connect" or err.kind == "dns" or err.kind == "tls"
+    or err.kind == "network" then what = "network error" end
+  return what .. ": " .. err.kind .. ": " .. tostring(err.message) .. where
+end
+
+local function write_file(path, text)
+  local f, err = io.open(path, "wb")
+  if not f then return nil, err end
+  local ok, werr = f:write(text)
+  if not ok then
+    f:close()
+    return nil, werr
+  end
+  local cok, cerr = f:close()
+  if not cok then return nil, cerr end
+  return true
+end
+
+local function append_file(path, text)
+  local f, err = io.open(path, "ab")
+  if not f then return nil, err end
+  local ok, werr = f:write(text)
+  f:close()
+  if not ok then return nil, werr end
+  return true
+end
+
+local function is_tty()
+  local ok, term = pcall(require, "kpiwatch._term")
+  return ok and term.isatty(1)
+end
+
+-- Emit every report. Returns the exit code adjusted for write failures.
+local function emit(result, stdout_format, files, code, env)
+  local color = stdout_format == "text" and env.color
+  local out = env.stdout
+  if result.verdict == "error" then
+    -- the one-line error is on stderr already; a machine report still
+    -- goes out so a CI reading it sees the error, not nothing
+    if stdout_format == "github" then
+      local e = result.error
+      out:write("::error title=", report.gh_prop("kpiwatch gate: " .. e.kind), "::", report.gh_data(e.message), "\n")
+    elseif stdout_format ~= "text" then
+      out:write(report.render(stdout_format, result))
+    end
+  else
+    out:write(report.render(stdout_format, result, { color = color }))
+    if stdout_format ~= "text" and stdout_format ~= "github" then
+      env.stderr:write("kpiwatch ", report.verdict_line(result), "\n")
+    end
+  end
+  out:flush()
+  local github_used = stdout_format == "github"
+  for _, f in ipairs(files) do
+    if f.format == "github" then github_used = true end
+    local ok, err = write_file(f.path, report.render(f.format, result))
+    if not ok then
+      env.stderr:write("kpiwatch gate: cannot write the ", f.format, " report: ", tostring(err), "\n")
+      code = 2
+    end
+  end
+  local summary = github_used and env.getenv("GITHUB_STEP_SUMMARY")
+  if summary and summary ~= "" then
+    local ok, err = append_file(summary, report.markdown(result) .. "\n")
+    if not ok then
+      env.stderr:write("kpiwatch gate: cannot append to GITHUB_STEP_SUMMARY: ", tostring(err), "\n")
+      code = 2
+    end
+  end
+  return code
+end
+
+local function now_fn()
+  local kpis = require "kpiwatch.kpis"
+  if type(kpis._now) == "function" then return kpis._now end
+  return os.time
+end
+
+-- run(args, flags [, env]) -> exit code. env (tests): stdout, stderr,
+-- getenv, color.
+function M.run(args, flags, env)
+  env = env or {}
+  env.stdout = env.stdout or io.stdout
+  env.stderr = env.stderr or io.stderr
+  stderr = env.stderr
+  env.getenv = env.getenv or os.getenv
+  flags = flags or {}
+
+  local o, perr = M.parse_args(args or {})
+  if not o then return usage_error(perr) end
+  if o.help then
+    env.stdout:write(M.USAGE)
+    return 0
+  end
+
+  -- what to check
+  if #o.ids == 0 then return usage_error("missing execution ID") end
+  if #o.ids > 1 then
+    return usage_error("expected one execution ID, got " .. #o.ids .. " ('" .. show(o.ids[2]) .. "' is extra; quote requirements with spaces)")
+  end
+  local reqs, limits = {}, {}
+  for _, text in ipairs(o.require) do
+    local r, err = requirement.parse(text)
+    if not r then return usage_error("bad --require: " .. err) end
+    reqs[#reqs + 1] = r
+  end
+  for _, dir in ipairs({ "drop", "rise" }) do
+    for _, text in ipairs(o["max_" .. dir]) do
+      local l, err = requirement.parse_limit(text, dir)
+      if not l then return usage_error("bad --max-" .. dir .. ": " .. err) end
+      limits[#limits + 1] = l
+    end
+  end
+  if #limits > 0 and not o.baseline then
+    return usage_error("--max-drop and --max-rise compare with a baseline: give --baseline BASE_ID")
+  end
+  if #reqs == 0 and #o.rules == 0 and #limits == 0 then
+    return usage_error("nothing to check: give --require, --rules or --baseline with --max-drop")
+  end
+  local stdout_format, files = M.plan_outputs(o, env.getenv)
+  if not stdout_format then return usage_error(files) end
+  if env.color == nil then env.color = stdout_format == "text" and is_tty() and not env.getenv("NO_COLOR") end
+
+  local kpis = require "kpiwatch.kpis"
+  local id, base_id = o.ids[1], o.baseline
+  for _, x in ipairs({ { id, "execution ID" }, base_id and { base_id, "baseline ID" } or nil }) do
+    if not kpis.is_uuid(x[1]) then
+      env.stderr:write("kpiwatch gate: invalid ", x[2], ": not a UUID: '", show(x[1]), "'\n")
+      return 2
+    end
+  end
+  id = id:lower()
+  if base_id then base_id = base_id:lower() end
+
+  local engine
+  if #o.rules > 0 then
+    local e, err = load_rules(o.rules)
+    if not e then return usage_error(err) end
+    engine = e
+  end
+
+  -- connection flags given after `gate`
+  local sandbox
+  local late = {}
+  for k, v in pairs(o.flags) do if k ~= "sandbox" then late[k] = v end end
+  if next(late) then
+    local ok, err = pcall(kpis._set_flags, late)
+    if not ok then return usage_error(errors.is(err) and err.message or tostring(err)) end
+  end
+  if o.flags.sandbox and not flags.sandbox then
+    sandbox = require("kpiwatch.sandbox").start_for_client()
+  end
+
+  local clock = now_fn()
+  local t0 = clock()
+  local result = {
+    execution_id = id,
+    baseline_id = base_id,
+    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    checks = {},
+    hostname = env.getenv("HOSTNAME"),
+  }
+
+  local function fail_fetch(err, which)
+    local code = exit_code_of(err)
+    env.stderr:write("kpiwatch gate: ", error_line(err, which), "\n")
+    result.verdict = "error"
+    result.exit_code = code
+    result.error = { kind = err.kind, message = tostring(err.message) }
+    result.summary = { total = 0, passed = 0, failed = 0, no_data = 0, skipped = 0, errors = 1 }
+    result.duration = clock() - t0
+    return emit(result, stdout_format, files, code, env)
+  end
+
+  local kpi, base
+  local ok, got = pcall(function()
+    if base_id then return kpis.get_all({ id, base_id }, { concurrency = 2 }) end
+    return { kpis.get(id) }
+  end)
+  if sandbox then sandbox:close() end
+  if not ok then
+    if not errors.is(got) then error(got, 0) end
+    return fail_fetch(got, id)
+  end
+  kpi, base = got[1], got[2]
+  if errors.is(kpi) then return fail_fetch(kpi, id) end
+  if base_id and errors.is(base) then return fail_fetch(base, base_id) end
+
+  -- evaluate
+  local eopts = { allow_missing = o.allow_missing, baseline = base }
+  local checks = result.checks
+  for _, r in ipairs(reqs) do
+    for _, c in ipairs(requirement.evaluate(r, kpi, eopts)) do checks[#checks + 1] = c end
+  end
+  for _, l in ipairs(limits) do
+    for _, c in ipairs(requirement.compare(l, kpi, base, eopts)) do checks[#checks + 1] = c end
+  end
+  if engine then
+    for _, c in ipairs(rule_checks(engine, kpi, eopts)) do checks[#checks + 1] = c end
+  end
+  if #checks == 0 then
+    -- only rules files that defined no rule: never a silent pass
+    return usage_error("nothing to check: the rules files define no rule")
+  end
+
+  local summary, verdict = requirement.summarize(checks)
+  result.summary, result.verdict = summary, verdict
+  local code = verdict == "pass" and 0 or 1
+  result.exit_code = code
+  result.duration = clock() - t0
+  return emit(result, stdout_format, files, code, env)
+end
+
+return setmetatable(M, {
+  __call = function(_, args, flags) return M.run(args, flags) end,
+})
