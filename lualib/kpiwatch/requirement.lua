@@ -39,7 +39,8 @@ M.OPS = OPS
 local OP_LIST = "< <= > >= == !="
 
 -- Did-you-mean for the operators people type from other languages.
-local OP_HINTS = { ["="] = "==", ["=>"] = ">=", ["=<"] = "<=", ["<>"] = "!=", ["!"] = "!=", ["==="] = "==" }
+local OP_HINTS = { ["="] = "==", ["=>"] = ">=", ["=<"] = "<=", ["<>"] = "!=", ["!"] = "!=", ["==="] = "==",
+  ["~="] = "!=", ["~"] = "!=" }
 
 local function is_space(c)
   return c == 32 or (c >= 9 and c <= 13)
@@ -225,12 +226,14 @@ function M.parse(text)
   if text:find("%z") then return nil, "requirement contains a NUL byte" end
   local s = trim(text)
   if s == "" then return nil, "empty requirement (expected FIELD OP NUMBER, e.g. 'avg_score>=0.8')" end
-  local at = s:find("[<>=!]")
+  -- `~` is no operator, but `~=` is Lua's "not equal": read it as one
+  -- token so the message can suggest `!=`
+  local at = s:find("[<>=!~]")
   if not at then
     return nil, "no operator in '" .. show(s) .. "' (expected FIELD OP NUMBER with OP one of " .. OP_LIST .. ")"
   end
   local stop = at
-  while stop < #s and sub(s, stop + 1, stop + 1):find("[<>=!]") do stop = stop + 1 end
+  while stop < #s and sub(s, stop + 1, stop + 1):find("[<>=!~]") do stop = stop + 1 end
   local op = sub(s, at, stop)
   local field = trim(sub(s, 1, at - 1))
   local num = trim(sub(s, stop + 1))

@@ -81,6 +81,8 @@ end
 local stderr = io.stderr -- replaced during M.run (tests capture it)
 
 local function usage_error(msg)
+  -- one line, whatever the message (a require failure lists every path)
+  msg = tostring(msg):gsub("\n.*", "")
   stderr:write("kpiwatch gate: ", msg, " (see 'kpiwatch gate --help')\n")
   return 2
 end
