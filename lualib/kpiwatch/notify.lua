@@ -1,0 +1,395 @@
+-- kpiwatch.notify: built-in notification hooks for kpiwatch.alert.
+--
+-- A hook is any function(event); it reports a failure by raising, ideally
+-- an error object (kpiwatch.errors) whose `retryable` says whether trying
+-- again can help and whose `retry_after` (seconds) says when. The alert
+-- engine does the retrying, the backoff and the spooling; these functions
+-- make one attempt each.
+--
+--   notify.webhook{url=, secret=, headers=, timeout=10}
+--       JSON POST of the event. With a secret, signed per Standard Webhooks:
+--       webhook-id (= event.id, also sent as Idempotency-Key),
+--       webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256 of
+--       "id.timestamp.body">, the key being the base64 secret after an
+--       optional "whsec_" prefix. 2xx is delivered; 408, 429 (Retry-After
+--       honoured), 5xx and transport errors are retryable; other statuses
+--       are not (the event is spooled all the same).
+--   notify.slack{url=, channel=, username=, icon_emoji=, timeout=10}
+--       Slack incoming-webhook payload: `text` plus Block Kit `blocks`.
+--   notify.exec{"prog", "arg", ..., timeout=30, env={K=V}, cwd=}
+--       Runs prog with the arguments, never through a shell, the event as
+--       JSON on stdin. Arguments are templates ("{summary}", "{value:%.2f}").
+--       KPIWATCH_EVENT_ID, KPIWATCH_ALERT_STATE and KPIWATCH_ALERT_RULE are
+--       added to the environment. Exit 0 is delivered, 75 (EX_TEMPFAIL) and
+--       a timeout are retryable, any other status is a failure.
+--   notify.file(path | {path=, mode=0600, sync=true})
+--       Appends the event as one JSON line (fsync'ed unless sync=false).
+--   notify.stdout{format = "text" | "json"}
+--       One line per event on stdout.
+--
+-- webhook and slack without a url (an unset environment variable) make a
+-- disabled hook: its notifications are reported as skipped, once, on stderr.
+
+local errors = require "kpiwatch.errors"
+local json = require "kpiwatch.json"
+local template = require "kpiwatch.template"
+
+local M = {}
+
+local format, concat = string.format, table.concat
+
+local crypto
+local function C()
+  crypto = crypto or require "kpiwatch._crypto"
+  return crypto
+end
+
+local function config_error(msg)
+  error(errors.new("config", msg), 3)
+end
+
+local function check_opts(name, opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(errors.new("config", "notify." .. name .. ": expected a table of options, got " .. type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if type(k) ~= "number" and not allowed[k] then
+      error(errors.new("config", "notify." .. name .. ": unknown option '" .. tostring(k) .. "'"), 3)
+    end
+  end
+  return opts
+end
+
+local function opt_type(name, opts, field, want)
+  local v = opts[field]
+  if v ~= nil and type(v) ~= want then
+    error(errors.new("config", format("notify.%s: '%s' must be a %s, got %s", name, field, want,
+      type(v))), 3)
+  end
+  return v
+end
+
+-- ---- Standard Webhooks ----------------------------------------------------------
+
+-- decode_secret("whsec_<base64>" | "<base64>") -> key bytes, or nil, message.
+-- The message never contains the secret.
+function M.decode_secret(secret)
+  if type(secret) ~= "string" or secret == "" then return nil, "the secret is empty" end
+  local b64 = secret:gsub("^whsec_", "")
+  local key = C().base64_decode(b64)
+  if not key or key == "" then
+    return nil, "the secret is not a Standard Webhooks secret (whsec_ followed by base64)"
+  end
+  return key
+end
+
+-- sign(key, id, timestamp, body) -> "v1,<base64>"
+function M.sign(key, id, timestamp, body)
+  local c = C()
+  return "v1," .. c.base64_encode(c.hmac_sha256(key, id .. "." .. tostring(timestamp) .. "." .. body))
+end
+
+-- verify(secret, headers, body [, tolerance=300 [, now]]) -> true | nil, reason
+-- For receivers written with kpiwatch (headers with lowercase names).
+function M.verify(secret, headers, body, tolerance, now)
+  local key, msg = M.decode_secret(secret)
+  if not key then return nil, msg end
+  local id, ts, sigs = headers["webhook-id"], headers["webhook-timestamp"], headers["webhook-signature"]
+  if not (id and ts and sigs) then return nil, "missing webhook-id, webhook-timestamp or webhook-signature" end
+  local t = tonumber(ts)
+  if not t then return nil, "bad webhook-timestamp" end
+  if math.abs((now or os.time()) - t) > (tolerance or 300) then return nil, "timestamp out of tolerance" end
+  local want = M.sign(key, id, ts, body)
+  for sig in sigs:gmatch("%S+") do
+    if C().equal(sig, want) then return true end
+  end
+  return nil, "no matching signature"
+end
+
+-- ---- HTTP delivery ----------------------------------------------------------------
+
+-- scheme://host[:port] of a URL, without userinfo, path or query: hook URLs
+-- carry tokens (Slack's do), so messages show only this much.
+local function redact(url)
+  local scheme, rest = tostring(url):match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return "(url)" end
+  local authority = rest:match("^([^/?#]*)") or ""
+  authority = authority:gsub("^.*@", "")
+  local more = #rest > #(rest:match("^([^/?#]*)") or "") and "/..." or ""
+  return scheme .. "://" .. authority .. more
+end
+M._redact = redact
+
+local retry_after_parser
+local function parse_retry_after(v)
+  if v == nil then return nil end
+  if retry_after_parser == nil then
+    local ok, kpis = pcall(require, "kpiwatch.kpis")
+    retry_after_parser = ok and type(kpis._parse_retry_after) == "function" and kpis._parse_retry_after
+      or false
+  end
+  if retry_after_parser then
+    local ok, s = pcall(retry_after_parser, v)
+    if ok then return s end
+    return nil
+  end
+  local n = tonumber(v)
+  if n and n >= 0 then return n end
+  return nil
+end
+
+local function snippet(body)
+  if type(body) ~= "string" or body == "" then return "" end
+  local s = body:sub(1, 120):gsub("%s+", " "):gsub("[%c\128-\255]", "?")
+  return ": " .. s
+end
+
+local RETRYABLE_KINDS = { timeout = true, connect = true, network = true, dns = true }
+
+local function post(what, url, body, headers, timeout)
+  local http = require "kpiwatch.http"
+  local ok, resp = pcall(http.request, {
+    method = "POST", url = url, headers = headers, body = body, timeout = timeout,
+    max_body = 1024 * 1024,
+  })
+  if not ok then
+    local e = resp
+    if errors.is(e) then
+      errors.raise(e.kind, format("%s to %s: %s", what, redact(url), tostring(e.message)),
+        { retryable = RETRYABLE_KINDS[e.kind] == true })
+    end
+    error(e, 0)
+  end
+  local st = resp.status
+  if st >= 200 and st < 300 then return resp end
+  local retry = st >= 500 or st == 429 or st == 408
+  errors.raise("http", format("%s to %s answered %d%s", what, redact(url), st, snippet(resp.body)),
+    { status = st, retryable = retry,
+      retry_after = retry and parse_retry_after(resp.headers and resp.headers["retry-after"]) or nil })
+end
+M._post = post
+
+local function disabled(what, why)
+  errors.raise("hook_disabled", what .. " has no url" .. (why or ""), { retryable = false })
+end
+
+local WEBHOOK_OPTS = { url = true, secret = true, headers = true, timeout = true }
+
+function M.webhook(opts)
+  opts = check_opts("webhook", opts, WEBHOOK_OPTS)
+  local url = opt_type("webhook", opts, "url", "string")
+  local secret = opt_type("webhook", opts, "secret", "string")
+  local extra = opt_type("webhook", opts, "headers", "table") or {}
+  local timeout = opt_type("webhook", opts, "timeout", "number") or 10
+  if url == "" then url = nil end
+  local key
+  if secret and secret ~= "" then
+    local msg
+    key, msg = M.decode_secret(secret)
+    if not key then config_error("notify.webhook: " .. msg) end
+  end
+  return function(event)
+    if not url then disabled("notify.webhook", " (is its URL variable, e.g. ALERT_WEBHOOK_URL, set?)") end
+    local body = json.encode(event)
+    local id = tostring(event.id)
+    local ts = tostring(os.time())
+    local headers = {}
+    for k, v in pairs(extra) do headers[k] = v end
+    headers["content-type"] = "application/json"
+    headers["webhook-id"] = id
+    headers["webhook-timestamp"] = ts
+    headers["idempotency-key"] = id
+    if key then headers["webhook-signature"] = M.sign(key, id, ts, body) end
+    post("webhook", url, body, headers, timeout)
+  end
+end
+
+-- ---- Slack ----------------------------------------------------------------------
+
+local function mrkdwn(s)
+  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+end
+
+local function fmt(v)
+  return template.format_value(v)
+end
+
+-- One line for people: "FIRING [critical] score-floor: avg_score is 0.62,
+-- below 0.8 (execution c0ffee00-...)".
+function M.format_text(event)
+  local parts = { (event.state or "firing"):upper() }
+  if event.severity then parts[#parts + 1] = "[" .. tostring(event.severity) .. "]" end
+  parts[#parts + 1] = tostring(event.rule) .. ":"
+  parts[#parts + 1] = tostring(event.summary or "")
+  local s = concat(parts, " ")
+  if event.execution_id then s = s .. " (execution " .. tostring(event.execution_id) .. ")" end
+  return (s:gsub("[%c]", " "))
+end
+
+function M.slack_payload(event, opts)
+  opts = opts or {}
+  local firing = event.state ~= "resolved"
+  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.rule)
+  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local fields = {
+    { type = "mrkdwn", text = "*Severity*\n" .. mrkdwn(event.severity or "-") },
+    { type = "mrkdwn", text = "*Execution*\n`" .. mrkdwn(event.execution_id or "-") .. "`" },
+  }
+  if event.metric then
+    fields[#fields + 1] = { type = "mrkdwn", text = "*Metric*\n" .. mrkdwn(event.metric) }
+  end
+  if event.value ~= nil then
+    local v = fmt(event.value)
+    if event.threshold ~= nil then
+      v = v .. " (" .. tostring(event.op or "threshold"):gsub("_", " ") .. " " .. fmt(event.threshold) .. ")"
+    end
+    fields[#fields + 1] = { type = "mrkdwn", text = "*Value*\n" .. mrkdwn(v) }
+  end
+  local context = "kpiwatch · " .. (firing and "fired at " .. tostring(event.fired_at)
+    or "resolved at " .. tostring(event.resolved_at or event.fired_at)) .. " · " .. tostring(event.id)
+  local payload = {
+    text = (firing and ":rotating_light: " or ":white_check_mark: ") .. mrkdwn(M.format_text(event)),
+    blocks = json.array({
+      { type = "header", text = { type = "plain_text", text = title } },
+      { type = "section", text = { type = "mrkdwn", text = mrkdwn(event.summary or "") } },
+      { type = "section", fields = json.array(fields) },
+      { type = "context", elements = json.array({ { type = "mrkdwn", text = mrkdwn(context) } }) },
+    }),
+  }
+  if opts.channel then payload.channel = opts.channel end
+  if opts.username then payload.username = opts.username end
+  if opts.icon_emoji then payload.icon_emoji = opts.icon_emoji end
+  return payload
+end
+
+local SLACK_OPTS = { url = true, channel = true, username = true, icon_emoji = true, timeout = true }
+
+function M.slack(opts)
+  opts = check_opts("slack", opts, SLACK_OPTS)
+  local url = opt_type("slack", opts, "url", "string")
+  for _, f in ipairs({ "channel", "username", "icon_emoji" }) do opt_type("slack", opts, f, "string") end
+  local timeout = opt_type("slack", opts, "timeout", "number") or 10
+  if url == "" then url = nil end
+  return function(event)
+    if not url then disabled("notify.slack", " (is its URL variable, e.g. SLACK_WEBHOOK_URL, set?)") end
+    post("slack", url, json.encode(M.slack_payload(event, opts)),
+      { ["content-type"] = "application/json" }, timeout)
+  end
+end
+
+-- ---- exec ----------------------------------------------------------------------
+
+local EXEC_OPTS = { argv = true, timeout = true, env = true, cwd = true }
+
+local function event_lookup(event)
+  return function(name)
+    local v = event
+    for part in name:gmatch("[^.]+") do
+      if type(v) ~= "table" then return nil, false end
+      local nv = v[part]
+      if nv == nil and v == event and type(event.kpis) == "table" then nv = event.kpis[part] end
+      v = nv
+      if v == nil then return nil, false end
+    end
+    if v == json.null then return nil, true end
+    return v, true
+  end
+end
+M._event_lookup = event_lookup
+
+function M.exec(spec)
+  spec = check_opts("exec", spec, EXEC_OPTS)
+  local argv = {}
+  local src = spec.argv or spec
+  if type(src) ~= "table" then config_error("notify.exec: 'argv' must be a list of strings") end
+  for i, a in ipairs(src) do
+    if type(a) ~= "string" then
+      config_error(format("notify.exec: argument %d must be a string, got %s", i, type(a)))
+    end
+    argv[i] = a
+  end
+  if #argv == 0 or argv[1] == "" then config_error("notify.exec: needs a program to run") end
+  local timeout = opt_type("exec", spec, "timeout", "number") or 30
+  local env = opt_type("exec", spec, "env", "table")
+  local cwd = opt_type("exec", spec, "cwd", "string")
+  if env then
+    for k, v in pairs(env) do
+      if type(k) ~= "string" or k == "" or k:find("=", 1, true) or
+        (type(v) ~= "string" and type(v) ~= "number") then
+        config_error("notify.exec: env must map NAME to a string value")
+      end
+    end
+  end
+  return function(event)
+    local process = require "kpiwatch._process"
+    local lookup = event_lookup(event)
+    local args = {}
+    for i, a in ipairs(argv) do args[i] = i == 1 and a or template.render(a, lookup) end
+    local vars, order = {}, {}
+    for _, kv in ipairs(process.environ()) do
+      local k = kv:match("^([^=]*)=")
+      if k and not vars[k] then order[#order + 1] = k end
+      if k then vars[k] = kv end
+    end
+    local function set(k, v)
+      if not vars[k] then order[#order + 1] = k end
+      vars[k] = k .. "=" .. tostring(v)
+    end
+    if env then
+      local keys = {}
+      for k in pairs(env) do keys[#keys + 1] = k end
+      table.sort(keys)
+      for _, k in ipairs(keys) do set(k, env[k]) end
+    end
+    set("KPIWATCH_EVENT_ID", event.id or "")
+    set("KPIWATCH_ALERT_STATE", event.state or "")
+    set("KPIWATCH_ALERT_RULE", event.rule or "")
+    local envlist = {}
+    for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
+    local r, _, msg = process.spawn(args, {
+      stdin = json.encode(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
+    })
+    if not r then errors.raise("exec", msg, { retryable = false }) end
+    if r.timed_out then
+      errors.raise("exec", format("%s timed out after %gs", argv[1], timeout), { retryable = true })
+    end
+    if r.signal then
+      errors.raise("exec", format("%s was killed by signal %d", argv[1], r.signal), { retryable = true })
+    end
+    if r.status ~= 0 then
+      errors.raise("exec", format("%s exited with status %d%s", argv[1], r.status, snippet(r.stderr)),
+        { retryable = r.status == 75, status = r.status })
+    end
+    return r
+  end
+end
+
+-- ---- file, stdout ------------------------------------------------------------------
+
+function M.file(opts)
+  if type(opts) == "string" then opts = { path = opts } end
+  opts = check_opts("file", opts, { path = true, mode = true, sync = true })
+  local path = opt_type("file", opts, "path", "string")
+  if not path or path == "" then config_error("notify.file: needs a path") end
+  local mode = opt_type("file", opts, "mode", "number") or tonumber("600", 8)
+  local sync = opts.sync ~= false
+  return function(event)
+    local fs = require "kpiwatch._fs"
+    local ok, _, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
+    if not ok then errors.raise("io", msg, { retryable = true }) end
+  end
+end
+
+function M.stdout(opts)
+  opts = check_opts("stdout", opts, { format = true })
+  local f = opts.format or "text"
+  if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
+  return function(event)
+    local line = f == "json" and json.encode(event) or M.format_text(event)
+    io.stdout:write(line, "\n")
+    io.stdout:flush()
+  end
+end
+
+return M
