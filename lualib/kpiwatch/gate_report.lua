@@ -36,6 +36,8 @@ local function fmt(v)
   return model.format_value(v)
 end
 
+M.format_value = fmt
+
 local function signed(v)
   if v == nil then return "" end
   local s = fmt(v)
@@ -64,6 +66,8 @@ local function value_text(c)
   if c.value ~= nil then return fmt(c.value) end
   if c.value_text then return c.value_text end
   if c.status == "error" then return "-" end
+  -- a predicate rule has no single value; its no-data message says what lacked
+  if c.source == "rule" and c.metric and c.metric:sub(1, 5) == "rule:" then return "-" end
   return "null"
 end
 
@@ -123,7 +127,7 @@ function M.text(result, opts)
       extra = "baseline " .. fmt(c.baseline)
       if c.delta ~= nil then extra = extra .. ", delta " .. signed(c.delta) end
     end
-    if c.status ~= "pass" and c.status ~= "fail" or c.source == "rule" then
+    if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule") then
       extra = (extra ~= "" and (extra .. "; ") or "") .. one_line(c.message or "")
     end
     local r = { STATUS_WORD[c.status] or c.status, c.metric or "?", value_text(c), requirement_text(c), extra, c.status }
@@ -152,7 +156,11 @@ end
 
 local function testcase_name(c)
   local name = c.metric .. " " .. requirement_text(c)
-  if c.source == "rule" then name = c.metric end
+  if c.source == "rule" then
+    name = "rule " .. tostring(c.rule or "?")
+    if c.metric and c.metric:sub(1, 5) ~= "rule:" then name = name .. ": " .. c.metric end
+    return name
+  end
   if c.requirement and c.source == "require" and c.requirement ~= (c.metric .. " " .. requirement_text(c)) then
     name = name .. " (" .. c.requirement .. ")"
   end

@@ -598,14 +598,50 @@ class Rules(GateCase):
         rules = self.write_rules()
         r = gate(EMPTY, "--rules", rules)
         self.expect(r, 1)
-        self.assertIn("NO DATA", r.stdout)
+        self.assertRegex(r.stdout, r"NO DATA\s+avg_score\s+null\s+rule score-floor")
+        r = gate(EMPTY, "--rules", rules, "--allow-missing")
+        self.expect(r, 0)
+        self.assertRegex(r.stdout, r"SKIPPED\s+avg_score")
+
+    def test_rules_with_requirements_and_junit(self):
+        xml_path = self.path("r.xml")
+        r = gate(FAILING, "--rules", self.write_rules(), "--require", "avg_score>=0.5",
+                 "--output", "junit:" + xml_path)
+        self.expect(r, 1)
+        root = validate_junit(self, open(xml_path, encoding="utf-8").read())
+        names = [c.get("name") for c in root.iter("testcase")]
+        self.assertEqual(names, ["avg_score >= 0.5", "rule score-floor: avg_score", "rule failed-calls"])
+        self.assertEqual(root.find("testsuite").get("failures"), "2")
+
+    def test_hooks_are_not_called(self):
+        marker = self.path("hook-called")
+        rules = self.write_rules(RULES + """
+alert.hook("file", function(e) local f = io.open(%r, "w") f:write("x") f:close() end)
+""" % marker)
+        r = gate(FAILING, "--rules", rules)
+        self.expect(r, 1)
+        self.assertFalse(os.path.exists(marker), "the gate notified a hook")
+
+    def test_a_rules_file_cannot_decide_the_exit_status(self):
+        for body in ("os.exit(0)", RULES + "\nlocal rep = alert.check(arg[1])\nos.exit(rep.ok and 0 or 1)\n"):
+            r = gate(FAILING, "--rules", self.write_rules(body), "--require", "avg_score>=0.8")
+            self.expect(r, 2, body)
+            self.one_line_stderr(r, r"must only define rules")
 
     def test_bad_rules_file_is_a_usage_error(self):
         r = gate(VOICE, "--rules", self.path("missing.lua"))
         self.expect(r, 2, "missing rules file")
-        self.one_line_stderr(r, r"^kpiwatch gate: rules file ")
+        self.one_line_stderr(r, r"^kpiwatch gate: cannot read rules file .*missing\.lua")
         r = gate(VOICE, "--rules", self.write_rules("alert.rule { name = "))
         self.expect(r, 2, "syntax error")
+        self.one_line_stderr(r, r"syntax error in rules file")
+        r = gate(VOICE, "--rules", self.write_rules(
+            'require("kpiwatch.alert").rule { name = "x", metric = "avg_score" }'))
+        self.expect(r, 2, "rule without threshold")
+        self.one_line_stderr(r, r"needs a threshold")
+        r = gate(VOICE, "--rules", self.write_rules("-- no rules"))
+        self.expect(r, 2, "no rules at all")
+        self.one_line_stderr(r, r"nothing to check")
 
 
 if __name__ == "__main__":

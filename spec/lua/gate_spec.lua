@@ -382,6 +382,31 @@ describe("kpiwatch gate against the sandbox", function()
     assert.matches("| ❌ fail | `avg_score` | 0.62 |", s, 1, true)
   end)
 
+  it("gates on a rules file: a firing rule fails, no hook is called", function()
+    local path = tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write([[
+local alert = require "kpiwatch.alert"
+alert.hook("h", function() error("the gate must not notify") end)
+alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, notify = { "h" } }
+alert.rule { name = "evals", evals = "is_*", below = 60 }
+]])
+    f:close()
+    local code, out = run({ VOICE, "--rules", path })
+    assert.equal(0, code, out)
+    code, out = run({ FAILING, "--rules", path, "--format", "json" })
+    os.remove(path)
+    assert.equal(1, code)
+    local doc = jsonlib.decode(out)
+    local got = {}
+    for _, c in ipairs(doc.checks) do got[#got + 1] = c.name .. "=" .. c.status end
+    assert.same({ "rule score-floor: avg_score=fail", "rule evals: eval:is_helpful=fail",
+      "rule evals: eval:is_polite=pass" }, got)
+    assert.equal("rule score-floor: fires below 0.8", doc.checks[1].requirement)
+    assert.equal(0.62, doc.checks[1].value)
+    assert.equal(0.8, doc.checks[1].threshold)
+  end)
+
   it("exits 2 when a report cannot be written, even if the checks passed", function()
     local code, _, err = run({ VOICE, "--require", "avg_score>=0.8", "--output", "json:/nonexistent-dir/x.json" })
     assert.equal(2, code)

@@ -190,61 +190,134 @@ end
 
 -- ---- rules files (kpiwatch.alert) ----------------------------------------------
 
--- Each rules file runs once with the alert module as `alert` (also
--- `require "kpiwatch.alert"`), registering rules. The gate evaluates the
--- registered rules against the fetched KPIs without notifying anyone: a
--- rule that fires is a failed check, a rule without data is no data.
+-- Each rules file is loaded with alert.load_rules into its own registry
+-- (the file's alert.rule{...} calls register there; hooks it registers are
+-- never called: the gate evaluates, it does not notify). A rule that fires
+-- is a failed check, a rule without data is no data.
+--
+-- A rules file that ended the process or ran a check of its own while
+-- loading (os.exit after alert.check, as a standalone alert script does)
+-- would decide the exit status behind the gate's back, possibly 0: both
+-- are refused while the files load.
 local function load_rules(paths)
   local ok_mod, alert = pcall(require, "kpiwatch.alert")
   if not ok_mod then
     return nil, "cannot load the alert rule engine: " .. tostring(alert)
   end
-  if type(alert.load_rules) ~= "function" or type(alert.evaluate) ~= "function" then
-    return nil, "the alert rule engine cannot be used by the gate (it has no load_rules/evaluate)"
-  end
   local sets = {}
-  for _, path in ipairs(paths) do
-    local ok, rules = pcall(alert.load_rules, path)
-    if not ok then
-      local msg = errors.is(rules) and rules.message or tostring(rules)
-      return nil, "rules file " .. show(path) .. ": " .. msg
+  local function refuse(what)
+    return function()
+      errors.raise("config", "a rules file for --rules must only define rules: it called " .. what
+        .. " (keep alert.check/os.exit in the script that uses the rules)")
     end
-    sets[#sets + 1] = { path = path, rules = rules }
   end
+  local saved = { exit = os.exit, check = alert.check, watch = alert.watch }
+  os.exit, alert.check, alert.watch = refuse("os.exit"), refuse("alert.check"), refuse("alert.watch")
+  local ok, err = pcall(function()
+    for _, path in ipairs(paths) do
+      local lok, reg = pcall(alert.load_rules, path)
+      if not lok then
+        local msg = errors.is(reg) and reg.message or tostring(reg)
+        if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
+        if not msg:find("rules file", 1, true) then msg = "rules file " .. msg end
+        error(msg, 0)
+      end
+      if type(reg) ~= "table" or type(reg.evaluate) ~= "function" then
+        error("rules file " .. path .. ": the alert engine returned no rule registry", 0)
+      end
+      sets[#sets + 1] = { path = path, registry = reg }
+    end
+  end)
+  os.exit, alert.check, alert.watch = saved.exit, saved.check, saved.watch
+  if not ok then return nil, tostring(err) end
   return { alert = alert, sets = sets }
 end
+M._load_rules = load_rules
 
+local RULE_WORD = { below = "below", above = "above", at_most = "at most", at_least = "at least",
+  equals = "equal to" }
+
+local function rule_requirement(r)
+  local text = "rule " .. tostring(r.name)
+  if r.op and r.threshold ~= nil then
+    text = text .. ": fires " .. (RULE_WORD[r.op] or r.op) .. " " .. report.format_value(r.threshold)
+  elseif r.kind == "when" then
+    text = text .. ": fires when its predicate holds"
+  end
+  return text
+end
+
+-- rule_checks(engine, kpi, opts) -> checks, in the order the rules were
+-- defined (file by file), a rule's metrics sorted.
 local function rule_checks(engine, kpi, opts)
   local out = {}
   for _, set in ipairs(engine.sets) do
-    local ok, results = pcall(engine.alert.evaluate, kpi, set.rules)
+    local reg = set.registry
+    local ok, rep = pcall(reg.evaluate, reg, kpi)
     if not ok then
       out[#out + 1] = {
-        source = "rule", metric = "rules:" .. set.path, op = "rule", requirement = set.path,
+        source = "rule", metric = "rules:" .. set.path, op = "rule", requirement = "rules file " .. set.path,
         status = "error",
-        message = "evaluating " .. set.path .. " failed: " .. (errors.is(results) and results.message or tostring(results)),
+        message = "evaluating " .. set.path .. " failed: " .. (errors.is(rep) and rep.message or tostring(rep)),
       }
     else
-      for _, r in ipairs(results) do
+      local rank, by_name = {}, {}
+      for i, r in ipairs(reg.rules or {}) do
+        rank[r.name] = i
+        by_name[r.name] = r
+      end
+      local entries = {}
+      local function add(list, status)
+        for _, e in ipairs(list or {}) do entries[#entries + 1] = { e = e, status = status } end
+      end
+      add(rep.firing, "firing")
+      add(rep.passed, "ok")
+      add(rep.no_data, "no_data")
+      add(rep.errors, "error")
+      table.sort(entries, function(a, b)
+        local ra, rb = rank[a.e.rule] or math.huge, rank[b.e.rule] or math.huge
+        if ra ~= rb then return ra < rb end
+        return tostring(a.e.metric or "") < tostring(b.e.metric or "")
+      end)
+      for _, it in ipairs(entries) do
+        local e, r = it.e, by_name[it.e.rule] or { name = it.e.rule }
+        local metric
+        if r.kind == "evals" and e.metric then
+          metric = "eval:" .. tostring(e.metric)
+        elseif e.metric then
+          metric = tostring(e.metric)
+        else
+          metric = "rule:" .. tostring(e.rule)
+        end
         local c = {
           source = "rule",
-          metric = "rule:" .. tostring(r.rule or r.name or "?") .. (r.metric and (" " .. tostring(r.metric)) or ""),
+          rule = e.rule,
+          metric = metric,
           op = "rule",
-          requirement = r.condition or r.description or ("rule " .. tostring(r.rule or r.name or "?")),
+          requirement = rule_requirement(r),
           threshold = type(r.threshold) == "number" and r.threshold or nil,
-          value = type(r.value) == "number" and r.value or nil,
-          message = r.summary or r.message or "",
+          value = type(e.value) == "number" and e.value or nil,
         }
-        if r.state == "firing" or r.status == "firing" then
+        if e.value ~= nil and type(e.value) ~= "number" then c.value_text = report.format_value(e.value) end
+        if it.status == "firing" then
           c.status = "fail"
-          if c.message == "" then c.message = "rule fired" end
-        elseif r.state == "no_data" or r.status == "no_data" then
+          c.message = "rule " .. tostring(e.rule) .. " fired: " .. tostring(e.summary or e.reason or "")
+        elseif it.status == "ok" then
+          if e.no_data then
+            -- the rule itself treats no data as ok: shown, not hidden
+            c.status = "skipped"
+            c.message = "no data (rule " .. tostring(e.rule) .. " has no_data = \"ok\")"
+          else
+            c.status = "pass"
+            c.message = "rule " .. tostring(e.rule) .. " does not fire"
+          end
+        elseif it.status == "no_data" then
           c.status = opts.allow_missing and "skipped" or "no_data"
-          if c.message == "" then c.message = "no data" end
-        elseif r.state == "error" or r.status == "error" then
-          c.status = "error"
+          c.message = (opts.allow_missing and "" or "no data: ") .. tostring(e.reason or "no data")
+            .. (opts.allow_missing and " (skipped: --allow-missing)" or "")
         else
-          c.status = "pass"
+          c.status = "error"
+          c.message = tostring(e.reason or e.message or "rule error")
         end
         out[#out + 1] = c
       end
