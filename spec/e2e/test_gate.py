@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import xml.etree.ElementTree as ET
@@ -32,14 +33,17 @@ API_KEY = "gate-e2e-key-%d" % os.getpid()
 SECRET = "gate-e2e-secret-%d" % os.getpid()
 
 SANDBOX = None
+SANDBOX_ERR = None
+DRAIN = None
 BASE_URL = None
 
 
 def setUpModule():
-    global SANDBOX, BASE_URL
+    global SANDBOX, SANDBOX_ERR, DRAIN, BASE_URL
+    SANDBOX_ERR = tempfile.TemporaryFile(mode="w+")
     SANDBOX = subprocess.Popen(
         [KW, "sandbox", "--port", "0", "--api-key", API_KEY, "--secret-key", SECRET],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=SANDBOX_ERR, text=True)
     deadline = time.time() + 10
     while time.time() < deadline:
         line = SANDBOX.stdout.readline()
@@ -51,10 +55,12 @@ def setUpModule():
             break
     if not BASE_URL:
         SANDBOX.kill()
-        raise RuntimeError("the sandbox did not print its URL: " + SANDBOX.stderr.read())
+        SANDBOX.wait()
+        SANDBOX_ERR.seek(0)
+        raise RuntimeError("the sandbox did not print its URL: " + SANDBOX_ERR.read())
     # keep draining its stdout so it never blocks on a full pipe
-    import threading
-    threading.Thread(target=SANDBOX.stdout.read, daemon=True).start()
+    DRAIN = threading.Thread(target=SANDBOX.stdout.read, daemon=True)
+    DRAIN.start()
 
 
 def tearDownModule():
@@ -65,6 +71,11 @@ def tearDownModule():
         except subprocess.TimeoutExpired:
             SANDBOX.kill()
             SANDBOX.wait()
+        if DRAIN:
+            DRAIN.join(5)
+        SANDBOX.stdout.close()
+    if SANDBOX_ERR:
+        SANDBOX_ERR.close()
 
 
 def clean_env(extra=None, credentials=True):
@@ -81,6 +92,11 @@ def gate(*args, env=None, credentials=True, pre=(), timeout=60):
     """kpiwatch [pre...] gate args...; returns the CompletedProcess."""
     return subprocess.run([KW, *pre, "gate", *args], capture_output=True, text=True,
                           env=clean_env(env, credentials), timeout=timeout)
+
+
+def slurp(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def closed_port():
@@ -501,13 +517,13 @@ class Reports(GateCase):
         r = gate(VOICE, "--require", "avg_score>=0.8", "--output", self.path("a.xml"),
                  "--output", self.path("b.json"))
         self.expect(r, 0)
-        validate_junit(self, open(self.path("a.xml"), encoding="utf-8").read())
-        json.load(open(self.path("b.json")))
+        validate_junit(self, slurp(self.path("a.xml")))
+        json.loads(slurp(self.path("b.json")))
         r = gate(VOICE, "--require", "avg_score>=0.8", "--format", "junit",
                  "--output", self.path("report"))
         self.expect(r, 0)
         self.assertIn("gate PASS", r.stdout)  # text stays on the terminal
-        validate_junit(self, open(self.path("report"), encoding="utf-8").read())
+        validate_junit(self, slurp(self.path("report")))
 
     def test_output_errors(self):
         r = gate(VOICE, "--require", "avg_score>=0.8", "--output", "jnuit:x.xml")
@@ -545,11 +561,11 @@ class CiScript(GateCase):
     def test_ci_gate_script(self):
         r = self.ci(INBOUND)
         self.expect(r, 0, "healthy run")
-        validate_junit(self, open(self.path("reports/kpiwatch-gate.xml"), encoding="utf-8").read())
-        self.assertEqual(json.load(open(self.path("reports/kpiwatch-gate.json")))["verdict"], "pass")
+        validate_junit(self, slurp(self.path("reports/kpiwatch-gate.xml")))
+        self.assertEqual(json.loads(slurp(self.path("reports/kpiwatch-gate.json")))["verdict"], "pass")
         r = self.ci(FAILING, VOICE)
         self.expect(r, 1, "regression against a baseline")
-        doc = json.load(open(self.path("reports/kpiwatch-gate.json")))
+        doc = json.loads(slurp(self.path("reports/kpiwatch-gate.json")))
         self.assertEqual(doc["baseline_execution_id"], VOICE)
         self.assertIn("max_drop", {c["source"] for c in doc["checks"]})
         r = self.ci(VOICE, env={"GATE_MIN_EVAL": "75"})
@@ -608,7 +624,7 @@ class Rules(GateCase):
         r = gate(FAILING, "--rules", self.write_rules(), "--require", "avg_score>=0.5",
                  "--output", "junit:" + xml_path)
         self.expect(r, 1)
-        root = validate_junit(self, open(xml_path, encoding="utf-8").read())
+        root = validate_junit(self, slurp(xml_path))
         names = [c.get("name") for c in root.iter("testcase")]
         self.assertEqual(names, ["avg_score >= 0.5", "rule score-floor: avg_score", "rule failed-calls"])
         self.assertEqual(root.find("testsuite").get("failures"), "2")
