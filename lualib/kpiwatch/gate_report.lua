@@ -181,6 +181,7 @@ function M.json(result)
     checks[i] = {
       name = testcase_name(c),
       source = c.source,
+      rule = n(c.rule),
       requirement = n(c.requirement),
       field = c.metric,
       op = c.op,

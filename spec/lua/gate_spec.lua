@@ -168,7 +168,7 @@ describe("gate reports", function()
     assert.same({ total = 6, passed = 1, failed = 2, no_data = 1, skipped = 1, errors = 1 }, doc.summary)
     assert.equal(jsonlib.null, doc.error)
     assert.equal(6, #doc.checks)
-    local keys = { "name", "source", "requirement", "field", "op", "threshold", "percent", "value",
+    local keys = { "name", "source", "rule", "requirement", "field", "op", "threshold", "percent", "value",
       "baseline", "delta", "status", "message" }
     for _, c in ipairs(doc.checks) do
       for _, k in ipairs(keys) do assert(c[k] ~= nil, "check lacks " .. k) end
@@ -403,6 +403,8 @@ alert.rule { name = "evals", evals = "is_*", below = 60 }
     assert.same({ "rule score-floor: avg_score=fail", "rule evals: eval:is_helpful=fail",
       "rule evals: eval:is_polite=pass" }, got)
     assert.equal("rule score-floor: fires below 0.8", doc.checks[1].requirement)
+    assert.equal("score-floor", doc.checks[1].rule)
+    assert.equal("rule", doc.checks[1].source)
     assert.equal(0.62, doc.checks[1].value)
     assert.equal(0.8, doc.checks[1].threshold)
   end)
