@@ -409,6 +409,16 @@ local function emit(result, stdout_format, files, code, env)
   return code
 end
 
+-- For the JUnit report's hostname attribute; "localhost" when unknown.
+local function hostname()
+  local f = io.open("/proc/sys/kernel/hostname", "r")
+  if not f then return nil end
+  local h = f:read("l")
+  f:close()
+  if h and h:match("^[%w.-]+$") then return h end
+  return nil
+end
+
 local function now_fn()
   local kpis = require "kpiwatch.kpis"
   if type(kpis._now) == "function" then return kpis._now end
@@ -497,7 +507,7 @@ function M.run(args, flags, env)
     baseline_id = base_id,
     started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
     checks = {},
-    hostname = env.getenv("HOSTNAME"),
+    hostname = env.getenv("HOSTNAME") or hostname(),
   }
 
   local function fail_fetch(err, which)
