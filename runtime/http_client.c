@@ -51,6 +51,10 @@
 #define KW_VERSION "dev"
 #endif
 
+/* Metatable of responses; kpiwatch.http gives it the __index that builds
+ * header_list on first use. */
+#define RESPONSE_MT "kpiwatch.http.response"
+
 #define HTTP_DEFAULT_MAX_CONCURRENT 64
 #define HTTP_DEFAULT_MAX_BODY (8 * 1024 * 1024)
 #define HTTP_DEFAULT_TIMEOUT_MS 30000L
@@ -75,12 +79,6 @@ typedef struct {
   size_t len, cap;
 } buf;
 
-/* A response header as offsets into the request's header buffer: the
- * buffer moves when it grows, pointers would not survive that. */
-typedef struct {
-  size_t name, nlen, val, vlen;
-} hdr_ent;
-
 enum { REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_DONE };
 
 typedef struct http_req http_req;
@@ -93,11 +91,11 @@ struct http_req {
   http_req *lprev, *lnext; /* every request not yet freed, for teardown */
   curl_off_t max_body;
   buf body;
-  buf hbuf;
-  hdr_ent *hdrs;
-  size_t nhdrs, hcap;
+  buf hbuf; /* the header block, see on_header */
   CURLcode result;
   int too_large;
+  int sticky; /* set options that a plain GET must not inherit */
+  int follow;
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -111,8 +109,10 @@ static struct {
   int closed;              /* the loop is closing: no new requests */
   long active, queued;
   int refd;
-  CURL **pool; /* reset easy handles kept for reuse */
-  size_t npool, pool_cap;
+  /* Finished requests kept with their easy handle and buffers: a plain GET
+   * on a recycled one only sets its URL and limits. */
+  http_req *pool;
+  size_t npool;
   lua_Integer connects, requests;
 } G;
 
@@ -158,13 +158,15 @@ static int is_ows(char c) {
   return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+/* Keeps the response's header block as "name: value\r\n" lines with names
+ * lowercased and values trimmed: it becomes raw_headers, from which the
+ * Lua side builds the headers tables when a script first asks for them. */
 static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   http_req *r = ud;
   size_t len = size * n, i = 0;
   if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
     /* A new status line: the headers of a 1xx or a followed redirect are
      * not this response's. */
-    r->nhdrs = 0;
     r->hbuf.len = 0;
     return len;
   }
@@ -172,37 +174,34 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
     len--;
   if (len == 0) return size * n;
   if (data[0] == ' ' || data[0] == '\t') {
-    /* obs-fold continuation: extend the previous value, which is always
-     * the last thing in hbuf. */
-    if (r->nhdrs == 0) return size * n;
+    /* obs-fold continuation: extend the previous value (before its CRLF). */
+    if (r->hbuf.len < 2) return size * n;
     while (i < len && is_ows(data[i]))
       i++;
-    if (buf_add(&r->hbuf, " ", 1) || buf_add(&r->hbuf, data + i, len - i)) return 0;
-    r->hdrs[r->nhdrs - 1].vlen += 1 + (len - i);
+    r->hbuf.len -= 2;
+    if (buf_add(&r->hbuf, " ", 1) || buf_add(&r->hbuf, data + i, len - i) ||
+        buf_add(&r->hbuf, "\r\n", 2))
+      return 0;
     return size * n;
   }
   const char *colon = memchr(data, ':', len);
   if (!colon) return size * n;
-  if (r->nhdrs == r->hcap) {
-    size_t cap = r->hcap ? r->hcap * 2 : 16;
-    hdr_ent *h = realloc(r->hdrs, cap * sizeof *h);
-    if (!h) return 0;
-    r->hdrs = h;
-    r->hcap = cap;
-  }
   size_t nlen = (size_t)(colon - data);
   i = nlen + 1;
   while (i < len && is_ows(data[i]))
     i++;
-  if (buf_reserve(&r->hbuf, nlen + (len - i))) return 0;
-  hdr_ent *e = &r->hdrs[r->nhdrs++];
-  e->name = r->hbuf.len;
-  e->nlen = nlen;
-  for (size_t k = 0; k < nlen; k++)
-    r->hbuf.p[r->hbuf.len++] = (char)tolower((unsigned char)data[k]);
-  e->val = r->hbuf.len;
-  e->vlen = len - i;
-  buf_add(&r->hbuf, data + i, len - i);
+  if (buf_reserve(&r->hbuf, nlen + (len - i) + 4)) return 0;
+  char *out = r->hbuf.p + r->hbuf.len;
+  for (size_t k = 0; k < nlen; k++) {
+    unsigned char c = (unsigned char)data[k];
+    out[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  out[nlen] = ':';
+  out[nlen + 1] = ' ';
+  memcpy(out + nlen + 2, data + i, len - i);
+  out[nlen + 2 + (len - i)] = '\r';
+  out[nlen + 3 + (len - i)] = '\n';
+  r->hbuf.len += nlen + (len - i) + 4;
   return size * n;
 }
 
@@ -368,25 +367,86 @@ static void check_multi_info(void) {
   }
 }
 
+/* Options every request has, set when the easy handle is new or reset. */
+static void base_options(http_req *r) {
+  CURL *e = r->easy;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "kpiwatch/" KW_VERSION);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  /* Prefer waiting for a multiplexed HTTP/2 connection over opening many. */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+}
+
+static void req_destroy(http_req *r) {
+  curl_easy_cleanup(r->easy);
+  curl_slist_free_all(r->req_headers);
+  free(r->body.p);
+  free(r->hbuf.p);
+  free(r);
+}
+
+static http_req *req_new(void) {
+  http_req *r = G.pool;
+  if (r) {
+    G.pool = r->next;
+    G.npool--;
+  } else {
+    r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->easy = curl_easy_init();
+    if (!r->easy) {
+      free(r);
+      return NULL;
+    }
+    base_options(r);
+  }
+  r->state = REQ_NEW;
+  r->prev = r->next = r->lprev = NULL;
+  r->body.len = r->hbuf.len = 0;
+  r->result = CURLE_OK;
+  r->too_large = 0;
+  r->errbuf[0] = '\0';
+  r->lnext = G.live;
+  if (G.live) G.live->lprev = r;
+  G.live = r;
+  return r;
+}
+
+/* A large response buffer is not worth keeping for the next request. */
+#define HTTP_KEEP_BUF (64 * 1024)
+
 static void req_free(http_req *r) {
   if (r->lprev)
     r->lprev->lnext = r->lnext;
   else
     G.live = r->lnext;
   if (r->lnext) r->lnext->lprev = r->lprev;
-  if (r->easy) {
-    if (G.npool < G.pool_cap) {
-      curl_easy_reset(r->easy);
-      G.pool[G.npool++] = r->easy;
-    } else {
-      curl_easy_cleanup(r->easy);
-    }
+  if (G.closed || G.npool >= (size_t)cfg.max_concurrent) {
+    req_destroy(r);
+    return;
   }
   curl_slist_free_all(r->req_headers);
-  free(r->body.p);
-  free(r->hbuf.p);
-  free(r->hdrs);
-  free(r);
+  r->req_headers = NULL;
+  if (r->sticky) {
+    curl_easy_reset(r->easy);
+    base_options(r);
+    r->sticky = 0;
+  }
+  if (r->body.cap > HTTP_KEEP_BUF) {
+    free(r->body.p);
+    r->body.p = NULL;
+    r->body.cap = 0;
+  }
+  r->next = G.pool;
+  G.pool = r;
+  G.npool++;
 }
 
 static void req_release(kw_op *op) {
@@ -448,38 +508,6 @@ static const char *error_kind(http_req *r) {
   return "network";
 }
 
-static void push_headers(lua_State *L, http_req *r) {
-  lua_createtable(L, 0, (int)r->nhdrs); /* headers */
-  lua_createtable(L, (int)r->nhdrs, 0); /* header_list */
-  for (size_t i = 0; i < r->nhdrs; i++) {
-    const hdr_ent *e = &r->hdrs[i];
-    const char *name = r->hbuf.p + e->name, *val = r->hbuf.p + e->val;
-    lua_createtable(L, 2, 0);
-    lua_pushlstring(L, name, e->nlen);
-    lua_rawseti(L, -2, 1);
-    lua_pushlstring(L, val, e->vlen);
-    lua_rawseti(L, -2, 2);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-
-    lua_pushlstring(L, name, e->nlen);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -4);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushlstring(L, val, e->vlen);
-    } else {
-      /* Repeated header: combined as RFC 9110 5.3 allows; header_list
-       * keeps each line for the ones that cannot be (set-cookie). */
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, val, e->vlen);
-      lua_concat(L, 3);
-    }
-    lua_rawset(L, -4);
-  }
-  lua_setfield(L, -3, "header_list");
-  lua_setfield(L, -2, "headers");
-}
-
 static int req_push(kw_op *op, lua_State *L) {
   http_req *r = (http_req *)op;
   if (r->result != CURLE_OK) {
@@ -497,34 +525,51 @@ static int req_push(kw_op *op, lua_State *L) {
   }
   long status = 0, version = 0;
   curl_off_t total_us = 0;
-  char *url = NULL;
   curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
   curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME_T, &total_us);
-  curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
-  lua_createtable(L, 0, 7);
+  /* headers and header_list are built from raw_headers on first access
+   * (see kpiwatch.http): most scripts look at status and body only, and
+   * a string and a table entry per header line would be most of the cost
+   * of a response. */
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, status);
   lua_setfield(L, -2, "status");
   lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
   lua_setfield(L, -2, "body");
-  push_headers(L, r);
+  lua_pushlstring(L, r->hbuf.p ? r->hbuf.p : "", r->hbuf.len);
+  lua_setfield(L, -2, "raw_headers");
   lua_pushnumber(L, (lua_Number)total_us / 1e6);
   lua_setfield(L, -2, "time");
-  if (url) {
-    lua_pushstring(L, url);
-    lua_setfield(L, -2, "url");
+  if (r->follow) {
+    char *url = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
+    if (url) {
+      lua_pushstring(L, url);
+      lua_setfield(L, -2, "url");
+    }
   }
   lua_pushstring(L, version == CURL_HTTP_VERSION_2_0   ? "2"
                     : version == CURL_HTTP_VERSION_1_0 ? "1.0"
                     : version == CURL_HTTP_VERSION_3   ? "3"
                                                        : "1.1");
   lua_setfield(L, -2, "http_version");
+  luaL_setmetatable(L, RESPONSE_MT);
   return 1;
 }
 
 static const kw_op_class req_class = {"http.request", req_push, req_cancel, req_release};
 
 /* ---- setup and teardown ----------------------------------------------- */
+
+static void pool_trim(size_t keep) {
+  while (G.npool > keep) {
+    http_req *r = G.pool;
+    G.pool = r->next;
+    G.npool--;
+    req_destroy(r);
+  }
+}
 
 static void http_atclose(void) {
   if (!G.inited) return;
@@ -548,24 +593,10 @@ static void http_atclose(void) {
   while (G.socks)
     sock_close(G.socks);
   uv_close((uv_handle_t *)&G.timer, NULL);
-  for (size_t i = 0; i < G.npool; i++)
-    curl_easy_cleanup(G.pool[i]);
-  free(G.pool);
-  G.pool = NULL;
-  G.npool = G.pool_cap = 0;
+  G.closed = 1;
+  pool_trim(0);
   curl_global_cleanup();
   G.inited = 0;
-  G.closed = 1;
-}
-
-static int pool_resize(size_t cap) {
-  while (G.npool > cap)
-    curl_easy_cleanup(G.pool[--G.npool]);
-  CURL **p = realloc(G.pool, (cap ? cap : 1) * sizeof *p);
-  if (!p) return -1;
-  G.pool = p;
-  G.pool_cap = cap;
-  return 0;
 }
 
 static void apply_limits(void) {
@@ -580,11 +611,6 @@ static const char *http_init(void) {
   if (!G.multi) {
     curl_global_cleanup();
     return "curl_multi_init failed";
-  }
-  if (pool_resize((size_t)cfg.max_concurrent)) {
-    curl_multi_cleanup(G.multi);
-    curl_global_cleanup();
-    return "out of memory";
   }
   uv_timer_init(kw_loop(), &G.timer);
   uv_unref((uv_handle_t *)&G.timer); /* see update_refs */
@@ -614,50 +640,184 @@ static int ascii_ieq(const char *a, const char *b, size_t n) {
   return 1;
 }
 
-static int add_req_header(lua_State *L, http_req *r, const char *name, size_t nlen, int vidx) {
-  size_t vlen;
-  const char *v = lua_tolstring(L, vidx, &vlen);
-  if (!v || memchr(name, '\n', nlen) || memchr(name, '\r', nlen) || memchr(v, '\n', vlen) ||
-      memchr(v, '\r', vlen))
-    return luaL_error(L, "http.request: bad value for header '%s'", name);
-  /* "Name;" is libcurl's spelling of a header with an empty value, "Name:"
-   * would remove the header instead. */
-  if (vlen == 0)
-    lua_pushfstring(L, "%s;", name);
-  else
-    lua_pushfstring(L, "%s: %s", name, v);
-  struct curl_slist *l = curl_slist_append(r->req_headers, lua_tostring(L, -1));
-  lua_pop(L, 1);
-  if (!l) return luaL_error(L, "out of memory");
-  r->req_headers = l;
-  return 0;
+/* The options of one request, read and checked before anything is
+ * allocated, so that a malformed option raises without leaking. The
+ * strings belong to the options table, which stays at stack index 1. */
+typedef struct {
+  const char *url;
+  char method[32];
+  const char *body;
+  size_t blen;
+  int headers; /* stack index of the headers table, 0 when none */
+  int has_expect;
+  long timeout_ms;
+  curl_off_t max_body;
+  const char *ca_file;
+  int follow;
+} req_opts;
+
+static int is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
-/* Headers from {Name = "v"} or {Name = {"v1", "v2"}} (repeated). Returns
- * whether the caller set Expect itself. */
-static int set_req_headers(lua_State *L, http_req *r, int idx) {
-  int has_expect = 0;
+static void check_header_value(lua_State *L, const char *name, int idx) {
+  size_t vlen;
+  int t = lua_type(L, idx);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER)
+    luaL_error(L, "http.request: header '%s' must be a string, a number or a list of them", name);
+  const char *v = lua_tolstring(L, idx, &vlen);
+  for (size_t i = 0; i < vlen; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
+      luaL_error(L, "http.request: header '%s' contains CR, LF or NUL", name);
+}
+
+/* Headers: {Name = "v"} or {Name = {"v1", "v2"}} for a repeated one. */
+static void check_headers(lua_State *L, int idx, req_opts *o) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "http.request: header names must be strings");
     size_t nlen;
     const char *name = lua_tolstring(L, -2, &nlen);
-    if (nlen == 0 || memchr(name, ':', nlen))
-      luaL_error(L, "http.request: bad header name '%s'", name);
-    if (nlen == 6 && ascii_ieq(name, "expect", 6)) has_expect = 1;
-    if (lua_istable(L, -1)) {
-      lua_Integer n = luaL_len(L, -1);
+    if (nlen == 0) luaL_error(L, "http.request: empty header name");
+    for (size_t i = 0; i < nlen; i++)
+      if (!is_tchar((unsigned char)name[i]))
+        luaL_error(L, "http.request: invalid character in header name '%s'", name);
+    if (nlen == 6 && ascii_ieq(name, "expect", 6)) o->has_expect = 1;
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
       for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
-        add_req_header(L, r, name, nlen, lua_gettop(L));
+        check_header_value(L, name, lua_gettop(L));
         lua_pop(L, 1);
       }
     } else {
-      add_req_header(L, r, name, nlen, lua_gettop(L));
+      lua_pushvalue(L, -1); /* lua_tolstring must not convert lua_next's value */
+      check_header_value(L, name, lua_gettop(L));
+      lua_pop(L, 1);
     }
     lua_pop(L, 1);
   }
-  return has_expect;
+}
+
+static void bad_option(lua_State *L, const char *key, const char *want) {
+  luaL_error(L, "http.request: '%s' must be %s, not %s", key, want, luaL_typename(L, -1));
+}
+
+/* One pass over the options table: cheaper than a lookup per known option
+ * when, as usual, only a few are given, and it catches misspelt ones. */
+static void read_opts(lua_State *L, req_opts *o) {
+  memset(o, 0, sizeof *o);
+  memcpy(o->method, "GET", 4);
+  o->timeout_ms = cfg.timeout_ms;
+  o->max_body = cfg.max_body;
+  o->ca_file = cfg.ca_file;
+  int has_method = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    int t = lua_type(L, -1);
+    if (strcmp(k, "url") == 0) {
+      if (t != LUA_TSTRING) bad_option(L, k, "a string");
+      o->url = lua_tostring(L, -1);
+    } else if (strcmp(k, "method") == 0) {
+      if (t != LUA_TSTRING) bad_option(L, k, "a string");
+      size_t n;
+      const char *m = lua_tolstring(L, -1, &n);
+      if (n == 0 || n >= sizeof o->method) luaL_error(L, "http.request: bad method");
+      /* Methods are case-sensitive on the wire; "post" means POST. */
+      for (size_t i = 0; i <= n; i++) {
+        o->method[i] = (char)toupper((unsigned char)m[i]);
+        if (i < n && !is_tchar((unsigned char)m[i])) luaL_error(L, "http.request: bad method");
+      }
+      has_method = 1;
+    } else if (strcmp(k, "body") == 0) {
+      if (t != LUA_TSTRING) bad_option(L, k, "a string");
+      o->body = lua_tolstring(L, -1, &o->blen);
+    } else if (strcmp(k, "headers") == 0) {
+      if (t != LUA_TTABLE) bad_option(L, k, "a table");
+    } else if (strcmp(k, "timeout") == 0) {
+      if (t != LUA_TNUMBER) bad_option(L, k, "a number of seconds");
+      lua_Number s = lua_tonumber(L, -1);
+      if (!(s >= 0) || s > 1e6) luaL_error(L, "http.request: bad timeout");
+      o->timeout_ms = (long)(s * 1000.0 + 0.5);
+      if (s > 0 && o->timeout_ms == 0) o->timeout_ms = 1;
+    } else if (strcmp(k, "max_body") == 0) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0)
+        bad_option(L, k, "a positive integer");
+      o->max_body = (curl_off_t)lua_tointeger(L, -1);
+    } else if (strcmp(k, "ca_file") == 0) {
+      if (t != LUA_TSTRING) bad_option(L, k, "a string");
+      o->ca_file = lua_tostring(L, -1);
+    } else if (strcmp(k, "follow") == 0) {
+      o->follow = lua_toboolean(L, -1);
+    } else {
+      luaL_error(L, "http.request: unknown option '%s'", k);
+    }
+    lua_pop(L, 1);
+  }
+  if (!o->url) luaL_error(L, "http.request: 'url' (a string) is required");
+  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    o->headers = lua_gettop(L);
+    check_headers(L, o->headers, o);
+  } else {
+    lua_pop(L, 1);
+  }
+  if (!has_method && o->body) memcpy(o->method, "POST", 5);
+  if (!o->body && (strcmp(o->method, "POST") == 0 || strcmp(o->method, "PUT") == 0 ||
+                   strcmp(o->method, "PATCH") == 0))
+    o->body = ""; /* an empty body still gets its Content-Length: 0 */
+}
+
+static int add_req_header(http_req *r, const char *name, size_t nlen, const char *v, size_t vlen) {
+  char small[512], *line = small;
+  size_t need = nlen + vlen + 3;
+  if (need > sizeof small && !(line = malloc(need))) return -1;
+  /* "Name;" is libcurl's spelling of a header with an empty value, "Name:"
+   * would remove the header instead. */
+  memcpy(line, name, nlen);
+  if (vlen == 0) {
+    line[nlen] = ';';
+    line[nlen + 1] = '\0';
+  } else {
+    line[nlen] = ':';
+    line[nlen + 1] = ' ';
+    memcpy(line + nlen + 2, v, vlen);
+    line[nlen + 2 + vlen] = '\0';
+  }
+  struct curl_slist *l = curl_slist_append(r->req_headers, line);
+  if (line != small) free(line);
+  if (!l) return -1;
+  r->req_headers = l;
+  return 0;
+}
+
+/* Builds the header list from the table read_opts checked; cannot raise
+ * (the values were checked, the numbers already converted). */
+static int build_headers(lua_State *L, http_req *r, int idx) {
+  int rc = 0;
+  lua_pushnil(L);
+  while (rc == 0 && lua_next(L, idx)) {
+    size_t nlen, vlen;
+    const char *name = lua_tolstring(L, -2, &nlen);
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+      for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        const char *v = lua_tolstring(L, -1, &vlen);
+        rc = add_req_header(r, name, nlen, v, vlen);
+        lua_pop(L, 1);
+      }
+    } else {
+      lua_pushvalue(L, -1);
+      const char *v = lua_tolstring(L, -1, &vlen);
+      rc = add_req_header(r, name, nlen, v, vlen);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  if (rc != 0) lua_pop(L, 1); /* the key lua_next left */
+  return rc;
 }
 
 static int push_fail(lua_State *L, const char *kind, const char *msg) {
@@ -667,141 +827,65 @@ static int push_fail(lua_State *L, const char *kind, const char *msg) {
   return 3;
 }
 
-/* Reads the options into r->easy. May raise for malformed options: r is
- * anchored as a full userdata-free pointer, so the caller guards it. */
-static void setup_request(lua_State *L, http_req *r) {
+/* Applies checked options to a fresh or recycled request. Options a plain
+ * GET must not inherit mark it sticky (reset before its next use). */
+static int apply_opts(lua_State *L, http_req *r, const req_opts *o) {
   CURL *e = r->easy;
-  if (lua_getfield(L, 1, "url") != LUA_TSTRING)
-    luaL_error(L, "http.request: 'url' (a string) is required");
-  curl_easy_setopt(e, CURLOPT_URL, lua_tostring(L, -1));
-  lua_pop(L, 1);
-
-  /* Methods are case-sensitive on the wire; scripts writing "post" mean
-   * POST. */
-  char method[32] = "GET";
-  if (opt_field(L, 1, "method", LUA_TSTRING)) {
-    size_t n;
-    const char *m = lua_tolstring(L, -1, &n);
-    if (n == 0 || n >= sizeof method) luaL_error(L, "http.request: bad method");
-    for (size_t i = 0; i <= n; i++)
-      method[i] = (char)toupper((unsigned char)m[i]);
-  }
-  size_t blen = 0;
-  const char *body = NULL;
-  if (opt_field(L, 1, "body", LUA_TSTRING)) body = lua_tolstring(L, -1, &blen);
-  /* Keep method and body on the stack while curl copies them. */
-  int has_method = !lua_isnil(L, -2);
-  if (!has_method && body) memcpy(method, "POST", 5);
-  if (!body &&
-      (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0)) {
-    /* An empty body still gets its Content-Length: 0. */
-    body = "";
-    blen = 0;
-  }
-  if (body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
-    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  } else if (strcmp(method, "HEAD") == 0) {
+  const char *m = o->method;
+  curl_easy_setopt(e, CURLOPT_URL, o->url);
+  if (o->body || strcmp(m, "GET") != 0) r->sticky = 1;
+  if (o->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->blen);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+    if (strcmp(m, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
+  } else if (strcmp(m, "HEAD") == 0) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (strcmp(method, "GET") != 0) {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  } else if (strcmp(m, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
   }
-  lua_pop(L, 2);
-
-  int has_expect = 0;
-  if (opt_field(L, 1, "headers", LUA_TTABLE)) has_expect = set_req_headers(L, r, lua_gettop(L));
-  lua_pop(L, 1);
+  if (o->headers && build_headers(L, r, o->headers)) return -1;
   /* A 100-continue round trip only adds latency against servers we talk to. */
-  if (body && !has_expect) {
+  if (o->body && !o->has_expect) {
     struct curl_slist *l = curl_slist_append(r->req_headers, "Expect:");
-    if (!l) luaL_error(L, "out of memory");
+    if (!l) return -1;
     r->req_headers = l;
   }
-  if (r->req_headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
-
-  long timeout_ms = cfg.timeout_ms;
-  if (opt_field(L, 1, "timeout", LUA_TNUMBER)) {
-    lua_Number t = lua_tonumber(L, -1);
-    if (!(t >= 0) || t > 1e6) luaL_error(L, "http.request: bad timeout");
-    timeout_ms = (long)(t * 1000.0 + 0.5);
-    if (t > 0 && timeout_ms == 0) timeout_ms = 1;
+  if (r->req_headers) {
+    r->sticky = 1;
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
   }
-  lua_pop(L, 1);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-
-  r->max_body = cfg.max_body;
-  if (opt_field(L, 1, "max_body", LUA_TNUMBER)) {
-    lua_Integer m = lua_tointeger(L, -1);
-    if (m <= 0) luaL_error(L, "http.request: max_body must be a positive integer");
-    r->max_body = (curl_off_t)m;
-  }
-  lua_pop(L, 1);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  r->max_body = o->max_body;
   /* Rejects a declared Content-Length over the cap before any body; the
    * write callback catches chunked or lying responses. */
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, r->max_body);
-
-  if (opt_field(L, 1, "ca_file", LUA_TSTRING))
-    curl_easy_setopt(e, CURLOPT_CAINFO, lua_tostring(L, -1));
-  else if (cfg.ca_file)
-    curl_easy_setopt(e, CURLOPT_CAINFO, cfg.ca_file);
-  lua_pop(L, 1);
-
-  lua_getfield(L, 1, "follow");
-  if (lua_toboolean(L, -1)) {
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, o->max_body);
+  if (o->ca_file) {
+    r->sticky = 1;
+    curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+  }
+  r->follow = o->follow;
+  if (o->follow) {
+    r->sticky = 1;
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
   }
-  lua_pop(L, 1);
-
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "kpiwatch/" KW_VERSION);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  /* Prefer waiting for a multiplexed HTTP/2 connection over opening many. */
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-}
-
-/* setup_request may raise; this protected trampoline lets the caller free
- * the half-built request instead of leaking it. */
-static int setup_protected(lua_State *L) {
-  http_req *r = lua_touserdata(L, 2);
-  lua_settop(L, 1);
-  setup_request(L, r);
   return 0;
 }
 
 static int l_request(lua_State *L) {
+  req_opts o;
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  read_opts(L, &o);
   if (G.closed) return push_fail(L, "network", "the event loop is closing");
   const char *err = http_init();
   if (err) return push_fail(L, "network", err);
 
-  http_req *r = calloc(1, sizeof *r);
-  if (!r) return luaL_error(L, "out of memory");
-  r->easy = G.npool ? G.pool[--G.npool] : curl_easy_init();
-  if (!r->easy) {
-    free(r);
-    return push_fail(L, "network", "curl_easy_init failed");
+  http_req *r = req_new();
+  if (!r || apply_opts(L, r, &o) != 0) {
+    if (r) req_free(r);
+    return push_fail(L, "network", "cannot create a request (out of memory)");
   }
-  r->lnext = G.live;
-  if (G.live) G.live->lprev = r;
-  G.live = r;
-  lua_settop(L, 1);
-  lua_pushcfunction(L, setup_protected);
-  lua_pushvalue(L, 1);
-  lua_pushlightuserdata(L, r);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    req_free(r);
-    return lua_error(L);
-  }
-
   kw_op_init(&r->op, &req_class);
   if (G.active < cfg.max_concurrent) {
     CURLMcode mc = start_transfer(r);
@@ -824,6 +908,63 @@ static int l_request(lua_State *L) {
   return kw_await(L, &r->op);
 }
 
+/* Calls fn(L, name, nlen, value, vlen) for each line of a header block as
+ * on_header stores it. */
+static void each_header(lua_State *L, const char *p, size_t len,
+                        void (*fn)(lua_State *, const char *, size_t, const char *, size_t)) {
+  const char *end = p + len;
+  while (p < end) {
+    const char *eol = memchr(p, '\r', (size_t)(end - p));
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    if (!eol || !colon || colon > eol || eol + 2 > end || colon + 2 > eol) break;
+    fn(L, p, (size_t)(colon - p), colon + 2, (size_t)(eol - colon - 2));
+    p = eol + 2;
+  }
+}
+
+static void add_to_table(lua_State *L, const char *n, size_t nlen, const char *v, size_t vlen) {
+  lua_pushlstring(L, n, nlen);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushlstring(L, v, vlen);
+  } else {
+    /* Repeated header: combined as RFC 9110 5.3 allows; header_list keeps
+     * each line for the ones that cannot be (set-cookie). */
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, v, vlen);
+    lua_concat(L, 3);
+  }
+  lua_rawset(L, -3);
+}
+
+static void add_to_list(lua_State *L, const char *n, size_t nlen, const char *v, size_t vlen) {
+  lua_createtable(L, 2, 0);
+  lua_pushlstring(L, n, nlen);
+  lua_rawseti(L, -2, 1);
+  lua_pushlstring(L, v, vlen);
+  lua_rawseti(L, -2, 2);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* header_table(raw) -> {name = value}: repeated names joined by ", ". */
+static int l_header_table(lua_State *L) {
+  size_t len;
+  const char *raw = luaL_checklstring(L, 1, &len);
+  lua_newtable(L);
+  each_header(L, raw, len, add_to_table);
+  return 1;
+}
+
+/* header_list(raw) -> {{name, value}, ...} in the order received. */
+static int l_header_list(lua_State *L) {
+  size_t len;
+  const char *raw = luaL_checklstring(L, 1, &len);
+  lua_newtable(L);
+  each_header(L, raw, len, add_to_list);
+  return 1;
+}
+
 static int l_configure(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   if (opt_field(L, 1, "max_concurrent", LUA_TNUMBER)) {
@@ -831,7 +972,7 @@ static int l_configure(lua_State *L) {
     luaL_argcheck(L, n > 0 && n <= 100000, 1, "max_concurrent must be a positive integer");
     cfg.max_concurrent = (long)n;
     if (G.inited) {
-      pool_resize((size_t)n);
+      pool_trim((size_t)n);
       apply_limits();
       start_queued();
     }
@@ -902,8 +1043,12 @@ int luaopen_kpiwatch__http(lua_State *L) {
                                  {"configure", l_configure},
                                  {"config", l_config},
                                  {"stats", l_stats},
+                                 {"header_table", l_header_table},
+                                 {"header_list", l_header_list},
                                  {NULL, NULL}};
   luaL_newlib(L, fns);
+  luaL_newmetatable(L, RESPONSE_MT);
+  lua_setfield(L, -2, "response_mt");
   lua_pushliteral(L, "kpiwatch/" KW_VERSION);
   lua_setfield(L, -2, "user_agent");
   return 1;

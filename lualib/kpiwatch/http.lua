@@ -3,7 +3,8 @@
 --
 -- http.request{method=, url=, headers=, body=, timeout=, max_body=,
 --              ca_file=, follow=}
---   -> {status=, headers=, header_list=, body=, time=, url=, http_version=}
+--   -> {status=, body=, headers=, header_list=, raw_headers=, time=,
+--       http_version=, url= (with follow)}
 -- Suspends only the calling task (or runs the loop when the caller cannot
 -- yield). A transport failure raises an error object from kpiwatch.errors
 -- with kind timeout | connect | network | dns | tls | too_large |
@@ -16,6 +17,20 @@ local errors = require "kpiwatch.errors"
 local M = {}
 
 local c_request = C.request
+
+-- Responses share a metatable whose __index builds `headers` and
+-- `header_list` from raw_headers on first access and keeps them: most
+-- scripts never look at headers, and building them for every response
+-- would be most of a response's cost.
+local header_table, header_list = C.header_table, C.header_list
+C.response_mt.__index = function(resp, key)
+  local build = key == "headers" and header_table or key == "header_list" and header_list
+  if not build then return nil end
+  local v = build(rawget(resp, "raw_headers") or "")
+  rawset(resp, key, v)
+  return v
+end
+C.response_mt.__name = "kpiwatch.http.response"
 
 function M.request(opts)
   if type(opts) == "string" then opts = { url = opts } end

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# HTTP client benchmark (issue 3): fetch N small JSON documents with
+# concurrency C from a local server, once from a kpiwatch script
+# (http_bench_client.lua: C tasks looping over http.request) and once from a
+# C program driving libcurl's multi interface directly (http_bench_curl.c,
+# the ceiling for any libcurl client). Prints requests per second and the
+# client's own CPU time per 1000 requests for both, and the ratios.
+#
+# The server is kpiwatch's own http.serve (h2o) in a separate process
+# (http_bench_server.lua), shared by both clients. Runs alternate between
+# the two clients and medians are reported, because this machine is shared
+# and noisy: ratios measured side by side hold, absolute figures drift.
+#
+# Usage: spec/bench/http_bench.sh [N [C [ROUNDS]]]     (defaults 20000 64 5)
+# Env:   KPIWATCH (default build/kpiwatch), BENCH_URL to use another server.
+set -euo pipefail
+
+N=${1:-20000}
+C=${2:-64}
+ROUNDS=${3:-5}
+cd "$(dirname "$0")/../.."
+KPIWATCH=${KPIWATCH:-build/kpiwatch}
+KPIWATCH=$(realpath "$KPIWATCH")
+tmp=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+cc -O2 -o "$tmp/http_bench_curl" spec/bench/http_bench_curl.c \
+  $(pkg-config --cflags --libs libcurl)
+
+if [ -n "${BENCH_URL:-}" ]; then
+  url=$BENCH_URL
+else
+  "$KPIWATCH" spec/bench/http_bench_server.lua >"$tmp/url" &
+  server_pid=$!
+  for _ in $(seq 100); do
+    [ -s "$tmp/url" ] && break
+    sleep 0.05
+  done
+  url=$(cat "$tmp/url")
+fi
+[ -n "$url" ] || { echo "server did not start" >&2; exit 1; }
+
+# run NAME CMD...: appends "wall cpu" (seconds) to $tmp/NAME.
+run() {
+  local name=$1
+  shift
+  /usr/bin/time -f "%e %U %S" -o "$tmp/time" "$@" >"$tmp/out" 2>"$tmp/err" || {
+    echo "$name failed:" >&2
+    cat "$tmp/out" "$tmp/err" >&2
+    exit 1
+  }
+  awk '{printf "%s %.3f\n", $1, $2 + $3}' "$tmp/time" >>"$tmp/$name"
+}
+
+# Warm up the server (and the page cache) once.
+"$tmp/http_bench_curl" "$url" 2000 "$C" >/dev/null
+for i in $(seq "$ROUNDS"); do
+  run curl "$tmp/http_bench_curl" "$url" "$N" "$C"
+  run kpiwatch "$KPIWATCH" spec/bench/http_bench_client.lua "$url" "$N" "$C"
+done
+
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+for name in curl kpiwatch; do
+  wall=$(awk '{print $1}' "$tmp/$name" | median)
+  cpu=$(awk '{print $2}' "$tmp/$name" | median)
+  echo "$name $wall $cpu" >>"$tmp/summary"
+done
+
+echo "N=$N C=$C rounds=$ROUNDS server=$url ($(nproc) CPUs, $(uname -m))"
+awk -v n="$N" '
+  { wall[$1] = $2; cpu[$1] = $3 }
+  END {
+    printf "%-22s %10s %14s\n", "client", "req/s", "CPU ms/1000"
+    for (k in wall) printf "%-22s %10.0f %14.1f\n", (k == "curl" ? "libcurl multi (C)" : "kpiwatch script"), n / wall[k], cpu[k] * 1000000 / n
+    printf "ratio kpiwatch/libcurl: throughput %.2f, CPU per request %.2f\n",
+      wall["curl"] / wall["kpiwatch"], cpu["kpiwatch"] / cpu["curl"]
+  }' "$tmp/summary"
