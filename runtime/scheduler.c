@@ -56,6 +56,7 @@ static struct {
   lua_State *L;            /* main thread */
   volatile sig_atomic_t sigint;
   volatile sig_atomic_t sigint_waiters;
+  int end_with_main;       /* kw_sched_end_with_main: the REPL ended */
   int sigterm;
   uv_async_t wake;         /* SIGINT wakes the loop through this */
   uv_signal_t term;
@@ -585,6 +586,15 @@ int kw_sched_interrupted(void) {
   return S.sigint || S.sigterm;
 }
 
+void kw_sched_end_with_main(void) {
+  S.end_with_main = 1;
+}
+
+void kw_sched_clear_interrupt(void) {
+  S.sigint = 0;
+  if (S.L && lua_gethook(S.L) == interrupt_hook) lua_sethook(S.L, NULL, 0, 0);
+}
+
 /* ---- the loop ------------------------------------------------------------- */
 
 int kw_sched_step(lua_State *L, int block) {
@@ -604,6 +614,7 @@ int kw_sched_run_main(lua_State *L, int nargs) {
   lua_pop(L, 1);
   while (kw_sched_step(L, 1)) {
     if (S.sigint && !S.sigint_waiters && S.main_task && S.main_task->state >= TASK_DONE) break;
+    if (S.end_with_main && S.main_task->state >= TASK_DONE) break;
   }
   if (S.sigterm) return 143;
   if (S.sigint && S.main_task->state < TASK_DONE) {
@@ -617,7 +628,7 @@ int kw_sched_run_main(lua_State *L, int nargs) {
   }
   if (S.main_status) return S.main_status;
   if (S.sigint) return 130;
-  return S.failed_tasks ? 2 : 0;
+  return S.failed_tasks && !S.end_with_main ? 2 : 0;
 }
 
 /* The main task's first result, when it is an integer, is the exit status

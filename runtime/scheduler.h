@@ -101,6 +101,18 @@ void kw_sched_close(void);
 /* Non-zero after SIGINT (used for the exit status). */
 int kw_sched_interrupted(void);
 
+/* Forget a SIGINT the caller has dealt with (the REPL cancelled its chunk
+ * and is back at the prompt): the process is no longer "interrupted", and
+ * the interrupt hook armed on the main thread while the loop was idle is
+ * removed, so the next Lua run there does not raise. */
+void kw_sched_clear_interrupt(void);
+
+/* Make the run end when the main task ends (the REPL at Ctrl-D): tasks
+ * started at the prompt and still running are abandoned, as after os.exit,
+ * and tasks that failed there (already reported on the terminal) do not
+ * turn the exit status into 2. */
+void kw_sched_end_with_main(void);
+
 /* The C core of the `task` module (kpiwatch._task). */
 int luaopen_kpiwatch__task(lua_State *L);
 
