@@ -38,9 +38,10 @@
  *   mkdir_p(path [, mode]) -> true | nil, msg
  *   clear_interrupt()       the SIGINT was handled (kw_sched_clear_interrupt)
  *   end_session()           the process ends with the REPL (kw_sched_end_with_main)
- *   isatty() -> boolean     stdin is a terminal
+ *   isatty() -> boolean     stdin and stdout are a terminal (lines are edited)
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +70,8 @@ static struct {
   line_op *reading;    /* the op a line is being read for */
   kw_job key_job;      /* feeds one key to libedit, between loop turns */
   int key_posted;
-  lua_State *co; /* thread the completer runs on */
+  lua_State *co; /* the completer's thread: not the main one, where a Ctrl-C
+                  * may have left the interrupt hook armed */
   int co_ref, completer_ref;
   char *in; /* input read ahead without a terminal */
   size_t inlen, incap;
@@ -163,9 +165,12 @@ static void on_readable(uv_poll_t *h, int status, int events);
 static void key_job_run(lua_State *L, kw_job *job) {
   (void)L;
   (void)job;
+  struct pollfd pfd = {0, POLLIN, 0};
   R.key_posted = 0;
   if (!R.reading) return; /* cancelled since the key arrived */
-  rl_callback_read_char();
+  /* libedit's read blocks: make sure the key is still there (a Ctrl-C
+   * since the poll callback flushes the terminal's input queue). */
+  if (poll(&pfd, 1, 0) == 1) rl_callback_read_char();
   if (R.reading && R.poll) uv_poll_start(R.poll, UV_READABLE, on_readable);
 }
 

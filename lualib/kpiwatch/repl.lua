@@ -260,7 +260,9 @@ function M.run_chunk(fn)
   while true do
     local ok, r = pcall(task.wait, t)
     if ok then return r end
-    if not is_interrupt(r) then return table.pack(false, r) end
+    local st = task.status(t)
+    -- the task itself failed (outside its xpcall): that is its outcome
+    if st == "failed" or st == "done" or not is_interrupt(r) then return table.pack(false, r) end
     -- SIGINT cancelled our wait: pass it on to the chunk, then wait for it
     -- to end (it may catch the error and go on; another Ctrl-C cancels again)
     rl.clear_interrupt()
