@@ -380,8 +380,6 @@ static void base_options(http_req *r) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  /* Prefer waiting for a multiplexed HTTP/2 connection over opening many. */
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 }
 
 static void req_destroy(http_req *r) {
@@ -833,6 +831,11 @@ static int apply_opts(lua_State *L, http_req *r, const req_opts *o) {
   CURL *e = r->easy;
   const char *m = o->method;
   curl_easy_setopt(e, CURLOPT_URL, o->url);
+  /* Over TLS the server may offer HTTP/2: wait for the first connection to
+   * say so and multiplex over it rather than opening one per transfer.
+   * Cleartext is HTTP/1.1 (no prior knowledge), where waiting would only
+   * hold every transfer behind the first response. */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, ascii_ieq(o->url, "https://", 8) ? 1L : 0L);
   if (o->body || strcmp(m, "GET") != 0) r->sticky = 1;
   if (o->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->blen);

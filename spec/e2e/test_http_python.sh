@@ -26,6 +26,18 @@ cat >"$tmp/server.py" <<'EOF'
 import functools, http.server, sys
 class H(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path != "/stream":
+            return super().do_GET()
+        # No Content-Length: the body ends when the connection closes, so
+        # only the client's running count can cut it off.
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for _ in range(64):
+            self.wfile.write(b"x" * 16384)
     def log_message(self, fmt, *args):
         sys.stderr.write("port=%d %s\n" % (self.client_address[1], fmt % args))
         sys.stderr.flush()
@@ -76,7 +88,13 @@ check(big.status == 200 and #big.body == 600000, "big body " .. #big.body)
 
 local ok, err = pcall(http.request, { url = base .. "/big.txt", max_body = 1000 })
 check(not ok and err.kind == "too_large", "too_large: " .. tostring(err))
-print("connections", http.stats().connections)
+local before = http.stats().connections
+local s = http.request{ url = base .. "/stream" }
+check(#s.body == 64 * 16384 and s.headers["content-length"] == nil, "close-delimited body")
+ok, err = pcall(http.request, { url = base .. "/stream", max_body = 100000 })
+check(not ok and err.kind == "too_large", "too_large without Content-Length: " .. tostring(err))
+check(err.url == base .. "/stream", "error url")
+print("connections", before)
 EOF
 
 out=$(KPIWATCH_LUALIB="$SRC/lualib" "$KPIWATCH" "$tmp/client.lua" "$base")

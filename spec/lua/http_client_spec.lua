@@ -48,6 +48,8 @@ describe("http.request", function()
           return { status = 200, body = "slept" }
         elseif p == "/n" then
           return { status = 200, body = req.query }
+        elseif p == "/redirect" then
+          return { status = 302, headers = { Location = "/n?redirected" }, body = "" }
         end
         return { status = 404, body = "no route" }
       end,
@@ -80,6 +82,34 @@ describe("http.request", function()
     assert.are.same({ "a=1", "b=2" }, cookies)
     assert.are.equal("1.1", r.http_version)
     assert.is_true(r.time > 0 and r.time < 5)
+  end)
+
+  it("keeps raw_headers and builds headers tables on first access", function()
+    local r = http.request{ url = base .. "/multi" }
+    assert.matches("x%-one: v\r\n", r.raw_headers)
+    assert.matches("set%-cookie: a=1\r\nset%-cookie: b=2\r\n", r.raw_headers)
+    assert.is_nil(rawget(r, "headers"))
+    assert.is_nil(rawget(r, "header_list"))
+    local h = r.headers
+    assert.are.equal(h, rawget(r, "headers"))
+    assert.are.equal(h, r.headers)
+    assert.are.equal(#r.header_list, select(2, r.raw_headers:gsub("\r\n", "")))
+    assert.is_nil(r.nonexistent)
+  end)
+
+  it("sends a list of values as repeated header lines", function()
+    local r = http.request{ url = base .. "/echo", headers = { ["X-Multi"] = { "1", "2" } } }
+    assert.are.equal("1, 2", json.decode(r.body).headers["x-multi"])
+  end)
+
+  it("follows redirects only when asked", function()
+    local r = http.request{ url = base .. "/redirect" }
+    assert.are.equal(302, r.status)
+    assert.are.equal("/n?redirected", r.headers.location)
+    r = http.request{ url = base .. "/redirect", follow = true }
+    assert.are.equal(200, r.status)
+    assert.are.equal("redirected", r.body)
+    assert.are.equal(base .. "/n?redirected", r.url)
   end)
 
   it("sends request headers, the User-Agent, the method and the query", function()
@@ -171,6 +201,7 @@ describe("http.request", function()
     assert.are.equal("timeout", err.kind)
     assert.are.equal(base .. "/sleep?s=1.5", err.url)
     assert.matches("^timeout: ", tostring(err))
+    assert.are.equal(28, err.curl_code) -- CURLE_OPERATION_TIMEDOUT
     assert.is_true(dt < 1.2, "took " .. dt)
     -- the server is fine afterwards
     assert.are.equal(200, http.request{ url = base .. "/n?after" }.status)
@@ -221,6 +252,8 @@ describe("http.request", function()
     assert.has_error(function() http.request{ url = base, headers = { X = "a\r\nInjected: 1" } } end)
     assert.has_error(function() http.request{ url = base, max_body = 0 } end)
     assert.has_error(function() http.configure{ max_concurrent = 0 } end)
+    assert.has_error(function() http.request{ url = base, timout = 1 } end, "http.request: unknown option 'timout'")
+    assert.has_error(function() http.request{ url = base, method = "GET X" } end)
   end)
 
   it("cancels a request in flight and frees its slot", function()
