@@ -45,16 +45,24 @@ else
 fi
 [ -n "$url" ] || { echo "server did not start" >&2; exit 1; }
 
-# run NAME CMD...: appends "wall cpu" (seconds) to $tmp/NAME.
+# run NAME CMD...: appends "wall cpu" (seconds: wall clock, and the
+# client's user + system time from its rusage) to $tmp/NAME.
+cat >"$tmp/timeit.py" <<'EOF'
+import resource, subprocess, sys, time
+t = time.monotonic()
+p = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+wall = time.monotonic() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+if p.returncode != 0:
+    sys.stderr.write(p.stdout.decode(errors="replace"))
+    sys.exit(1)
+with open(sys.argv[1], "a") as f:
+    f.write("%.4f %.4f\n" % (wall, ru.ru_utime + ru.ru_stime))
+EOF
 run() {
   local name=$1
   shift
-  /usr/bin/time -f "%e %U %S" -o "$tmp/time" "$@" >"$tmp/out" 2>"$tmp/err" || {
-    echo "$name failed:" >&2
-    cat "$tmp/out" "$tmp/err" >&2
-    exit 1
-  }
-  awk '{printf "%s %.3f\n", $1, $2 + $3}' "$tmp/time" >>"$tmp/$name"
+  python3 "$tmp/timeit.py" "$tmp/$name" "$@" || { echo "$name failed" >&2; exit 1; }
 }
 
 # Warm up the server (and the page cache) once.
