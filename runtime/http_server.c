@@ -393,9 +393,17 @@ static void server_atclose(void) {
     }
     uv_run(kw_loop(), UV_RUN_ONCE);
   }
-  while (servers && servers->state == SRV_DRAINED)
-    dispose_server(servers, NULL);
-  /* The Lua state outlives this hook; its registry refs go with it. */
+  for (;;) {
+    for (srv = servers; srv; srv = srv->next)
+      if (srv->state == SRV_DRAINED) break;
+    if (!srv) break;
+    dispose_server(srv, NULL);
+  }
+  /* The Lua state outlives this hook; its registry refs go with it. A
+   * later kw_sched_open (unit tests open and close the scheduler more than
+   * once) starts with an empty job queue. */
+  in_atclose = 0;
+  reaper_posted = 0;
 }
 
 /* ---- h2o side: connections and requests ----------------------------------- */
