@@ -611,7 +611,10 @@ int kw_sched_run_main(lua_State *L, int nargs) {
   S.main_task = check_task(L, -1);
   S.main_task->is_main = 1;
   S.main_status = 0;
-  lua_pop(L, 1);
+  /* The loop reads the main task after it ends (other tasks and servers
+   * may outlive it), and kw_sched_main_result after that: keep its handle
+   * from the collector until lua_close. */
+  luaL_ref(L, LUA_REGISTRYINDEX);
   while (kw_sched_step(L, 1)) {
     if (S.sigint && !S.sigint_waiters && S.main_task && S.main_task->state >= TASK_DONE) break;
     if (S.end_with_main && S.main_task->state >= TASK_DONE) break;
