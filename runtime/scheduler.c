@@ -690,6 +690,9 @@ int kw_sched_open(lua_State *L) {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
+  /* A peer that hangs up (an HTTP client, an exec hook's stdin) must give
+   * EPIPE on that one write, not kill the process. */
+  signal(SIGPIPE, SIG_IGN);
   lua_newtable(L);
   lua_newtable(L); /* weak keys: reasons live as long as their handles */
   lua_pushliteral(L, "k");
