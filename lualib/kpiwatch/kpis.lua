@@ -3,6 +3,8 @@
 --   kpis.get(id [, opts])            -> KPI object (kpiwatch.model), or raises
 --   kpis.get_all(ids [, opts])       -> results in the order of ids, an error
 --                                       object in place of each failure
+--   kpis.each(ids, fn [, opts])      -> fetched, failed: fn(result, id, i) as
+--                                       results arrive, none kept
 --   kpis.configure{...}              -> set options for the whole script
 --   kpis.config()                    -> the effective options, secrets redacted
 --
@@ -660,13 +662,11 @@ function M.get(id, opts)
   end
 end
 
--- get_all(ids [, opts]) -> array, in the order of ids, of KPI objects and
--- error objects (one per failed id). opts: concurrency (default 16) and any
--- option of kpis.get. A missing credential raises at once (it is not a
--- per-id failure); so does a cancellation of the calling task.
-function M.get_all(ids, opts)
+-- Run up to `concurrency` workers over ids; each result (a KPI object or
+-- an error object) goes to deliver(r, id, i) as it arrives.
+local function run_workers(ids, opts, deliver)
   if type(ids) ~= "table" then
-    errors.raise("config", "kpis.get_all: expected a list of ids, got " .. type(ids))
+    errors.raise("config", "kpis: expected a list of ids, got " .. type(ids))
   end
   opts = opts or {}
   local conc = opts.concurrency
@@ -678,23 +678,29 @@ function M.get_all(ids, opts)
   local c = prepare(resolve(call_opts))
   conc = conc or c.concurrency
   local ok_c, msg = CHECK.concurrency(conc)
-  if not ok_c then errors.raise("config", "kpis.get_all: " .. msg) end
+  if not ok_c then errors.raise("config", "kpis: " .. msg) end
   lazy()
   local n = #ids
-  local results = {}
-  if n == 0 then return results end
-  local nexti = 0
+  if n == 0 then return end
+  -- A worker never raises: a task that fails unobserved is reported by the
+  -- runtime (and counts against the exit status). The first fatal error
+  -- (not a per-id failure) stops the others and is raised by the caller.
+  local nexti, fatal = 0, nil
   local get = M.get
   local function worker()
-    while true do
+    while fatal == nil do
       nexti = nexti + 1
       local i = nexti
       if i > n then return end
       local ok, r = pcall(get, ids[i], call_opts)
-      if ok or errors.is(r) then
-        results[i] = r
-      else
-        error(r, 0)
+      if not ok and not errors.is(r) then
+        fatal = fatal or { r }
+        return
+      end
+      local okd, derr = pcall(deliver, r, ids[i], i)
+      if not okd then
+        fatal = fatal or { derr }
+        return
       end
     end
   end
@@ -702,10 +708,38 @@ function M.get_all(ids, opts)
   for w = 1, math.min(conc, n) do workers[w] = task.spawn(worker) end
   local ok, e = pcall(task.all, workers)
   if not ok then
+    -- the caller was cancelled (Ctrl-C, task.cancel): so are the workers
+    fatal = fatal or { e }
     for _, w in ipairs(workers) do pcall(task.cancel, w) end
     error(e, 0)
   end
+  if fatal then error(fatal[1], 0) end
+end
+
+-- get_all(ids [, opts]) -> array, in the order of ids, of KPI objects and
+-- error objects (one per failed id). opts: concurrency (default 16) and any
+-- option of kpis.get. A missing credential raises at once (it is not a
+-- per-id failure); so does a cancellation of the calling task.
+function M.get_all(ids, opts)
+  local results = {}
+  run_workers(ids, opts, function(r, _, i) results[i] = r end)
   return results
+end
+
+-- each(ids, fn [, opts]) -> fetched, failed: like get_all, but hands each
+-- result to fn(result, id, index) as it arrives (in completion order) and
+-- keeps none, so memory stays flat over any number of ids. An error raised
+-- by fn stops the run and is raised here.
+function M.each(ids, fn, opts)
+  if type(fn) ~= "function" then
+    errors.raise("config", "kpis.each: expected a function, got " .. type(fn))
+  end
+  local fetched, failed = 0, 0
+  run_workers(ids, opts, function(r, id, i)
+    if errors.is(r) then failed = failed + 1 else fetched = fetched + 1 end
+    fn(r, id, i)
+  end)
+  return fetched, failed
 end
 
 return M

@@ -578,6 +578,20 @@ describe("kpis", function()
       assert.are.equal("config", raises(function() kpis.get_all({ OUTBOUND }, { concurrency = 0 }) end).kind)
     end)
 
+    it("each() hands every result over as it arrives", function()
+      local list = { OUTBOUND, UNKNOWN, ids["text-agent"], "bad-id" }
+      local seen = {}
+      local fetched, failed = kpis.each(list, function(r, id, i)
+        assert.are.equal(list[i], id)
+        seen[i] = model.is(r) and "ok" or r.kind
+      end, { concurrency = 2 })
+      assert.are.equal(2, fetched)
+      assert.are.equal(2, failed)
+      assert.are.same({ "ok", "not_found", "ok", "invalid_id" }, seen)
+      local e = select(2, pcall(kpis.each, { OUTBOUND, OUTBOUND, OUTBOUND }, function() error("stop here") end))
+      assert.truthy(tostring(e):find("stop here", 1, true))
+    end)
+
     it("fetches 100 executions with concurrency 20", function()
       local many = {}
       local body = fixtures.get(OUTBOUND).body
