@@ -140,6 +140,18 @@ describe("sandbox", function()
       assert.are.equal(404, r.status) -- a fault fixture has no body of its own
     end)
 
+    it("drop: no KPIs answer (a dropped connection, or an empty 502 where the server cannot drop)", function()
+      local ok, r = pcall(get, path(OUTBOUND), { ["X-Sandbox-Fault"] = "drop" })
+      if ok then
+        assert.are.equal(502, r.status)
+        assert.are.equal("", r.body)
+      else
+        assert.is_true(errors.is(r))
+        assert.truthy(r.kind == "network" or r.kind == "connect", r.kind)
+      end
+      assert.are.equal(200, get(path(OUTBOUND)).status) -- and it keeps serving
+    end)
+
     it("rejects an unknown fault spec with 400", function()
       local r = get(path(OUTBOUND), { ["X-Sandbox-Fault"] = "explode" })
       assert.are.equal(400, r.status)
