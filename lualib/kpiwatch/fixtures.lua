@@ -155,24 +155,37 @@ end
 local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 M.UUID_PATTERN = UUID
 
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
--- File names in dir. Lua has no directory listing; the runtime's fs module
--- is used when there is one, otherwise `ls` (the path is quoted, never
--- interpreted by the shell).
+-- File names in dir. Lua has no directory listing: the runtime's fs module
+-- is used when it has one, else `ls` run without a shell (kpiwatch._process),
+-- else, outside the kpiwatch binary, `ls` through io.popen with the path
+-- quoted.
 local function list_dir(dir)
-  local ok, fs = pcall(require, "kpiwatch.fs")
-  if ok and type(fs) == "table" and type(fs.scandir) == "function" then
-    return fs.scandir(dir)
+  local okf, fs = pcall(require, "kpiwatch._fs")
+  if okf and type(fs) == "table" then
+    if type(fs.scandir) == "function" then return fs.scandir(dir) end
+    if type(fs.stat) == "function" then
+      local st = fs.stat(dir)
+      if not st then return nil, "fixtures folder not found: " .. dir end
+      if st.type and st.type ~= "directory" and st.type ~= "dir" then
+        return nil, "not a folder: " .. dir
+      end
+    end
   end
-  local p = io.popen("ls -1A -- " .. shell_quote(dir) .. " 2>/dev/null")
-  if not p then return nil, "cannot list " .. dir end
+  local text
+  local okp, proc = pcall(require, "kpiwatch._process")
+  if okp and type(proc) == "table" and type(proc.spawn) == "function" then
+    local r, _, msg = proc.spawn({ "ls", "-1A", "--", dir }, { timeout = 30 })
+    if not r then return nil, "cannot list " .. dir .. ": " .. tostring(msg) end
+    if r.status ~= 0 then return nil, "cannot list " .. dir end
+    text = r.stdout
+  else
+    local p = io.popen("ls -1A -- '" .. dir:gsub("'", "'\\''") .. "' 2>/dev/null")
+    if not p then return nil, "cannot list " .. dir end
+    text = p:read("a")
+    if not p:close() then return nil, "cannot list " .. dir end
+  end
   local names = {}
-  for line in p:lines() do names[#names + 1] = line end
-  local okc = p:close()
-  if not okc and #names == 0 then return nil, "cannot list " .. dir end
+  for line in text:gmatch("[^\n]+") do names[#names + 1] = line end
   return names
 end
 
@@ -183,11 +196,9 @@ end
 function M.load_dir(dir)
   local errors = require "kpiwatch.errors"
   local model = require "kpiwatch.model"
+  if type(dir) ~= "string" or dir == "" then errors.raise("config", "fixtures folder: expected a path") end
   local names, err = list_dir(dir)
-  if not names then errors.raise("config", "fixtures folder: " .. err) end
-  local f0 = io.open(dir, "r")
-  if not f0 then errors.raise("config", "fixtures folder not found: " .. dir) end
-  f0:close()
+  if not names then errors.raise("config", err) end
   table.sort(names)
   local out = {}
   for _, name in ipairs(names) do
