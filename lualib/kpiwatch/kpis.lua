@@ -236,7 +236,11 @@ end
 -- The options of one call: the cached base, overlaid with opts.
 local function resolve(opts)
   local base = resolve_base()
-  if opts == nil or next(opts) == nil then return base end
+  if opts == nil then return base end
+  if type(opts) ~= "table" then
+    errors.raise("config", "kpis: options must be a table, got " .. type(opts))
+  end
+  if next(opts) == nil then return base end
   check_opts(opts, "kpis")
   local c = {}
   for k, v in pairs(base) do c[k] = v end
