@@ -130,7 +130,10 @@ static void line_cancel(kw_op *op) {
     if (R.tty) rl_callback_handler_remove(); /* back to cooked mode */
   }
   op->cancelled = 1;
-  kw_op_done(op);
+  /* A line that came in through a pipe completed the op in this same loop
+   * turn: its waiter is already queued, completing twice would queue the
+   * waiter's job twice. */
+  if (!op->done) kw_op_done(op);
 }
 
 static void line_release(kw_op *op) {
