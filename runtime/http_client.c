@@ -39,6 +39,8 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -71,6 +73,9 @@ typedef struct sock_ctx sock_ctx;
 struct sock_ctx {
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;            /* what the poll handle watches now (0: stopped) */
+  int managed;           /* opened by on_opensocket: on_closesocket will tell */
+  int idle;              /* libcurl said REMOVE: a kept-alive connection at rest */
   sock_ctx *prev, *next; /* live (not yet closing) contexts, for teardown */
 };
 
@@ -104,6 +109,8 @@ static struct {
   CURLM *multi;
   uv_timer_t timer;
   sock_ctx *socks;
+  sock_ctx **fdtab; /* contexts by fd */
+  size_t fdcap;
   http_req *qhead, *qtail; /* FIFO of requests waiting for a transfer slot */
   http_req *live;          /* every request not yet freed */
   int closed;              /* the loop is closing: no new requests */
@@ -209,13 +216,55 @@ static void sock_close_cb(uv_handle_t *h) {
   free(h->data);
 }
 
+static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Stops watching and frees the context; the fd is not ours to close. */
 static void sock_close(sock_ctx *s) {
   if (s->prev)
     s->prev->next = s->next;
   else
     G.socks = s->next;
   if (s->next) s->next->prev = s->prev;
+  if ((size_t)s->fd < G.fdcap && G.fdtab[s->fd] == s) G.fdtab[s->fd] = NULL;
   uv_close((uv_handle_t *)&s->poll, sock_close_cb);
+}
+
+static sock_ctx *sock_new(curl_socket_t fd) {
+  if ((size_t)fd >= G.fdcap) {
+    size_t cap = G.fdcap ? G.fdcap : 64;
+    while (cap <= (size_t)fd)
+      cap *= 2;
+    sock_ctx **t = realloc(G.fdtab, cap * sizeof *t);
+    if (!t) return NULL;
+    memset(t + G.fdcap, 0, (cap - G.fdcap) * sizeof *t);
+    G.fdtab = t;
+    G.fdcap = cap;
+  }
+  sock_ctx *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  if (uv_poll_init_socket(kw_loop(), &s->poll, fd) != 0) {
+    free(s);
+    return NULL;
+  }
+  if (!G.refd) uv_unref((uv_handle_t *)&s->poll);
+  s->fd = fd;
+  s->poll.data = s;
+  s->next = G.socks;
+  if (G.socks) G.socks->prev = s;
+  G.socks = s;
+  G.fdtab[fd] = s;
+  return s;
+}
+
+static void sock_watch(sock_ctx *s, int events) {
+  /* uv_poll_start always re-registers the fd (epoll DEL then ADD): only
+   * call it when the events change. */
+  if (s->events == events) return;
+  s->events = events;
+  if (events)
+    uv_poll_start(&s->poll, events, on_poll);
+  else
+    uv_poll_stop(&s->poll);
 }
 
 static void check_multi_info(void);
@@ -223,47 +272,93 @@ static void check_multi_info(void);
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock_ctx *s = p->data;
   int flags = 0, running;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (s->idle) {
+    /* A kept-alive connection libcurl is not using spoke (the server
+     * closed it, most likely): stop watching; libcurl finds out when it
+     * next tries to reuse the connection. */
+    if (status < 0) s->events = 0; /* libuv stopped it already */
+    sock_watch(s, 0);
+    return;
+  }
+  if (status < 0) {
+    /* libuv stopped the handle (EPOLLERR). Report the error, and also
+     * readiness: libcurl fails a transfer on CURL_CSELECT_ERR alone
+     * without looking at the socket, while a read lets it see the reset
+     * and retry a request that died on a reused connection, as it does
+     * when it polls by itself. */
+    s->events = 0;
+    flags = CURL_CSELECT_ERR | CURL_CSELECT_IN | CURL_CSELECT_OUT;
+  }
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  /* s may be closed during this call (CURL_POLL_REMOVE): read fd first. */
+  /* s may be freed during this call (a closed socket): read fd first. */
   curl_multi_socket_action(G.multi, s->fd, flags, &running);
   check_multi_info();
 }
 
+/*
+ * libcurl asks to watch a socket (IN/OUT) or to stop (REMOVE). A transfer
+ * on a kept-alive connection is one IN and one REMOVE; closing the poll
+ * handle at every REMOVE, as multi-uv.c does, costs a handle and several
+ * epoll_ctl calls per request. Sockets that libcurl opened through
+ * on_opensocket are announced again by on_closesocket before their fd is
+ * closed, so for those a REMOVE only marks the watcher idle (read events
+ * only) and the same watcher serves the next transfer; it is closed in
+ * on_closesocket, before the fd number can be reused. Any other socket
+ * (the resolver's wake-up pipe) gets the multi-uv.c treatment: stopped
+ * and closed at REMOVE.
+ */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
   sock_ctx *s = socketp;
   (void)easy;
   (void)userp;
   if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      uv_poll_stop(&s->poll);
+    if (!s) return 0;
+    if (s->managed) {
+      s->idle = 1;
+      sock_watch(s, UV_READABLE);
+    } else {
       sock_close(s);
     }
     return 0;
   }
   if (!s) {
-    s = malloc(sizeof *s);
-    if (!s) return -1;
-    if (uv_poll_init_socket(kw_loop(), &s->poll, fd) != 0) {
-      free(s);
-      return -1;
-    }
-    if (!G.refd) uv_unref((uv_handle_t *)&s->poll);
-    s->fd = fd;
-    s->poll.data = s;
-    s->prev = NULL;
-    s->next = G.socks;
-    if (G.socks) G.socks->prev = s;
-    G.socks = s;
+    s = (size_t)fd < G.fdcap ? G.fdtab[fd] : NULL;
+    if (!s && !(s = sock_new(fd))) return -1;
     /* curl_multi_assign is documented as callable from this callback. */
     curl_multi_assign(G.multi, fd, s);
   }
+  s->idle = 0;
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
+  sock_watch(s, events);
   return 0;
+}
+
+static curl_socket_t on_opensocket(void *clientp, curlsocktype purpose,
+                                   struct curl_sockaddr *addr) {
+  (void)clientp;
+  if (purpose != CURLSOCKTYPE_IPCXN) return CURL_SOCKET_BAD;
+  /* CLOEXEC: a hook started with notify.exec must not inherit sockets. */
+  curl_socket_t fd = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+  if (fd == CURL_SOCKET_BAD) return CURL_SOCKET_BAD;
+  sock_ctx *s = (size_t)fd < G.fdcap ? G.fdtab[fd] : NULL;
+  if (s) sock_close(s); /* stale: its fd was closed behind our back */
+  s = sock_new(fd);
+  if (!s) {
+    close(fd);
+    return CURL_SOCKET_BAD;
+  }
+  s->managed = 1;
+  return fd;
+}
+
+static int on_closesocket(void *clientp, curl_socket_t fd) {
+  (void)clientp;
+  sock_ctx *s = (size_t)fd < G.fdcap ? G.fdtab[fd] : NULL;
+  if (s) sock_close(s);
+  return close(fd);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -380,6 +475,8 @@ static void base_options(http_req *r) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
 }
 
 static void req_destroy(http_req *r) {
@@ -590,6 +687,9 @@ static void http_atclose(void) {
    * during cleanup; close whatever it did not. */
   while (G.socks)
     sock_close(G.socks);
+  free(G.fdtab);
+  G.fdtab = NULL;
+  G.fdcap = 0;
   uv_close((uv_handle_t *)&G.timer, NULL);
   G.closed = 1;
   pool_trim(0);

@@ -65,26 +65,37 @@ run() {
   python3 "$tmp/timeit.py" "$tmp/$name" "$@" || { echo "$name failed" >&2; exit 1; }
 }
 
+ua=$(KPIWATCH_LUALIB= "$KPIWATCH" -e 'print(require("kpiwatch.http").user_agent)')
 # Warm up the server (and the page cache) once.
 "$tmp/http_bench_curl" "$url" 2000 "$C" >/dev/null
 for i in $(seq "$ROUNDS"); do
   run curl "$tmp/http_bench_curl" "$url" "$N" "$C"
   run kpiwatch "$KPIWATCH" spec/bench/http_bench_client.lua "$url" "$N" "$C"
+  run curl_ua "$tmp/http_bench_curl" "$url" "$N" "$C" "$ua"
 done
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-for name in curl kpiwatch; do
+for name in curl curl_ua kpiwatch; do
   wall=$(awk '{print $1}' "$tmp/$name" | median)
   cpu=$(awk '{print $2}' "$tmp/$name" | median)
   echo "$name $wall $cpu" >>"$tmp/summary"
 done
 
 echo "N=$N C=$C rounds=$ROUNDS server=$url ($(nproc) CPUs, $(uname -m))"
-awk -v n="$N" '
+awk -v n="$N" -v ua="$ua" '
   { wall[$1] = $2; cpu[$1] = $3 }
   END {
-    printf "%-22s %10s %14s\n", "client", "req/s", "CPU ms/1000"
-    for (k in wall) printf "%-22s %10.0f %14.1f\n", (k == "curl" ? "libcurl multi (C)" : "kpiwatch script"), n / wall[k], cpu[k] * 1000000 / n
-    printf "ratio kpiwatch/libcurl: throughput %.2f, CPU per request %.2f\n",
+    name["curl"] = "libcurl multi (C)"
+    name["curl_ua"] = "libcurl multi (C), User-Agent " ua
+    name["kpiwatch"] = "kpiwatch script"
+    printf "%-44s %10s %14s\n", "client", "req/s", "CPU ms/1000"
+    split("curl curl_ua kpiwatch", order, " ")
+    for (i = 1; i <= 3; i++) {
+      k = order[i]
+      printf "%-44s %10.0f %14.1f\n", name[k], n / wall[k], cpu[k] * 1000000 / n
+    }
+    printf "kpiwatch / libcurl:                throughput %.2f, CPU per request %.2f\n",
       wall["curl"] / wall["kpiwatch"], cpu["kpiwatch"] / cpu["curl"]
+    printf "kpiwatch / libcurl, same User-Agent: throughput %.2f, CPU per request %.2f\n",
+      wall["curl_ua"] / wall["kpiwatch"], cpu["kpiwatch"] / cpu["curl_ua"]
   }' "$tmp/summary"

@@ -27,6 +27,16 @@ import functools, http.server, sys
 class H(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/drop":
+            # Answers as if the connection stayed open, then closes it:
+            # the client finds out only when it tries to reuse it.
+            body = b"dropped"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
         if self.path != "/stream":
             return super().do_GET()
         # No Content-Length: the body ends when the connection closes, so
@@ -95,6 +105,13 @@ ok, err = pcall(http.request, { url = base .. "/stream", max_body = 100000 })
 check(not ok and err.kind == "too_large", "too_large without Content-Length: " .. tostring(err))
 check(err.url == base .. "/stream", "error url")
 print("connections", before)
+-- A kept-alive connection the server closed while idle: the next request
+-- must not fail (or hang) on it.
+for _ = 1, 3 do
+  local d = http.request{ url = base .. "/drop", timeout = 5 }
+  check(d.status == 200 and d.body == "dropped", "request after a dropped connection")
+  task.sleep(0.05)
+end
 EOF
 
 out=$(KPIWATCH_LUALIB="$SRC/lualib" "$KPIWATCH" "$tmp/client.lua" "$base")
