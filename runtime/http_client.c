@@ -37,6 +37,7 @@
 #define _POSIX_C_SOURCE 200809L /* uv.h needs pthread_rwlock_t */
 #endif
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -724,11 +725,21 @@ static const char *http_init(void) {
 
 /* ---- Lua API ---------------------------------------------------------- */
 
+/* Raises a malformed-option error without a position: the position would
+ * be kpiwatch/http.lua's, the traceback shows the caller's. */
+static int opt_error(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  return lua_error(L);
+}
+
 static int opt_field(lua_State *L, int idx, const char *k, int type) {
   int t = lua_getfield(L, idx, k);
   if (t != LUA_TNIL && t != type)
-    return luaL_error(L, "http.request: '%s' must be a %s, not %s", k, lua_typename(L, type),
-                      luaL_typename(L, -1));
+    return opt_error(L, "http.configure: '%s' must be a %s, not %s", k, lua_typename(L, type),
+                     luaL_typename(L, -1));
   return t != LUA_TNIL;
 }
 
@@ -763,24 +774,24 @@ static void check_header_value(lua_State *L, const char *name, int idx) {
   size_t vlen;
   int t = lua_type(L, idx);
   if (t != LUA_TSTRING && t != LUA_TNUMBER)
-    luaL_error(L, "http.request: header '%s' must be a string, a number or a list of them", name);
+    opt_error(L, "http.request: header '%s' must be a string, a number or a list of them", name);
   const char *v = lua_tolstring(L, idx, &vlen);
   for (size_t i = 0; i < vlen; i++)
     if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
-      luaL_error(L, "http.request: header '%s' contains CR, LF or NUL", name);
+      opt_error(L, "http.request: header '%s' contains CR, LF or NUL", name);
 }
 
 /* Headers: {Name = "v"} or {Name = {"v1", "v2"}} for a repeated one. */
 static void check_headers(lua_State *L, int idx, req_opts *o) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "http.request: header names must be strings");
+    if (lua_type(L, -2) != LUA_TSTRING) opt_error(L, "http.request: header names must be strings");
     size_t nlen;
     const char *name = lua_tolstring(L, -2, &nlen);
-    if (nlen == 0) luaL_error(L, "http.request: empty header name");
+    if (nlen == 0) opt_error(L, "http.request: empty header name");
     for (size_t i = 0; i < nlen; i++)
       if (!is_tchar((unsigned char)name[i]))
-        luaL_error(L, "http.request: invalid character in header name '%s'", name);
+        opt_error(L, "http.request: invalid character in header name '%s'", name);
     if (nlen == 6 && ascii_ieq(name, "expect", 6)) o->has_expect = 1;
     if (lua_type(L, -1) == LUA_TTABLE) {
       lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
@@ -799,7 +810,7 @@ static void check_headers(lua_State *L, int idx, req_opts *o) {
 }
 
 static void bad_option(lua_State *L, const char *key, const char *want) {
-  luaL_error(L, "http.request: '%s' must be %s, not %s", key, want, luaL_typename(L, -1));
+  opt_error(L, "http.request: '%s' must be %s, not %s", key, want, luaL_typename(L, -1));
 }
 
 /* One pass over the options table: cheaper than a lookup per known option
@@ -822,11 +833,11 @@ static void read_opts(lua_State *L, req_opts *o) {
       if (t != LUA_TSTRING) bad_option(L, k, "a string");
       size_t n;
       const char *m = lua_tolstring(L, -1, &n);
-      if (n == 0 || n >= sizeof o->method) luaL_error(L, "http.request: bad method");
+      if (n == 0 || n >= sizeof o->method) opt_error(L, "http.request: bad method");
       /* Methods are case-sensitive on the wire; "post" means POST. */
       for (size_t i = 0; i <= n; i++) {
         o->method[i] = (char)toupper((unsigned char)m[i]);
-        if (i < n && !is_tchar((unsigned char)m[i])) luaL_error(L, "http.request: bad method");
+        if (i < n && !is_tchar((unsigned char)m[i])) opt_error(L, "http.request: bad method");
       }
       has_method = 1;
     } else if (strcmp(k, "body") == 0) {
@@ -837,7 +848,7 @@ static void read_opts(lua_State *L, req_opts *o) {
     } else if (strcmp(k, "timeout") == 0) {
       if (t != LUA_TNUMBER) bad_option(L, k, "a number of seconds");
       lua_Number s = lua_tonumber(L, -1);
-      if (!(s >= 0) || s > 1e6) luaL_error(L, "http.request: bad timeout");
+      if (!(s >= 0) || s > 1e6) opt_error(L, "http.request: bad timeout");
       o->timeout_ms = (long)(s * 1000.0 + 0.5);
       if (s > 0 && o->timeout_ms == 0) o->timeout_ms = 1;
     } else if (strcmp(k, "max_body") == 0) {
@@ -850,11 +861,11 @@ static void read_opts(lua_State *L, req_opts *o) {
     } else if (strcmp(k, "follow") == 0) {
       o->follow = lua_toboolean(L, -1);
     } else {
-      luaL_error(L, "http.request: unknown option '%s'", k);
+      opt_error(L, "http.request: unknown option '%s'", k);
     }
     lua_pop(L, 1);
   }
-  if (!o->url) luaL_error(L, "http.request: 'url' (a string) is required");
+  if (!o->url) opt_error(L, "http.request: 'url' (a string) is required");
   if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
     o->headers = lua_gettop(L);
     check_headers(L, o->headers, o);
@@ -1069,10 +1080,21 @@ static int l_header_list(lua_State *L) {
 }
 
 static int l_configure(lua_State *L) {
+  static const char *const known[] = {"max_concurrent", "max_body", "timeout", "ca_file", NULL};
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    size_t i = 0;
+    while (known[i] && strcmp(known[i], k) != 0)
+      i++;
+    if (!known[i]) return opt_error(L, "http.configure: unknown option '%s'", k);
+    lua_pop(L, 1);
+  }
   if (opt_field(L, 1, "max_concurrent", LUA_TNUMBER)) {
     lua_Integer n = lua_tointeger(L, -1);
-    luaL_argcheck(L, n > 0 && n <= 100000, 1, "max_concurrent must be a positive integer");
+    if (n <= 0 || n > 100000)
+      return opt_error(L, "http.configure: max_concurrent must be a positive integer");
     cfg.max_concurrent = (long)n;
     if (G.inited) {
       pool_trim((size_t)n);
@@ -1083,13 +1105,14 @@ static int l_configure(lua_State *L) {
   lua_pop(L, 1);
   if (opt_field(L, 1, "max_body", LUA_TNUMBER)) {
     lua_Integer n = lua_tointeger(L, -1);
-    luaL_argcheck(L, n > 0, 1, "max_body must be a positive integer");
+    if (n <= 0 || !lua_isinteger(L, -1))
+      return opt_error(L, "http.configure: max_body must be a positive integer");
     cfg.max_body = (curl_off_t)n;
   }
   lua_pop(L, 1);
   if (opt_field(L, 1, "timeout", LUA_TNUMBER)) {
     lua_Number t = lua_tonumber(L, -1);
-    luaL_argcheck(L, t >= 0 && t <= 1e6, 1, "bad timeout");
+    if (!(t >= 0) || t > 1e6) return opt_error(L, "http.configure: bad timeout");
     cfg.timeout_ms = (long)(t * 1000.0 + 0.5);
   }
   lua_pop(L, 1);
@@ -1107,7 +1130,7 @@ static int l_configure(lua_State *L) {
     free(cfg.ca_file);
     cfg.ca_file = dup;
   } else if (t != LUA_TNIL) {
-    return luaL_argerror(L, 1, "ca_file must be a string or false");
+    return opt_error(L, "http.configure: ca_file must be a string or false");
   }
   lua_pop(L, 1);
   return 0;
