@@ -1,15 +1,20 @@
--- kpiwatch.http: HTTP client (libcurl multi on the event loop) and, through
--- kpiwatch.http_server, the server.
+-- kpiwatch.http: the HTTP client (libcurl's multi interface on the event
+-- loop) and, through kpiwatch.http_server, the server (http.serve).
 --
--- http.request{method=, url=, headers=, body=, timeout=, max_body=,
---              ca_file=, follow=}
+-- http.request{url=, method="GET", headers={}, body=, timeout=, max_body=,
+--              ca_file=, follow=false}     (or http.request(url))
 --   -> {status=, body=, headers=, header_list=, raw_headers=, time=,
---       http_version=, url= (with follow)}
+--       http_version=, url= (only with follow)}
 -- Suspends only the calling task (or runs the loop when the caller cannot
--- yield). A transport failure raises an error object from kpiwatch.errors
--- with kind timeout | connect | network | dns | tls | too_large |
--- invalid_url, the message from libcurl, and fields url and curl_code.
--- An HTTP error status is not a transport failure: it is returned.
+-- yield). The method defaults to GET, or POST when there is a body;
+-- headers values may be lists for repeated headers. Response header names
+-- are lowercased; `headers[name]` joins repeated ones with ", ",
+-- `header_list` keeps every line in order as {name, value} pairs (both are
+-- built from `raw_headers` on first access).
+-- A transport failure raises an error object (kpiwatch.errors) with kind
+-- timeout | connect | network | dns | tls | too_large | invalid_url, the
+-- message from libcurl, and fields url and curl_code. An HTTP error status
+-- is a response, not a failure. Malformed options raise a plain error.
 
 local C = require "kpiwatch._http"
 local errors = require "kpiwatch.errors"
