@@ -754,10 +754,27 @@ static void failed_listener_closed(uv_handle_t *h) {
   free(srv);
 }
 
+/* Handles are walked in creation order: the ones past `skip` were made by
+ * h2o_context_init. */
+typedef struct {
+  int seen, skip;
+} handle_walk;
+
+static void count_handles(uv_handle_t *h, void *arg) {
+  (void)h;
+  ((handle_walk *)arg)->seen++;
+}
+
+static void unref_new_handles(uv_handle_t *h, void *arg) {
+  handle_walk *w = (handle_walk *)arg;
+  if (w->seen++ >= w->skip) uv_unref(h);
+}
+
 static int l_listen(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
   lua_Integer max_body = 64 * 1024 * 1024;
+  int background = 0;
   struct sockaddr_storage ss;
   kw_server *srv, **box;
   h2o_hostconf_t *hostconf;
@@ -772,6 +789,8 @@ static int l_listen(lua_State *L) {
       max_body = luaL_checkinteger(L, -1);
       luaL_argcheck(L, max_body >= 0, 4, "max_body must not be negative");
     }
+    lua_pop(L, 1);
+    background = lua_getfield(L, 4, "background") != LUA_TNIL && lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
   if ((r = resolve(host, (int)port, &ss)) != 0)
@@ -799,6 +818,9 @@ static int l_listen(lua_State *L) {
     return push_failure(L, r == UV_EADDRINUSE || r == UV_EACCES ? "bind" : "listen",
                         "cannot listen on %s port %d: %s", host, (int)port, r);
   }
+  /* A background server (the --sandbox one) serves while the script runs
+   * but does not keep the process alive once nothing else does. */
+  if (background) uv_unref((uv_handle_t *)&srv->listener);
   namelen = (int)sizeof ss;
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &namelen) == 0)
     srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
@@ -807,7 +829,18 @@ static int l_listen(lua_State *L) {
   srv->grace.data = srv;
   srv->handles = 2; /* listener, grace */
 
-  h2o_context_init(&srv->ctx, kw_loop(), &srv->config);
+  {
+    handle_walk w = {0, 0};
+    uv_walk(kw_loop(), count_handles, &w);
+    h2o_context_init(&srv->ctx, kw_loop(), &srv->config);
+    /* h2o's context owns handles of its own (the uv_async of its
+     * multithread queue, timers) that would hold the loop open forever. */
+    if (background) {
+      w.skip = w.seen;
+      w.seen = 0;
+      uv_walk(kw_loop(), unref_new_handles, &w);
+    }
+  }
   srv->context_up = 1;
   srv->accept.ctx = &srv->ctx;
   srv->accept.hosts = srv->config.hosts;

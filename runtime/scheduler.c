@@ -110,6 +110,9 @@ static void op_release(kw_op *op) {
 }
 
 void kw_op_done(kw_op *op) {
+  /* A cancel can race a completion that is already queued: posting the
+   * waiter's job twice would link the job queue into a cycle. */
+  if (op->done) return;
   op->done = 1;
   if (op->waiter) kw_job_post(&op->waiter->job);
 }
@@ -344,6 +347,7 @@ void kw_task_cancel(lua_State *L, int idx, const char *reason) {
   t->was_cancelled = 1;
   if (t->state == TASK_WAITING && t->op) {
     kw_op *op = t->op;
+    if (op->done) return; /* already due: it raises the reason when resumed */
     if (op->cls->cancel) {
       op->cls->cancel(op);
     } else {
@@ -565,6 +569,7 @@ static void on_wake(uv_async_t *h) {
   if (S.main_task && S.main_task->state == TASK_WAITING && S.main_task->op) {
     kw_op *op = S.main_task->op;
     S.main_task->cancel_reason = "interrupted!";
+    if (op->done) return; /* already due: raises the reason when resumed */
     if (op->cls->cancel) op->cls->cancel(op);
     else {
       op->cancelled = 1;

@@ -746,4 +746,10 @@ function M.each(ids, fn, opts)
   return fetched, failed
 end
 
+-- compare(a, b): print two executions side by side with deltas (KPI
+-- objects or ids; ids are fetched concurrently). See kpiwatch.compare.
+function M.compare(a, b)
+  return require("kpiwatch.compare").compare(a, b)
+end
+
 return M

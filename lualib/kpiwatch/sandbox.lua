@@ -360,7 +360,8 @@ function M.start(opts)
     return { status = status, headers = headers, body = body }
   end
 
-  local server = http.serve { host = opts.host or "127.0.0.1", port = opts.port or 0, handler = handler }
+  local server = http.serve { host = opts.host or "127.0.0.1", port = opts.port or 0, handler = handler,
+                             background = opts.background }
   sb.server = server
   sb.port = server.port
   sb.host = opts.host or "127.0.0.1"
@@ -394,7 +395,10 @@ end
 -- point kpis at it (as command-line flags: a script's kpis.configure still
 -- wins). Used by `kpiwatch --sandbox`. Returns the sandbox object.
 function M.start_for_client(opts)
-  local sb = M.start(opts)
+  local o = { background = true }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local sb = M.start(o)
+  M.current = sb -- the REPL completes fixture ids from it
   require("kpiwatch.kpis")._set_flags { base_url = sb.url, api_key = sb.api_key, secret_key = sb.secret_key }
   return sb
 end

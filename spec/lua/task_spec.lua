@@ -70,6 +70,18 @@ describe("task", function()
     assert.is_true(task.now() - t0 < 1)
   end)
 
+  it("cancels a task whose wait already completed but has not resumed", function()
+    -- b's sleep(0) completes in the same loop turn as a's; a then cancels b
+    -- before b runs: b must raise once, and the scheduler must not spin.
+    local b
+    local a = task.spawn(function() task.sleep(0) task.cancel(b, "late") task.sleep(0.01) end)
+    b = task.spawn(function() task.sleep(0) return "finished" end)
+    assert.is_true((pcall(task.wait, a)))
+    local ok, err = pcall(task.wait, b)
+    assert.is_false(ok)
+    assert.equal("late", err)
+  end)
+
   describe("where the caller cannot yield", function()
     it("waits inside a require'd module's top level", function()
       package.loaded["spec.lua.helpers.slow_module"] = nil

@@ -216,12 +216,10 @@ function M.main(argv)
   if plan.warnings then warn("@on") end
   apply_flags(plan.flags)
 
-  local sandbox
-  if plan.flags.sandbox then sandbox = require("kpiwatch.sandbox").start_for_client() end
-  local function finish(code)
-    if sandbox then sandbox:close() end
-    return code
-  end
+  -- The in-process sandbox serves in the background: tasks the script
+  -- leaves running can still use it, and it never keeps the process alive.
+  if plan.flags.sandbox then require("kpiwatch.sandbox").start_for_client() end
+  local function finish(code) return code end
 
   if not plan.noenv then
     local ok, e = run_luainit()
