@@ -93,6 +93,7 @@ local function parse_duration(v)
   if type(v) ~= "string" then return nil, "must be a duration (\"30s\", \"5m\", \"1h\") or seconds" end
   local total, pos, s = 0, 1, v:gsub("%s+", "")
   if s == "" then return nil, "must not be empty" end
+  if s:match("^%d+%.?%d*$") then return tonumber(s) end -- plain seconds
   while pos <= #s do
     local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
     if not num or not UNITS[unit] then
@@ -620,6 +621,12 @@ function Registry:configure(t)
   return self
 end
 
+-- Messages about deliveries and state on stderr; quiet keeps only those
+-- about lost notifications (force).
+function Registry:_log(msg, force)
+  if force or not self.config.quiet then warn(msg) end
+end
+
 function Registry:rule(spec)
   local where = caller_where()
   local r = compile(spec, where)
@@ -860,7 +867,7 @@ function Registry:_replay(sp, ctx, rep)
   end
   if not sp.warned_unknown then
     for h, n in pairs(unknown) do
-      warn(format("%d spooled notification%s for hook '%s', which is not registered here, " ..
+      self:_log(format("%d spooled notification%s for hook '%s', which is not registered here, " ..
         "stay in %s", n, n == 1 and "" or "s", h, sp.path))
     end
     sp.warned_unknown = true
@@ -889,10 +896,10 @@ function Registry:_replay(sp, ctx, rep)
   sp:remove(done)
   if changed then
     local ok, err = sp:save()
-    if not ok then warn("cannot update the spool: " .. tostring(err)) end
+    if not ok then self:_log("cannot update the spool: " .. tostring(err)) end
   end
   if delivered > 0 then
-    warn(format("delivered %d spooled notification%s from %s", delivered,
+    self:_log(format("delivered %d spooled notification%s from %s", delivered,
       delivered == 1 and "" or "s", sp.path))
   end
   return delivered
@@ -914,7 +921,7 @@ function Registry:_deliver(jobs, sp, ctx, rep, fallback)
       self._warned_skip = self._warned_skip or {}
       if not self._warned_skip[job.hook] then
         self._warned_skip[job.hook] = true
-        warn(format("hook '%s' skipped: %s", job.hook, tostring(res.error)))
+        self:_log(format("hook '%s' skipped: %s", job.hook, tostring(res.error)))
       end
     end
   end
@@ -927,13 +934,13 @@ function Registry:_deliver(jobs, sp, ctx, rep, fallback)
         n == 1 and "" or "s", tostring(f.res.error))
       if ok then
         f.res.status = "spooled"
-        warn(what .. "; spooled to " .. sp.path .. " for the next run")
+        self:_log(what .. "; spooled to " .. sp.path .. " for the next run")
       else
         f.res.status = fallback and "outbox" or "lost"
         f.res.error = tostring(f.res.error) .. "; spooling failed: " .. tostring(err)
         unspooled[#unspooled + 1] = f.job
-        warn(what .. " and could not be spooled (" .. tostring(err) .. ")" ..
-          (fallback and ("; kept in " .. fallback) or ": the notification is lost"))
+        self:_log(what .. " and could not be spooled (" .. tostring(err) .. ")" ..
+          (fallback and ("; kept in " .. fallback) or ": the notification is lost"), not fallback)
       end
     end
     if not ok then
@@ -953,13 +960,13 @@ function Registry:_deliver(jobs, sp, ctx, rep, fallback)
   return unspooled
 end
 
-local function print_problems(rep)
+local function print_problems(reg, rep)
   for _, nd in ipairs(rep.no_data) do
-    warn(format("no data: rule '%s'%s: %s", nd.rule,
+    reg:_log(format("no data: rule '%s'%s: %s", nd.rule,
       nd.execution_id and (" on " .. nd.execution_id) or "", tostring(nd.reason)))
   end
   for _, e in ipairs(rep.errors) do
-    warn(format("rule error: rule '%s'%s: %s", tostring(e.rule),
+    reg:_log(format("rule error: rule '%s'%s: %s", tostring(e.rule),
       e.execution_id and (" on " .. e.execution_id) or "", tostring(e.reason)))
   end
 end
@@ -1004,7 +1011,7 @@ function Registry:check(x, opts)
       reason = tostring(f.error), message = tostring(f.error) }
   end
   finish_report(rep)
-  if not self.config.quiet then print_problems(rep) end
+  print_problems(self, rep)
 
   local sp = spool.open(self:_spool_path(opts))
   rep.spool = sp.path
@@ -1020,8 +1027,8 @@ function Registry:check(x, opts)
   end
   self:_deliver(jobs, sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
-    warn(format("%d notification%s could be neither delivered nor spooled: exiting with status 3",
-      rep.lost, rep.lost == 1 and "" or "s"))
+    self:_log(format("%d notification%s could be neither delivered nor spooled: exiting with status 3",
+      rep.lost, rep.lost == 1 and "" or "s"), true)
     io.stdout:flush()
     os.exit(3)
   end
@@ -1238,7 +1245,7 @@ function Registry:_flush_outbox(st, sp, ctx, rep, state_path)
   if not state_path then return #unspooled end
   local ok, err = save_state(state_path, st)
   if ok then return 0 end
-  warn("cannot save the alert state: " .. tostring(err))
+  self:_log("cannot save the alert state: " .. tostring(err), true)
   if #unspooled > 0 and rep then
     for _, d in ipairs(rep.deliveries) do
       if d.status == "outbox" then
@@ -1330,14 +1337,14 @@ function Registry:watch(opts)
         end
       end
       local rep = self:step(st, list, clock(), { failed = failed })
-      if not self.config.quiet then print_problems(rep) end
+      print_problems(self, rep)
       self:_replay(sp, ctx, rep)
       for _, e in ipairs(rep.events) do
         for _, h in ipairs(e.hooks) do st.outbox[#st.outbox + 1] = { hook = h, event = e.event } end
       end
       if state_path then
         local saved, serr = save_state(state_path, st)
-        if not saved then warn("cannot save the alert state: " .. tostring(serr)) end
+        if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end
       end
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
       add(rep)
@@ -1352,7 +1359,7 @@ function Registry:watch(opts)
   for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
   if state_path then
     local saved, serr = save_state(state_path, st)
-    if not saved then warn("cannot save the alert state: " .. tostring(serr)) end
+    if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end
   end
   summary.interrupted = ctx.signal
   if not ok then error(err, 0) end
