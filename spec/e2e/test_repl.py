@@ -177,7 +177,10 @@ class Repl(unittest.TestCase):
         s.send("kpis.")
         s.expect(r"kpis\.")
         s.send("\t\t")
+        # the listing is in columns, row by row: look for each from its start
+        start = s.pos
         s.expect(r"kpis\.get_all +")
+        s.pos = start
         s.expect(r"kpis\.configure +")
         s.send(CTRL_U)
         # a unique prefix is completed in place
