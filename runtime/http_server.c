@@ -44,6 +44,7 @@
  *   respond(req, status, headers, body) -> true, or false when the request
  *       is gone (client left, already answered, server closed)
  *   alive(req) -> boolean
+ *   drop(req) -> true once the connection is being closed without a response
  */
 #include <errno.h>
 #include <signal.h>
@@ -686,6 +687,35 @@ static int l_respond(lua_State *L) {
   return 1;
 }
 
+/* drop(req): close the request's connection without a response (the
+ * sandbox's "drop" fault). h2o has no call to abort a connection, and its
+ * socket is not ours to close, so both directions are shut down (the peer
+ * sees EOF before any byte of a response) and an error response is then
+ * started: its write fails, which is h2o's own path to closing the
+ * connection and disposing of the request. Other requests multiplexed on
+ * the same connection (HTTP/2) go with it. */
+static int l_drop(lua_State *L) {
+  kw_sreq *rec = check_sreq(L, 1);
+  h2o_req_t *req;
+  h2o_socket_t *sock = NULL;
+  if (!rec || !rec->req || rec->answered) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  req = rec->req;
+  if (req->conn->callbacks->get_socket) sock = req->conn->callbacks->get_socket(req->conn);
+  if (sock) {
+    int fd = h2o_socket_get_fd(sock);
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+  }
+  rec->answered = 1;
+  if (rec->srv) rec->srv->answered++;
+  req->http1_is_persistent = 0;
+  h2o_send_error_503(req, "Service Unavailable", "connection dropped\n", 0);
+  lua_pushboolean(L, sock != NULL);
+  return 1;
+}
+
 static int l_alive(lua_State *L) {
   kw_sreq *rec = check_sreq(L, 1);
   lua_pushboolean(L, rec && rec->req && !rec->answered);
@@ -924,8 +954,9 @@ static int l_stats(lua_State *L) {
 }
 
 static const luaL_Reg server_funcs[] = {
-    {"listen", l_listen},   {"port", l_port},   {"close", l_close}, {"stats", l_stats},
-    {"respond", l_respond}, {"alive", l_alive}, {"wait", l_wait},   {NULL, NULL}};
+    {"listen", l_listen}, {"port", l_port},       {"close", l_close},
+    {"stats", l_stats},   {"respond", l_respond}, {"alive", l_alive},
+    {"wait", l_wait},     {"drop", l_drop},       {NULL, NULL}};
 
 int luaopen_kpiwatch__server(lua_State *L) {
   if (luaL_newmetatable(L, SERVER_MT)) {

@@ -19,6 +19,9 @@
 -- field), a string (the body of a 200), or nothing (an empty 200). With
 -- `json = value` instead of body, the value is JSON-encoded and the
 -- content type defaults to application/json.
+-- A handler that returns `http_server.DROP` gets no response at all: its
+-- connection is closed (the client sees the connection end before any byte
+-- of a response; other HTTP/2 streams on it go too). For fault injection.
 -- A handler that raises answers 500, and the error with its traceback is
 -- written to stderr; the server keeps serving.
 --
@@ -37,6 +40,12 @@ local task = require "kpiwatch.task"
 local M = {}
 
 M.server_name = C.server_name
+
+-- The handler's return value that drops the connection without an answer.
+M.DROP = setmetatable({}, {
+  __name = "kpiwatch.http_server.DROP",
+  __tostring = function() return "http_server.DROP" end,
+})
 
 local function unescape(s)
   s = s:gsub("+", " ")
@@ -123,6 +132,10 @@ local function dispatch(handler, ud, req)
   if not ok then
     report(req, "", res)
     return internal_error(ud)
+  end
+  if res == M.DROP then
+    C.drop(ud)
+    return
   end
   local ok2, err = pcall(function()
     C.respond(ud, normalize(res))

@@ -69,6 +69,9 @@ describe("http.serve", function()
           return { body = { "not", "a", "string" } }
         elseif p == "/bad-return" then
           return 12
+        elseif p == "/drop" then
+          events[#events + 1] = "drop"
+          return hs.DROP
         elseif p == "/record" then
           events[#events + 1] = req.params.n
           return "ok"
@@ -221,6 +224,25 @@ describe("http.serve", function()
     assert.is_true(s1.open_connections >= 1)
     assert.are.equal(0, s1.in_flight)
     assert.are.equal("open", s1.state)
+  end)
+
+  it("drops the connection without a byte of response when the handler returns DROP", function()
+    assert.are.equal("http_server.DROP", tostring(hs.DROP))
+    local before = #events
+    -- libcurl resends a request that died on a reused connection (up to 5
+    -- times), then reports it; on a fresh connection it reports at once.
+    -- Either way: no response at all (curl's CURLE_GOT_NOTHING or its
+    -- give-up SEND_ERROR), a network error, and the server keeps serving.
+    local ok, err = pcall(http.request, { url = base .. "/drop", timeout = 5 })
+    assert.is_false(ok)
+    assert.is_true(errors.is(err), tostring(err))
+    assert.are.equal("network", err.kind)
+    assert.truthy(err.curl_code == 52 or err.curl_code == 55, tostring(err.curl_code))
+    local drops = #events - before
+    assert.is_true(drops >= 1 and drops <= 6, "handler ran " .. drops .. " times")
+    for i = before + 1, #events do assert.are.equal("drop", events[i]) end
+    assert.are.equal("just a body", http.request{ url = base .. "/string" }.body)
+    until_true(function() return srv:stats().in_flight == 0 end, "no request left in flight")
   end)
 
   it("rejects bad options with a plain error and a taken port with kind bind", function()
