@@ -3,12 +3,7 @@
 local http = require "kpiwatch.http"
 local errors = require "kpiwatch.errors"
 
-local function wall()
-  local p = io.popen("date +%s.%N")
-  local t = tonumber(p:read("l"))
-  p:close()
-  return t
-end
+local wall = require("kpiwatch.task").now -- monotonic seconds
 
 local BIG = string.rep("0123456789abcdef", 5 * 1024 * 1024 // 16) -- 5 MiB
 

@@ -10,12 +10,7 @@ local ids = fixtures.ids
 local OUTBOUND = ids["voice-outbound"]
 local UNKNOWN = "0b5e7c1d-9a2f-4e8b-8c3d-5f6a7b8c9d0e"
 
-local function wall()
-  local p = io.popen("date +%s.%N")
-  local t = tonumber(p:read("l"))
-  p:close()
-  return t
-end
+local wall = require("kpiwatch.task").now -- monotonic seconds
 
 describe("sandbox", function()
   local sb, auth
