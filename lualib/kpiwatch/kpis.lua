@@ -59,12 +59,6 @@ local DEFAULTS = {
 }
 
 -- option -> checker(value) returning the normalized value or nil, message
-local function positive(name)
-  return function(v)
-    if type(v) ~= "number" or v ~= v or v <= 0 then return nil, name .. " must be a positive number" end
-    return v
-  end
-end
 local function non_negative(name)
   return function(v)
     if type(v) ~= "number" or v ~= v or v < 0 then return nil, name .. " must be a number >= 0" end
@@ -88,7 +82,13 @@ local CHECK = {
   base_url = string_opt("base_url"),
   api_key = string_opt("api_key"),
   secret_key = string_opt("secret_key"),
-  timeout = positive("timeout"),
+  -- finite and within what kpiwatch.http accepts (one million seconds)
+  timeout = function(v)
+    if type(v) ~= "number" or not (v > 0 and v <= 1e6) then
+      return nil, "timeout must be a positive number of seconds, at most 1000000"
+    end
+    return v
+  end,
   retries = function(v)
     if math_type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
     if math_type(v) ~= "integer" or v < 0 or v > 100 then
@@ -201,9 +201,14 @@ local function check_base_url(url, allow_insecure)
   scheme = scheme:lower()
   if scheme ~= "https" and scheme ~= "http" then bad("the scheme must be https or http") end
   if authority:find("@", 1, true) then bad("credentials in the URL are not allowed; use FI_API_KEY and FI_SECRET_KEY") end
+  if authority == "" then bad("missing host") end
   local host, port = authority:match("^(%[[%x:.]+%])(.*)$")
-  if not host then host, port = authority:match("^([%w.-]+)(.*)$") end
-  if not host or host == "" then bad("missing host") end
+  if not host then host, port = authority:match("^([%w.-]*)(.*)$") end
+  if host == "" and authority:sub(1, 1) == "[" then bad("bad IPv6 address (expected [address])") end
+  if host == "" and port:sub(1, 1) == ":" then bad("missing host") end
+  if host == "" or (port ~= "" and port:sub(1, 1) ~= ":") then
+    bad("invalid character in the host (expected a host name, an IP address or [IPv6]; an international domain name in its xn-- form)")
+  end
   if port ~= "" then
     local p = port:match("^:(%d+)$")
     if not p or tonumber(p) < 1 or tonumber(p) > 65535 then bad("bad port") end

@@ -214,7 +214,13 @@ function M.main(argv)
     if plan.version_only then return 0 end
   end
   if plan.warnings then warn("@on") end
-  apply_flags(plan.flags)
+  -- A value the parser let through but the client refuses (--timeout 0,
+  -- --retries 1000) is a usage error in one line, not a traceback.
+  local okf, ferr = pcall(apply_flags, plan.flags)
+  if not okf then
+    if type(ferr) == "table" and type(ferr.message) == "string" then return fail(ferr.message) end
+    error(ferr, 0)
+  end
 
   -- The in-process sandbox serves in the background: tasks the script
   -- leaves running can still use it, and it never keeps the process alive.
