@@ -1300,6 +1300,9 @@ function Registry:watch(opts)
   local sigtasks = {}
   for _, sig in ipairs({ "int", "term" }) do
     sigtasks[#sigtasks + 1] = T.spawn(function()
+      -- A watch that never yielded ends before this task first runs, and
+      -- cancelling a task that has not started is not reliable: check.
+      if ctx.done then return end
       T.wait_signal(sig)
       ctx.stopping, ctx.signal = true, sig
       for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
@@ -1355,6 +1358,7 @@ function Registry:watch(opts)
       ctx_sleep(ctx, every)
     end
   end)
+  ctx.done = true
   for _, t in ipairs(sigtasks) do pcall(T.cancel, t) end
   for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
   if state_path then
