@@ -14,7 +14,8 @@
 --
 -- Configuration, strongest first: the opts of a call, kpis.configure{},
 -- command-line flags (kpis._set_flags, called by the CLI and by --sandbox),
--- the environment (FI_BASE_URL, FI_API_KEY, FI_SECRET_KEY), the defaults.
+-- the environment (FI_BASE_URL, FI_API_KEY, FI_SECRET_KEY, KPIWATCH_CA_FILE),
+-- the defaults.
 --
 -- Secrets (api_key, secret_key) only ever go into request headers. They are
 -- never part of an error, a trace or a printed config, and any text that
@@ -231,6 +232,7 @@ local function resolve_base()
   c.base_url = getenv("FI_BASE_URL") or c.base_url
   c.api_key = getenv("FI_API_KEY")
   c.secret_key = getenv("FI_SECRET_KEY")
+  c.ca_file = getenv("KPIWATCH_CA_FILE")
   for k, v in pairs(flags) do c[k] = v end
   for k, v in pairs(configured) do c[k] = v end
   c.generation = generation
@@ -270,6 +272,16 @@ local function prepare(c)
       { retryable = false })
   end
   c.root = check_base_url(c.base_url, c.allow_insecure_http) .. "/simulate/test-executions/"
+  if c.ca_file then
+    -- libcurl would only say "error setting certificate file" on the first
+    -- request, and as a tls error at that
+    local f, ferr = io.open(c.ca_file, "r")
+    if not f then
+      errors.raise("config", "cannot read the CA file (ca_file, --ca-file, KPIWATCH_CA_FILE) "
+        .. model.snippet(tostring(ferr)), { retryable = false })
+    end
+    f:close()
+  end
   local h = { ["Accept"] = "application/json" }
   if c.headers then
     for k, v in pairs(c.headers) do
@@ -440,7 +452,7 @@ function M._parse_retry_after(value, now_epoch)
   local v = value:match("^[ \t]*(.-)[ \t]*$")
   local digits = v:match("^%d+$") or v:match("^%d+%.%d+$")
   if digits then
-    if #v > 12 then return 2 ^ 31 end
+    -- tonumber reads any length (a float past 2^63), leading zeros too
     return math.min(tonumber(v), 2 ^ 31)
   end
   local t
@@ -529,17 +541,20 @@ end
 -- classify(resp, c, id, url) -> error object for a non-2xx response
 local function classify(resp, c, id, url)
   local status = resp.status
-  local decoded = decode_body(resp.body)
+  -- Redacted before anything quotes it: a snippet could cut an echoed
+  -- secret in two, and the final redact would miss the half left.
+  local body = redact(c, resp.body)
+  local decoded = decode_body(body)
   local msg = decoded and model.server_message(decoded)
   local code = decoded and (decoded.code or (type(decoded.result) == "table" and decoded.result.code)) or nil
   if type(code) ~= "string" then code = nil end
   local http_text = format("HTTP %d%s", status, REASON[status] and (" " .. REASON[status]) or "")
   local fields = { status = status, execution_id = id, url = url, code = code, retryable = false }
   local kind
-  if not msg and resp.body and resp.body ~= "" and not decoded then
-    local title = resp.body:match("<[Tt][Ii][Tt][Ll][Ee]>([^<]*)</")
+  if not msg and body and body ~= "" and not decoded then
+    local title = body:match("<[Tt][Ii][Tt][Ll][Ee]>([^<]*)</")
     msg = http_text .. (title and (" (HTML page: " .. model.snippet(title) .. ")")
-      or (" (non-JSON body: '" .. model.snippet(resp.body) .. "')"))
+      or (" (non-JSON body: '" .. model.snippet(body) .. "')"))
   end
   if status == 401 or status == 403 then
     kind = "auth"
@@ -565,7 +580,7 @@ local function classify(resp, c, id, url)
     msg = msg or http_text
   else
     kind = "protocol"
-    local loc = resp.headers and resp.headers.location
+    local loc = resp.headers and redact(c, resp.headers.location)
     msg = format("unexpected %s%s", http_text,
       loc and (" (redirect to " .. model.snippet(loc) .. ")") or "")
   end
@@ -629,14 +644,21 @@ function M.get(id, opts)
           end
           return k
         end
-        err = perr
+        -- the message quotes the body: parse a redacted copy for it (see classify)
+        local _, rerr = model.parse(redact(c, resp.body), id)
+        err = rerr or perr
         err.status, err.url = status, url
         err.message = redact(c, err.message)
       else
         err = classify(resp, c, id, url)
       end
     elseif errors.is(resp) then
-      err = errors.new(resp.kind, redact(c, tostring(resp.message)), {
+      local msg = redact(c, tostring(resp.message))
+      if resp.kind == "tls" and msg:find("certificate problem", 1, true) then
+        msg = msg .. (c.ca_file and " (not signed by a CA of " .. model.snippet(c.ca_file) .. ")"
+          or " (the system's CA bundle does not trust this server's certificate; for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
+      end
+      err = errors.new(resp.kind, msg, {
         url = url, execution_id = id, retryable = RETRYABLE_TRANSPORT[resp.kind] == true,
         curl_code = resp.curl_code,
       })

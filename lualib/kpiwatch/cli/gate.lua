@@ -58,7 +58,8 @@ Reports:
   table to $GITHUB_STEP_SUMMARY when that is set.
 
 Connection options go before 'gate' (they are accepted after it too):
-  --sandbox, --base-url URL, --timeout S, --retries N, --verbose.
+  --sandbox, --base-url URL, --timeout S, --retries N, --ca-file FILE,
+  --verbose.
   Credentials: FI_API_KEY and FI_SECRET_KEY.
 
 Exit status:
@@ -94,6 +95,7 @@ local VALUE_OPTS = {
   ["--output"] = "output",
   -- global flags, also accepted after `gate`
   ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
+  ["--ca-file"] = "ca_file",
 }
 local REPEATABLE = { require = true, rules = true, max_drop = true, max_rise = true, output = true }
 local GLOBAL_BOOL = { ["--sandbox"] = "sandbox", ["--verbose"] = "verbose",
@@ -128,8 +130,8 @@ function M.parse_args(args)
         val = args[i]
         if val == nil then return nil, "option '" .. name .. "' needs a value" end
       end
-      if key == "base_url" or key == "timeout" or key == "retries" then
-        if key ~= "base_url" then
+      if key == "base_url" or key == "timeout" or key == "retries" or key == "ca_file" then
+        if key ~= "base_url" and key ~= "ca_file" then
           local num = tonumber(val)
           if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
             return nil, "option '" .. name .. "' needs a non-negative number, got '" .. show(val) .. "'"

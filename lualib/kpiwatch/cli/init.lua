@@ -40,6 +40,8 @@ kpiwatch options:
   --timeout SECONDS     per-request timeout (default 30)
   --retries N           retries on 5xx, 429, timeouts and connection errors
                         (default 3)
+  --ca-file FILE        trust the CA certificates of FILE (PEM) for TLS
+                        instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
   -h, --help            show this help
   --version             show the version
@@ -52,6 +54,7 @@ Commands:
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
   FI_BASE_URL                API base URL
+  KPIWATCH_CA_FILE           CA certificates (PEM) to verify the API's TLS with
   LUA_INIT_5_4, LUA_INIT     run before the script (as lua does; not with -E)
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
 
@@ -65,7 +68,8 @@ local function fail(msg)
 end
 
 -- Global kpiwatch flags that take a value, and the client option they set.
-local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries" }
+local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
+  ["--ca-file"] = "ca_file" }
 
 -- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
 -- plus the kpiwatch long options. Returns a plan or nil, message.
@@ -124,7 +128,7 @@ function M.parse(argv)
         val = argv[i]
         if val == nil then return nil, "option '" .. name .. "' needs a value" end
       end
-      if key ~= "base_url" then
+      if key ~= "base_url" and key ~= "ca_file" then
         local num = tonumber(val)
         if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
           return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
@@ -186,6 +190,7 @@ local function apply_flags(flags)
   local client = {
     base_url = flags.base_url, timeout = flags.timeout, retries = flags.retries,
     verbose = flags.verbose, allow_insecure_http = flags.allow_insecure_http,
+    ca_file = flags.ca_file,
   }
   if next(client) then require("kpiwatch.kpis")._set_flags(client) end
 end
