@@ -746,6 +746,7 @@ end
 local function make_event(a, state, fired_at, k, resolved_at)
   local e = strip_private(a)
   e.id = new_id()
+  e.type = "kpiwatch.alert." .. state -- Standard Webhooks style event type
   e.state = state
   e.fired_at = rfc3339(fired_at)
   if resolved_at then e.resolved_at = rfc3339(resolved_at) end
@@ -966,8 +967,12 @@ local function print_problems(reg, rep)
       nd.execution_id and (" on " .. nd.execution_id) or "", tostring(nd.reason)))
   end
   for _, e in ipairs(rep.errors) do
-    reg:_log(format("rule error: rule '%s'%s: %s", tostring(e.rule),
-      e.execution_id and (" on " .. e.execution_id) or "", tostring(e.reason)))
+    if e.rule then
+      reg:_log(format("rule error: rule '%s'%s: %s", e.rule,
+        e.execution_id and (" on " .. e.execution_id) or "", tostring(e.reason)))
+    else
+      reg:_log(format("cannot fetch %s: %s", tostring(e.execution_id), tostring(e.reason)))
+    end
   end
 end
 

@@ -364,3 +364,61 @@ describe("delivery", function()
     assert.are.equal("lost", rep.deliveries[1].status)
   end)
 end)
+
+describe("kpiwatch._crypto", function()
+  local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+
+  it("computes HMAC-SHA256 and SHA-256 test vectors", function()
+    -- RFC 4231 test case 2
+    assert.are.equal("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+      hex(crypto.hmac_sha256("Jefe", "what do ya want for nothing?")))
+    -- RFC 4231 test case 6 (a key longer than the block)
+    assert.are.equal("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+      hex(crypto.hmac_sha256(string.rep("\170", 131), "Test Using Larger Than Block-Size Key - Hash Key First")))
+    assert.are.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", hex(crypto.sha256("")))
+  end)
+
+  it("encodes and decodes base64, padded or not, and refuses bad input", function()
+    for _, s in ipairs({ "", "f", "fo", "foo", "foob", "fooba", "foobar", "\0\255\1" }) do
+      local e = crypto.base64_encode(s)
+      assert.are.equal(s, crypto.base64_decode(e))
+      assert.are.equal(s, crypto.base64_decode((e:gsub("=+$", ""))))
+    end
+    assert.are.equal("Zm9vYmFy", crypto.base64_encode("foobar"))
+    for _, bad in ipairs({ "Z", "Zm9v!", "Zm=9v", "Zm9v====", "Z===", "Zm 9v" }) do
+      local r, kind = crypto.base64_decode(bad)
+      assert.is_nil(r, bad)
+      assert.are.equal("invalid", kind)
+    end
+  end)
+
+  it("gives random bytes and compares in constant time", function()
+    local a, b = crypto.random_bytes(32), crypto.random_bytes(32)
+    assert.are.equal(32, #a)
+    assert.are_not.equal(a, b)
+    assert.is_true(crypto.equal("abc", "abc"))
+    assert.is_false(crypto.equal("abc", "abd"))
+    assert.is_false(crypto.equal("abc", "ab"))
+  end)
+end)
+
+describe("kpiwatch._fs", function()
+  it("writes atomically with mode 0600 and leaves no temporary file", function()
+    local dir = tmpdir()
+    finally(function() os.execute("rm -rf '" .. dir .. "'") end)
+    local path = dir .. "/sub/state.json"
+    assert(fs.mkdirs(dir .. "/sub", tonumber("700", 8)))
+    assert.are.equal(tonumber("700", 8), fs.stat(dir .. "/sub").mode)
+    assert(fs.write_atomic(path, "one"))
+    assert(fs.write_atomic(path, "two"))
+    assert.are.equal("two", assert(io.open(path)):read("a"))
+    assert.are.equal(tonumber("600", 8), fs.stat(path).mode)
+    local p = io.popen("ls -A '" .. dir .. "/sub'")
+    assert.are.equal("state.json\n", p:read("a"))
+    p:close()
+    local ok, kind, msg = fs.write_atomic("/etc/passwd/x", "y")
+    assert.is_nil(ok)
+    assert.are.equal("io", kind)
+    assert.matches("Not a directory", msg)
+  end)
+end)
