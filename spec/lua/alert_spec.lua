@@ -689,6 +689,38 @@ describe("alert.watch", function()
     assert.are.equal("firing", doc.alerts["score-floor|exec-1|avg_score"].state)
   end)
 
+  it("on SIGTERM mid-delivery stops retrying, spools the notification and saves state", function()
+    local state = dir .. "/state.json"
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 5, backoff = 20, max_backoff = 20 }
+    local attempts = 0
+    reg:hook("slow", function()
+      attempts = attempts + 1
+      task.sleep(0.3)
+      error(require("kpiwatch.errors").new("http", "receiver down", { retryable = true }), 0)
+    end)
+    reg:rule { name = "score-floor", metric = "avg_score", below = 0.8 }
+    local pid = fs.getpid()
+    local killer = task.spawn(function()
+      task.sleep(0.1)
+      require("kpiwatch._process").spawn({ "kill", "-TERM", tostring(pid) })
+    end)
+    local now = require("kpiwatch.kpis")._now
+    local t0 = now()
+    local s = reg:watch { ids = { snap(0.7) }, every = 30, state = state }
+    task.wait(killer)
+    assert.are.equal("term", s.interrupted)
+    assert.is_true(now() - t0 < 5, "did not stop promptly")
+    assert.is_true(attempts >= 1 and attempts <= 2)
+    assert.are.equal(1, s.spooled)
+    local sp = json.decode(assert(io.open(state .. ".spool")):read("a"))
+    assert.are.equal(1, #sp.entries)
+    assert.are.equal("slow", sp.entries[1].hook)
+    local doc = json.decode(assert(io.open(state)):read("a"))
+    assert.are.equal("firing", doc.alerts["score-floor|exec-1|avg_score"].state)
+    assert.are.equal(0, #doc.outbox)
+  end)
+
   it("rejects bad options", function()
     local reg = watched()
     assert.has_error(function() reg:watch { ids = {}, evry = 3 } end)
