@@ -70,7 +70,11 @@ local function apply_format(spec, v)
   if spec:sub(1, 1) ~= "%" then spec = "%" .. spec end
   local flags, width, prec, conv = spec:match("^%%([-+ #0]*)(%d?%d?)(%.?%d?%d?)([dfgeEsxXi])$")
   if not flags then return nil end
-  if conv == "s" then return format(spec, fmt_value(v)) end
+  if conv == "s" then
+    -- Lua refuses flags other than "-" with %s ("%0s", "%#s"): not a format
+    local ok, s = pcall(format, spec, fmt_value(v))
+    return ok and s or nil
+  end
   if type(v) ~= "number" then return nil end
   if conv == "d" or conv == "i" or conv == "x" or conv == "X" then
     local i = math.tointeger(v)

@@ -246,7 +246,8 @@ describe("templates", function()
 
   it("never raises on odd input", function()
     local odd = { "{", "}", "{{", "{1x}", "{a:%n}", "{a:%999999d}", "{a:%s%s}", "{a:}", "{a.b.c}",
-      string.rep("{", 1000), "{a:%-+ #05.2f}", "\0{a}\255" }
+      string.rep("{", 1000), "{a:%-+ #05.2f}", "\0{a}\255", "{a:%0s}", "{a:%#s}", "{a:%+5s}",
+      "{a:%99.99f}" }
     for _, t in ipairs(odd) do
       local ok, r = pcall(template.render, t, lookup({ a = 1.5 }))
       assert.is_true(ok, t)
