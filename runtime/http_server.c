@@ -442,6 +442,9 @@ static void on_accept(uv_stream_t *listener, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  /* A background server's connections (an idle keep-alive one waits 10 s
+   * for h2o's timeout) must not hold the process open either. */
+  if (!uv_has_ref((uv_handle_t *)listener)) uv_unref((uv_handle_t *)&c->tcp);
   c->srv = srv;
   c->next = srv->conns;
   if (c->next) c->next->prev = c;

@@ -35,6 +35,7 @@ typedef struct kw_task {
   int is_main;
   int was_cancelled; /* its failure is the cancellation, not worth a report */
   int unobserved;    /* failed with nobody waiting: counted in failed_tasks */
+  int started;       /* resumed at least once */
 } kw_task;
 
 struct join_op {
@@ -58,6 +59,7 @@ static struct {
   volatile sig_atomic_t sigint_waiters;
   int end_with_main;       /* kw_sched_end_with_main: the REPL ended */
   int sigterm;
+  int in_uv_run;           /* kw_sched_step is inside uv_run */
   uv_async_t wake;         /* SIGINT wakes the loop through this */
   uv_signal_t term;
   kw_op *sig_waiters;      /* task.wait_signal ops (singly linked by next_sig) */
@@ -70,6 +72,13 @@ void kw_job_post(kw_job *job) {
   if (S.tail) S.tail->next = job;
   else S.head = job;
   S.tail = job;
+  /* A callback that runs before the poll phase of this loop turn (a timer
+   * already due when uv_run(UV_RUN_ONCE) started: task.sleep(0), libcurl's
+   * 0 ms timeout finishing transfers) would otherwise leave the job queued
+   * while the poll blocks until some unrelated event: forever when a
+   * server or a signal waiter keeps the loop alive. uv_stop makes this
+   * turn's poll non-blocking and uv_run return when the turn ends. */
+  if (S.in_uv_run) uv_stop(&S.loop);
 }
 
 static void run_jobs(lua_State *L) {
@@ -232,6 +241,7 @@ static void resume_task(lua_State *L, kw_job *job) {
   if (t->state == TASK_DONE || t->state == TASK_FAILED) return;
   t->nargs = 0;
   t->op = NULL;
+  t->started = 1;
   t->state = TASK_RUNNING;
   S.running = t->co;
   status = lua_resume(t->co, L, nargs, &nres);
@@ -342,7 +352,7 @@ static int l_wait(lua_State *L) {
 void kw_task_cancel(lua_State *L, int idx, const char *reason) {
   kw_task *t = check_task(L, idx);
   if (t->state == TASK_DONE || t->state == TASK_FAILED || t->state == TASK_RUNNING) return;
-  if (t->state == TASK_READY && t->nargs == 0 && !t->op) return; /* already due */
+  if (t->state == TASK_READY && t->started) return; /* paused by a bare yield: due now */
   t->cancel_reason = reason;
   t->was_cancelled = 1;
   if (t->state == TASK_WAITING && t->op) {
@@ -355,7 +365,7 @@ void kw_task_cancel(lua_State *L, int idx, const char *reason) {
       op->cancelled = 1;
       kw_op_done(op);
     }
-  } else if (t->state == TASK_READY && t->nargs > 0) {
+  } else if (t->state == TASK_READY) {
     /* Never started: it ends without running. */
     lua_pushstring(t->co, reason);
     task_finished(L, t, LUA_ERRRUN, 0);
@@ -606,7 +616,9 @@ int kw_sched_step(lua_State *L, int block) {
   run_jobs(L);
   if (S.sigterm) return 0;
   if (!uv_loop_alive(&S.loop)) return S.head != NULL;
+  S.in_uv_run = 1;
   uv_run(&S.loop, block && !S.head ? UV_RUN_ONCE : UV_RUN_NOWAIT);
+  S.in_uv_run = 0;
   run_jobs(L);
   return !S.sigterm;
 }

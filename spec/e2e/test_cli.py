@@ -135,6 +135,24 @@ class ExitCodes(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertEqual(r.stderr.splitlines()[0], "kpiwatch: config: no credentials")
 
+    def test_api_error_escaping_a_script_is_3_in_one_line(self):
+        r = run("--sandbox", "-e", "kpis.get('c0ffee00-0000-4000-8000-000000000099')")
+        self.assertEqual(r.returncode, 3)
+        self.assertEqual(r.stderr, "kpiwatch: not_found: Test execution not found.\n")
+
+    def test_config_error_escaping_a_script_is_2_in_one_line(self):
+        r = run("-e", "kpis.get('c0ffee00-0000-4000-8000-000000000001')",
+                env={"FI_API_KEY": "", "FI_SECRET_KEY": ""})
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(len(r.stderr.splitlines()), 1)
+        self.assertIn("FI_API_KEY", r.stderr)
+
+    def test_script_error_traceback_stops_at_the_script(self):
+        r = run("-e", "local x = nil; x.y = 1")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("(command line):1: in main chunk", r.stderr)
+        self.assertNotIn("cli/init.lua", r.stderr)
+
     def test_unknown_flag_is_2(self):
         r = run("--frobnicate")
         self.assertEqual(r.returncode, 2)

@@ -82,6 +82,20 @@ describe("task", function()
     assert.equal("late", err)
   end)
 
+  it("cancels a task that has not started, with or without arguments", function()
+    local ran = false
+    local plain = task.spawn(function() ran = true end)
+    local with_args = task.spawn(function(x) ran = x end, "ran")
+    task.cancel(plain, "never")
+    task.cancel(with_args, "never")
+    for _, t in ipairs({ plain, with_args }) do
+      local ok, err = pcall(task.wait, t)
+      assert.is_false(ok)
+      assert.equal("never", err)
+    end
+    assert.is_false(ran)
+  end)
+
   describe("where the caller cannot yield", function()
     it("waits inside a require'd module's top level", function()
       package.loaded["spec.lua.helpers.slow_module"] = nil

@@ -160,6 +160,35 @@ local function pack_args(arg)
   return table.unpack(arg, 1, #arg)
 end
 
+-- kpiwatch error kinds that mean the API or the network failed: a script
+-- that lets one escape exits 3, like the commands. Any other kpiwatch
+-- error (config, invalid_id, ...) is a usage error: 2.
+M.API_KINDS = {
+  auth = true, not_found = true, request = true, rate_limited = true, server = true,
+  protocol = true, timeout = true, connect = true, network = true, dns = true, tls = true,
+  too_large = true, invalid_url = true,
+}
+
+-- Run a user chunk. A kpiwatch error object that escapes it is one line
+-- on stderr (the message says what and where) and exit 3 or 2; any other
+-- error is its message and traceback, and exit 2. Returns nil on success.
+local function run_user(chunk, ...)
+  local errors = require "kpiwatch.errors"
+  local ok, e = xpcall(chunk, function(err)
+    if errors.is(err) then return err end
+    return { message = tostring(err), traceback = debug.traceback("", 2) }
+  end, ...)
+  if ok then return nil end
+  if errors.is(e) then
+    io.stderr:write("kpiwatch: ", tostring(e), "\n")
+    return M.API_KINDS[e.kind] and 3 or 2
+  end
+  -- the frames below the chunk are the driver's, not the script's
+  local tb = e.traceback:gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
+  io.stderr:write("kpiwatch: ", e.message, tb, "\n")
+  return 2
+end
+
 local function traceback_handler(e)
   if type(e) == "table" and getmetatable(e) and getmetatable(e).__tostring then return e end
   return debug.traceback(tostring(e), 2)
@@ -250,7 +279,8 @@ function M.main(argv)
     if act[1] == "e" then
       local chunk, e = load(act[2], "=(command line)")
       if not chunk then return finish(fail(e)) end
-      chunk()
+      local code = run_user(chunk)
+      if code then return finish(code) end
     else
       local g, mod = act[2]:match("^([^=]+)=(.+)$")
       if not g then g, mod = act[2], act[2] end
@@ -263,7 +293,8 @@ function M.main(argv)
     if fname == "-" and argv[plan.script - 1] ~= "--" then fname = nil end
     local chunk, e = loadfile(fname)
     if not chunk then return finish(fail(e)) end
-    chunk(pack_args(_G.arg))
+    local code = run_user(chunk, pack_args(_G.arg))
+    if code then return finish(code) end
   end
 
   if plan.interactive then
@@ -275,7 +306,8 @@ function M.main(argv)
     end
     local chunk, e = loadfile(nil)
     if not chunk then return finish(fail(e)) end
-    chunk()
+    local code = run_user(chunk)
+    if code then return finish(code) end
   end
   return finish(nil)
 end
