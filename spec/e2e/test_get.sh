@@ -43,7 +43,10 @@ start_sandbox() {
 
 start_sandbox "$TMP/sb.out" --api-key "$API_KEY" --secret-key "$SECRET" || exit 1
 URL=$SB_URL
-grep -q "export FI_API_KEY=$API_KEY" "$TMP/sb.out" || fail "sandbox prints its API key"
+sleep 0.2 # the rest of the banner
+grep -q "export FI_API_KEY=...  (the value given with --api-key, not shown)" "$TMP/sb.out" \
+  || fail "sandbox says which API key it takes: $(cat "$TMP/sb.out")"
+! grep -q -e "$API_KEY" -e "$SECRET" "$TMP/sb.out" || fail "sandbox echoes credentials given on its command line"
 grep -q "$OUT  voice-outbound" "$TMP/sb.out" || fail "sandbox lists its fixtures"
 
 # kw ARGS...: runs kpiwatch with the sandbox's credentials; sets rc, out, err.

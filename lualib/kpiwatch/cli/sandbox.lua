@@ -103,8 +103,14 @@ return function(args)
   local out = {}
   out[#out + 1] = "kpiwatch sandbox: serving the Future AGI KPIs API on " .. sb.url
   out[#out + 1] = "  export FI_BASE_URL=" .. sb.url
-  out[#out + 1] = "  export FI_API_KEY=" .. sb.api_key
-  out[#out + 1] = "  export FI_SECRET_KEY=" .. sb.secret_key
+  -- The built-in credentials are public; ones given on the command line
+  -- are the user's secrets and are not echoed (a CI log keeps stdout).
+  local function cred(name, value, builtin, flag)
+    if value == builtin then return "  export " .. name .. "=" .. value end
+    return "  export " .. name .. "=...  (the value given with " .. flag .. ", not shown)"
+  end
+  out[#out + 1] = cred("FI_API_KEY", sb.api_key, sandbox.API_KEY, "--api-key")
+  out[#out + 1] = cred("FI_SECRET_KEY", sb.secret_key, sandbox.SECRET_KEY, "--secret-key")
   out[#out + 1] = "fixtures (GET " .. sb.url .. "/simulate/test-executions/ID/kpis/):"
   for _, id in ipairs(sb.ids()) do
     local f = fixtures.get(id) or sb.fixture(id) or {}
