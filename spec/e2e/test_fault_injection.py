@@ -48,7 +48,7 @@ DELAY = 2.5          # a normal answer, even from a loaded ASan build; the slow 
 RETRIES = 3          # client.lua's options (returned in its output too)
 DEADLINE = 240       # seconds for the whole client run
 RSS_CEILING_MB = 120  # normal build only: ASan's shadow memory and quarantine
-GROWTH_MB = 16        # between the second batch and the last one
+GROWTH_MB = 4         # between the second batch and the last one
 
 KIND_OF = {"500": "server", "429": "rate_limited", "drop": "network",
            "delay": "timeout", "broken": "protocol"}
@@ -136,6 +136,8 @@ class FaultInjection(unittest.TestCase):
 
         with open(out) as f:
             res = json.load(f)
+        with open(out + ".results") as f:
+            res["results"] = [json.loads(line) for line in f]
         self.check(res, records, peak_mb)
         sys.stderr.write(
             f"fault injection: {N} executions, {res['stats']['requests']} client attempts, "

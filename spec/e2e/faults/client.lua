@@ -4,9 +4,11 @@
 --
 --   kpiwatch client.lua URL N BATCHES TIMEOUT OUT.json
 --
--- Credentials come from FI_API_KEY / FI_SECRET_KEY. Writes OUT.json:
---   results  one entry per execution: {id=, ok=true, match=bool} or
---            {id=, kind=, status=, attempts=, retry_after=, retryable=, message=}
+-- Credentials come from FI_API_KEY / FI_SECRET_KEY. Writes, as each batch
+-- ends, one JSON line per execution to OUT.json.results (nothing of a batch
+-- is kept in memory after it): {id=, ok=true, match=bool} or
+-- {id=, kind=, status=, attempts=, retry_after=, retryable=, message=}.
+-- At the end, OUT.json:
 --   attempts execution id -> kpis.get attempts seen by kpiwatch.http
 --   rss_kb   VmRSS after each batch (after a full GC); hwm_kb VmHWM at the end
 --   stats    kpis.stats();  options: the client options used
@@ -57,7 +59,8 @@ local function status_kb(field)
   return tonumber(text:match(field .. ":%s*(%d+)"))
 end
 
-local results, rss = {}, {}
+local results = assert(io.open(out .. ".results", "w"))
+local rss = {}
 local per = (n + batches - 1) // batches
 local t0 = task.now()
 for b = 0, batches - 1 do
@@ -68,16 +71,16 @@ for b = 0, batches - 1 do
   for j, r in ipairs(got) do
     local id = ids[j]
     if errors.is(r) then
-      results[#results + 1] = {
+      results:write(json.encode {
         id = id, kind = r.kind, status = r.status, attempts = r.attempts,
         retry_after = r.retry_after, retryable = r.retryable, message = tostring(r.message),
         execution_id = r.execution_id,
-      }
+      }, "\n")
     elseif model.is(r) then
       local want = json.decode(docs.body(docs.index(id))).result
-      results[#results + 1] = { id = id, ok = true, match = deep_equal(r:raw(), want) and r.execution_id == id }
+      results:write(json.encode { id = id, ok = true, match = deep_equal(r:raw(), want) and r.execution_id == id }, "\n")
     else
-      results[#results + 1] = { id = id, kind = "not a result: " .. type(r) }
+      results:write(json.encode { id = id, kind = "not a result: " .. type(r) }, "\n")
     end
   end
   got = nil
@@ -86,9 +89,10 @@ for b = 0, batches - 1 do
   rss[#rss + 1] = status_kb("VmRSS")
 end
 
+results:close()
 local f = assert(io.open(out, "w"))
 f:write(json.encode {
-  results = results, attempts = attempts, rss_kb = rss, hwm_kb = status_kb("VmHWM"),
+  attempts = attempts, rss_kb = rss, hwm_kb = status_kb("VmHWM"),
   stats = kpis.stats(), options = options, elapsed = task.now() - t0,
 })
 f:close()
