@@ -237,7 +237,7 @@ local function compile(spec, where)
           bad(op, "must be a number, string or boolean, got " .. type(t))
         end
       elseif type(t) ~= "number" or t ~= t then
-        bad(op, "must be a number, got " .. type(t))
+        bad(op, "must be a number, got " .. (t ~= t and "NaN" or type(t)))
       end
       r.op, r.threshold = op, t
     end
@@ -1386,7 +1386,11 @@ function M.load_rules(path)
   if type(path) ~= "string" then
     error(errors.new("config", "alert.load_rules: expected a file path, got " .. type(path)), 2)
   end
-  local chunk, msg = loadfile(path)
+  -- A rules file sees `alert` and `notify` without requiring them (a file
+  -- written for `gate --rules` need not know the module names); its own
+  -- globals stay in its environment.
+  local env = setmetatable({ alert = M, notify = require "kpiwatch.notify" }, { __index = _G })
+  local chunk, msg = loadfile(path, "t", env)
   if not chunk then
     local f = io.open(path, "r")
     if not f then

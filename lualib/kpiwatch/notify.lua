@@ -139,8 +139,30 @@ local function parse_retry_after(v)
   return nil
 end
 
-local function snippet(body)
+-- Replace every plain occurrence of needle in s.
+local function replace_plain(s, needle, with)
+  local out, i = {}, 1
+  while true do
+    local a, b = s:find(needle, i, true)
+    if not a then break end
+    out[#out + 1] = s:sub(i, a - 1) .. with
+    i = b + 1
+  end
+  out[#out + 1] = s:sub(i)
+  return table.concat(out)
+end
+
+-- The start of a response body for an error message. A receiver may echo
+-- the request's path ("Cannot POST /services/T0/B0/token"), and a hook
+-- URL's path and query are its secret: they never reach a message.
+local function snippet(body, url)
   if type(body) ~= "string" or body == "" then return "" end
+  local tail = url and tostring(url):match("^%a[%w+.-]*://[^/?#]*([/?].*)$")
+  if tail and #tail > 1 then
+    body = replace_plain(body, tail, "/[REDACTED]")
+    local path = tail:match("^([^?#]*)")
+    if path and #path > 1 then body = replace_plain(body, path, "/[REDACTED]") end
+  end
   local s = body:sub(1, 120):gsub("%s+", " "):gsub("[%c\128-\255]", "?")
   return ": " .. s
 end
@@ -164,7 +186,7 @@ local function post(what, url, body, headers, timeout)
   local st = resp.status
   if st >= 200 and st < 300 then return resp end
   local retry = st >= 500 or st == 429 or st == 408
-  errors.raise("http", format("%s to %s answered %d%s", what, redact(url), st, snippet(resp.body)),
+  errors.raise("http", format("%s to %s answered %d%s", what, redact(url), st, snippet(resp.body, url)),
     { status = st, retryable = retry,
       retry_after = retry and parse_retry_after(resp.headers and resp.headers["retry-after"]) or nil })
 end

@@ -283,6 +283,11 @@ describe("rule definitions", function()
       e.message, 1, true)
   end)
 
+  it("say NaN when a threshold is not a number at all", function()
+    local e = err_of(function() alert.registry():rule { name = "n", metric = "avg_score", below = 0 / 0 } end)
+    assert.matches("field 'below' must be a number, got NaN", e.message, 1, true)
+  end)
+
   it("reject unknown fields, missing parts and conflicts", function()
     local reg = alert.registry()
     assert.matches("unknown field 'belw'", err_of(function() reg:rule { name = "a", metric = "m", belw = 1 } end).message)
@@ -323,6 +328,18 @@ describe("alert.load_rules", function()
   local dir
   before_each(function() dir = tmpdir() end)
   after_each(function() os.execute("rm -rf '" .. dir .. "'") end)
+
+  it("gives a rules file alert and notify without a require, and keeps its globals", function()
+    write(dir .. "/bare.lua", [[
+floor = 0.8
+alert.rule { name = "score-floor", metric = "avg_score", below = floor }
+assert(type(notify.stdout) == "function")
+]])
+    local reg = alert.load_rules(dir .. "/bare.lua")
+    assert.are.equal(1, #reg.rules)
+    assert.is_nil(rawget(_G, "floor"))
+    assert.is_false(reg:evaluate(kpi("failing")).ok)
+  end)
 
   it("loads alert.rule calls into a fresh registry, leaving the default alone", function()
     alert.reset()

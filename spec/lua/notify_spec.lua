@@ -142,6 +142,20 @@ describe("notify.webhook", function()
     assert.are.equal(false, e.retryable)
   end)
 
+  it("never quotes the hook URL's path when the receiver echoes it", function()
+    local srv = receiver(function(req)
+      return { status = 404, body = "Cannot POST " .. req.path .. "?" .. req.query }
+    end)
+    finally(function() srv:close() end)
+    local hook = notify.webhook { url = srv.url .. "/services/T0001/B0002/tok-echoed-777?sig=abc123" }
+    local ok, e = pcall(hook, event())
+    assert.is_false(ok)
+    assert.are.equal(404, e.status)
+    assert.is_nil(e.message:find("tok-echoed-777", 1, true), "the URL path leaked: " .. e.message)
+    assert.is_nil(e.message:find("abc123", 1, true), "the URL query leaked: " .. e.message)
+    assert.matches("Cannot POST /%[REDACTED%]", e.message)
+  end)
+
   it("reports a receiver that is down as a retryable connect error", function()
     local srv = receiver()
     local url = srv.url
