@@ -453,6 +453,23 @@ end
 
 -- ---- history ------------------------------------------------------------------
 
+-- The history file outlives the session: a line that names a credential
+-- (kpis.configure{secret_key = "..."}) or holds the environment's
+-- credentials is not written to it.
+local SECRET_WORDS = { "secret", "api_key", "apikey", "api%-key", "token", "password", "passwd" }
+
+function M.mentions_secret(line)
+  local lower = line:lower()
+  for _, w in ipairs(SECRET_WORDS) do
+    if lower:find(w) then return true end
+  end
+  for _, var in ipairs({ "FI_API_KEY", "FI_SECRET_KEY" }) do
+    local v = os.getenv(var)
+    if v and #v >= 3 and line:find(v, 1, true) then return true end
+  end
+  return false
+end
+
 function M.history_path()
   local dir = os.getenv("XDG_STATE_HOME")
   -- the XDG spec: a relative path is invalid and is to be ignored
@@ -511,6 +528,7 @@ function M.run()
 
   local function remember(src)
     if not hist or src == last_entry or not src:find("%S") then return end
+    if M.mentions_secret(src) then return end
     last_entry = src
     rl.history_add(src)
     rl.history_save(hist, M.history_size)

@@ -225,6 +225,21 @@ class Repl(unittest.TestCase):
         s2.expect(r"\r\n42\r\n")
         self.quit(s2)
 
+    def test_history_never_keeps_a_line_with_a_secret(self):
+        s = self.start("-i", env={"FI_API_KEY": "envkey-4242"})
+        s.line("kpis.configure{secret_key = 's3cr3t-xyz'}")
+        s.prompt()
+        s.line("x = 'envkey-4242'")
+        s.prompt()
+        s.line("'kept line'")
+        s.expect(r'"kept line"')
+        self.quit(s)
+        with open(os.path.join(self.dir, "state", "kpiwatch", "history")) as f:
+            text = f.read()
+        self.assertIn("kept\\040line", text)  # libedit writes a space as \\040
+        self.assertNotIn("s3cr3t-xyz", text)
+        self.assertNotIn("envkey-4242", text)
+
     def test_history_defaults_to_home_local_state(self):
         s = self.start("-i", env={"XDG_STATE_HOME": ""})
         s.line("'remember me'")
