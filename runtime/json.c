@@ -9,6 +9,10 @@
  *   by json.array() in scripts) and encoded back as [].
  * - json.null is cjson's null sentinel (a light userdata), exposed so that
  *   scripts can test for it.
+ * - cjson decodes NaN, Infinity and 1e400 (servers written in Python send
+ *   the first two) but refuses to encode them: they encode as null, as in
+ *   JavaScript, so that a report or a notification carrying such a value
+ *   is still sent.
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -212,6 +216,10 @@ int luaopen_kpiwatch_json(lua_State *L) {
   lua_setfield(L, -2, "__jsontype");
   lua_pop(L, 1);
   luaopen_cjson(L);
+  lua_getfield(L, -1, "encode_invalid_numbers");
+  lua_pushliteral(L, "null");
+  lua_call(L, 1, 1);
+  lua_pop(L, 1);
   lua_newtable(L); /* the module */
   lua_getfield(L, -2, "decode");
   lua_getfield(L, -3, "encode");

@@ -461,7 +461,8 @@ end
 M.format_value = fmt_value
 
 local function duration_text(secs)
-  if math_type(secs) == nil or secs < 60 then return nil end
+  -- also nil for NaN, inf and floats too large for %d (a hostile body)
+  if math_type(secs) == nil or not (secs >= 60 and secs < 2 ^ 53) then return nil end
   secs = math.floor(secs)
   local h, m, s = secs // 3600, (secs % 3600) // 60, secs % 60
   if h > 0 then return format("%dh %02dm %02ds", h, m, s) end
@@ -560,16 +561,24 @@ KPI.__tostring = M.summary
 
 local errors = require "kpiwatch.errors"
 
+-- A server's text made fit for a one-line message: whitespace runs as one
+-- space, other control bytes (terminal escapes) as "?", at most 300 bytes.
+local function one_line(s)
+  s = s:gsub("%s+", " "):gsub("%c", "?")
+  if #s > 300 then s = s:sub(1, 297) .. "..." end
+  return s
+end
+
 -- The server's own message in an error body: detail, then message, then
 -- result (a string, or an object with a message), then error.
 function M.server_message(body)
   if type(body) ~= "table" then return nil end
   for _, key in ipairs({ "detail", "message", "result", "error" }) do
     local v = rawget(body, key)
-    if type(v) == "string" and v ~= "" then return v end
+    if type(v) == "string" and v ~= "" then return one_line(v) end
     if type(v) == "table" then
       local m = rawget(v, "message") or rawget(v, "detail")
-      if type(m) == "string" and m ~= "" then return m end
+      if type(m) == "string" and m ~= "" then return one_line(m) end
     end
   end
   return nil

@@ -91,10 +91,13 @@ local function parse_fault(spec)
     elseif p:match("^429") then
       local date, n = p:match("^429(%-?d?a?t?e?):?([%d.]*)$")
       if not date or (date ~= "" and date ~= "-date") then return nil, "bad 429 fault '" .. part .. "'" end
-      f = { kind = "ratelimit", after = tonumber(n) or 1, date = date == "-date" }
+      local after = tonumber(n) or 1
+      -- a date beyond os.date's range would make the handler raise
+      if not (after <= 1e9) then return nil, "bad 429 fault '" .. part .. "' (at most 1e9 seconds)" end
+      f = { kind = "ratelimit", after = after, date = date == "-date" }
     elseif p:match("^delay:") or p:match("^slow:") then
       local s = tonumber(p:match(":(.*)$"))
-      if not s or s < 0 then return nil, "bad delay in '" .. part .. "'" end
+      if not s or not (s >= 0 and s < math.huge) then return nil, "bad delay in '" .. part .. "'" end
       f = { kind = "delay", seconds = s }
     elseif p == "broken" then f = { kind = "broken" }
     elseif p == "html" then f = { kind = "html" }
