@@ -306,10 +306,11 @@ static void shutdown_conns(kw_server *srv, int how) {
 /* Answer every request still waiting for Lua, except `spare` (the request
  * whose handler is closing the server). Sending may make h2o dispose of
  * other requests, so restart from the head after each answer. */
-static void answer_waiting(kw_server *srv, kw_sreq *spare) {
+static void answer_waiting(kw_server *srv, const kw_sreq *spare) {
   for (;;) {
     kw_sreq *rec;
     for (rec = srv->live; rec; rec = rec->next)
+      /* cppcheck-suppress nullPointerRedundantCheck ; rec is the loop's, never NULL here */
       if (!rec->answered && rec != spare && rec->req) break;
     if (!rec) return;
     answer_503(rec);
@@ -468,7 +469,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     h2o_send_error_503(req, "Service Unavailable", "server closing\n", 0);
     return 0;
   }
-  token = (kw_sreq **)h2o_mem_alloc_shared(&req->pool, sizeof *token, sreq_req_disposed);
+  token = (kw_sreq **)h2o_mem_alloc_shared(&req->pool, sizeof(kw_sreq *), sreq_req_disposed);
   *token = rec;
   rec->req = req;
   rec->srv = srv;
@@ -565,15 +566,16 @@ static void push_request_table(lua_State *L, h2o_req_t *req) {
 static void run_request(lua_State *L, kw_job *job) {
   kw_sreq *rec = (kw_sreq *)job;
   kw_server *srv = rec->srv;
-  if (rec->req && srv && srv->state == SRV_OPEN && !rec->answered) {
+  h2o_req_t *req = rec->req; /* rec->req may be gone once the handler has run */
+  if (req && srv && srv->state == SRV_OPEN && !rec->answered) {
     int top = lua_gettop(L);
     kw_sreq **box;
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
-    box = (kw_sreq **)lua_newuserdatauv(L, sizeof *box, 0);
+    box = (kw_sreq **)lua_newuserdatauv(L, sizeof(kw_sreq *), 0);
     *box = rec;
     rec->refs++;
     luaL_setmetatable(L, REQUEST_MT);
-    push_request_table(L, rec->req);
+    push_request_table(L, req);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       fprintf(stderr, "kpiwatch: http server: %s\n",
               lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error in the dispatcher");
@@ -829,7 +831,7 @@ static int l_listen(lua_State *L) {
   if ((r = resolve(host, (int)port, &ss)) != 0)
     return push_failure(L, "dns", "cannot resolve %s (port %d): %s", host, (int)port, r);
 
-  box = (kw_server **)lua_newuserdatauv(L, sizeof *box, 0);
+  box = (kw_server **)lua_newuserdatauv(L, sizeof(kw_server *), 0);
   *box = NULL;
   luaL_setmetatable(L, SERVER_MT);
   srv = (kw_server *)calloc(1, sizeof *srv);

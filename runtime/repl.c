@@ -286,7 +286,7 @@ static char *take_line(int *eof) {
   char *line;
   *eof = 0;
   if (!nl && !R.in_eof) return NULL;
-  if (!nl && R.inlen == 0) {
+  if (!nl && (R.inlen == 0 || !R.in)) {
     *eof = 1;
     return NULL;
   }

@@ -624,24 +624,25 @@ int kw_sched_step(lua_State *L, int block) {
 }
 
 int kw_sched_run_main(lua_State *L, int nargs) {
+  kw_task *main_task;
   kw_task_spawn(L, nargs);
-  S.main_task = check_task(L, -1);
-  S.main_task->is_main = 1;
+  main_task = S.main_task = check_task(L, -1);
+  main_task->is_main = 1;
   S.main_status = 0;
   /* The loop reads the main task after it ends (other tasks and servers
    * may outlive it), and kw_sched_main_result after that: keep its handle
    * from the collector until lua_close. */
   luaL_ref(L, LUA_REGISTRYINDEX);
   while (kw_sched_step(L, 1)) {
-    if (S.sigint && !S.sigint_waiters && S.main_task && S.main_task->state >= TASK_DONE) break;
-    if (S.end_with_main && S.main_task->state >= TASK_DONE) break;
+    if (S.sigint && !S.sigint_waiters && main_task->state >= TASK_DONE) break;
+    if (S.end_with_main && main_task->state >= TASK_DONE) break;
   }
   if (S.sigterm) return 143;
-  if (S.sigint && S.main_task->state < TASK_DONE) {
+  if (S.sigint && main_task->state < TASK_DONE) {
     fprintf(stderr, "kpiwatch: interrupted!\n");
     return 130;
   }
-  if (S.main_task->state < TASK_DONE) {
+  if (main_task->state < TASK_DONE) {
     fprintf(stderr, "kpiwatch: the script's main task is waiting on something that can never "
                     "complete\n");
     return 2;
