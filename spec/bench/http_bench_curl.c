@@ -8,10 +8,14 @@
  * Build (spec/bench/http_bench.sh does this):
  *   cc -O2 -o http_bench_curl spec/bench/http_bench_curl.c $(pkg-config --cflags --libs libcurl)
  * Run:
- *   ./http_bench_curl URL N C [USER_AGENT]
+ *   ./http_bench_curl [-H 'Name: value']... URL[,URL...] N C [USER_AGENT]
  * With USER_AGENT it sends that User-Agent as kpiwatch does (libcurl
  * formats the header byte by byte on every request: a few thousand
  * instructions), to separate that cost from kpiwatch's own.
+ * -H adds a request header to every request (the KPIs API's X-Api-Key and
+ * X-Secret-Key in spec/bench/run.sh). With several comma-separated URLs,
+ * request i goes to URL number i modulo their count (N documents over a
+ * few execution ids).
  * Prints: requests=N ok=K seconds=S req_per_s=R connections=X
  */
 #include <stdio.h>
@@ -51,10 +55,12 @@ static double now(void) {
 }
 
 static const char *user_agent;
+static struct curl_slist *headers;
 
 static void start(CURLM *m, slot *s, const char *url) {
   s->len = 0;
   curl_easy_setopt(s->easy, CURLOPT_URL, url);
+  if (headers) curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, s);
   curl_easy_setopt(s->easy, CURLOPT_PRIVATE, (char *)s);
@@ -64,14 +70,24 @@ static void start(CURLM *m, slot *s, const char *url) {
 }
 
 int main(int argc, char **argv) {
+  const char *prog = argv[0];
+  while (argc > 2 && strcmp(argv[1], "-H") == 0) {
+    headers = curl_slist_append(headers, argv[2]);
+    argc -= 2;
+    argv += 2;
+  }
   if (argc != 4 && argc != 5) {
-    fprintf(stderr, "usage: %s URL N C [USER_AGENT]\n", argv[0]);
+    fprintf(stderr, "usage: %s [-H 'Name: value']... URL[,URL...] N C [USER_AGENT]\n", prog);
     return 2;
   }
   if (argc == 5) user_agent = argv[4];
-  const char *url = argv[1];
+  /* The URL list, split in place; request i uses urls[i % nurls]. */
+  char *urls[64];
+  long nurls = 0;
+  for (char *tok = strtok(argv[1], ","); tok && nurls < 64; tok = strtok(NULL, ","))
+    urls[nurls++] = tok;
   long n = atol(argv[2]), c = atol(argv[3]);
-  if (n <= 0 || c <= 0) return 2;
+  if (n <= 0 || c <= 0 || nurls == 0) return 2;
   if (c > n) c = n;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   CURLM *m = curl_multi_init();
@@ -81,7 +97,7 @@ int main(int argc, char **argv) {
   double t0 = now();
   for (long i = 0; i < c; i++) {
     slots[i].easy = curl_easy_init();
-    start(m, &slots[i], url);
+    start(m, &slots[i], urls[started % nurls]);
     started++;
   }
   while (finished < n) {
@@ -103,7 +119,7 @@ int main(int argc, char **argv) {
       finished++;
       if (res == CURLE_OK && code == 200 && s->len > 0) ok++;
       if (started < n) {
-        start(m, s, url);
+        start(m, s, urls[started % nurls]);
         started++;
       }
     }
@@ -117,6 +133,7 @@ int main(int argc, char **argv) {
     free(slots[i].buf);
   }
   free(slots);
+  curl_slist_free_all(headers);
   curl_multi_cleanup(m);
   curl_global_cleanup();
   return ok == n ? 0 : 1;

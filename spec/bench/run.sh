@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# spec/bench/run.sh [KPIWATCH]: kpiwatch's performance next to what a user
+# would pick instead, in one run, as medians and ratios (issue 8). `make
+# bench` runs it after installing what it needs (tools/deps.sh bench).
+#
+#   1. throughput and client CPU: N KPI documents at concurrency C, from
+#      kpis.each, from a C program driving libcurl's multi interface
+#      (http_bench_curl.c, the ceiling), from Python asyncio + aiohttp and
+#      from Node.js fetch; also a plain http.request loop (no decoding)
+#   2. CI gate latency: `kpiwatch gate` against curl | jq and a Python
+#      urllib script (hyperfine, whole processes)
+#   3. startup: `kpiwatch -e ''` against `lua5.4 -e ''` (hyperfine)
+#   4. memory: peak RSS of kpis.each at N and N/10, results consumed as
+#      they arrive
+#   5. idle watch: alert.watch over 200 executions every second, CPU share
+#
+# Every client talks to one `kpiwatch sandbox` running as its own process
+# on 127.0.0.1; it is stopped on exit (and by `timeout` in any case). Every
+# client run is bounded (N requests, a fixed number of polls) and killed if
+# it outlives its time limit. This machine is shared and noisy: runs of the
+# different clients alternate and medians are reported; the ratios, measured
+# side by side, are the figures that hold. Benchmarks, not tests: the exit
+# status is 0 whatever the figures, non-zero only when a run failed.
+#
+# Environment:
+#   BENCH_QUICK=1         smoke mode: N=1000, 1 round, 5 hyperfine runs, a
+#                         3 s watch (seconds in all, not meaningful figures)
+#   BENCH_N, BENCH_C      requests and concurrency (default 20000, 64)
+#   BENCH_ROUNDS          rounds of the throughput/memory runs (default 5)
+#   BENCH_RUNS            hyperfine runs per command (default 30)
+#   BENCH_WATCH_SECONDS   length of one idle-watch run (default 30)
+#   BENCH_WATCH_ROUNDS    idle-watch runs (default 3)
+#   BENCH_WATCH_IDS       executions watched (default 200)
+#   BENCH_ONLY            comma-separated subset of
+#                         throughput,gate,startup,memory,watch
+#   BENCH_PYTHON          Python with aiohttp (default /usr/bin/python3)
+#   BENCH_KEEP=DIR        keep the raw measurements in DIR
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+KW=$(realpath "${1:-build/kpiwatch}")
+[ -x "$KW" ] || { echo "run.sh: no kpiwatch binary at $KW (build it first: make)" >&2; exit 2; }
+
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1
+else
+  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3
+fi
+N=${BENCH_N:-$d_n}
+C=${BENCH_C:-64}
+ROUNDS=${BENCH_ROUNDS:-$d_rounds}
+RUNS=${BENCH_RUNS:-$d_runs}
+WATCH_SECONDS=${BENCH_WATCH_SECONDS:-$d_watch}
+WATCH_ROUNDS=${BENCH_WATCH_ROUNDS:-$d_wrounds}
+WATCH_IDS=${BENCH_WATCH_IDS:-200}
+ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch}
+N_SMALL=$((N / 10))
+[ "$N_SMALL" -ge 1 ] || N_SMALL=1
+wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+tmp=$(mktemp -d)
+sandbox_pid=
+cleanup() {
+  if [ -n "$sandbox_pid" ]; then kill "$sandbox_pid" 2>/dev/null || true; fi
+  if [ -n "${BENCH_KEEP:-}" ]; then
+    mkdir -p "$BENCH_KEEP" && cp -r "$tmp"/. "$BENCH_KEEP"/
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { echo "bench: $*" >&2; }
+
+# ---- tools ------------------------------------------------------------------
+
+have() { command -v "$1" >/dev/null 2>&1; }
+PYTHON=${BENCH_PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  # Debian's python3-aiohttp lives in /usr/bin/python3's path; a python3
+  # earlier on PATH (pyenv, a venv) may not see it.
+  for p in /usr/bin/python3 python3; do
+    if have "$p" && "$p" -c 'import aiohttp' 2>/dev/null; then PYTHON=$p; break; fi
+  done
+fi
+GATE_PYTHON=${PYTHON:-$(command -v /usr/bin/python3 python3 | head -1)}
+NODE_OK=
+if have node && node -e 'process.exit(typeof fetch === "function" ? 0 : 1)' 2>/dev/null; then NODE_OK=1; fi
+missing() { say "skipping $1: $2 not found"; }
+
+say "building the C helpers"
+cc -O2 -o "$tmp/measure" spec/bench/measure.c
+if pkg-config --exists libcurl; then
+  cc -O2 -o "$tmp/http_bench_curl" spec/bench/http_bench_curl.c $(pkg-config --cflags --libs libcurl)
+fi
+
+# measure NAME [TIMEOUT] -- CMD...: one run, appended to $tmp/NAME
+measure() {
+  local name=$1 limit=600
+  shift
+  if [ "$1" != "--" ]; then limit=$1; shift; fi
+  shift
+  "$tmp/measure" -t "$limit" "$tmp/$name" -- "$@" || { say "$name failed"; exit 1; }
+}
+
+# ---- the sandbox --------------------------------------------------------------
+
+KEY=kw-sandbox-api-key
+SECRET=kw-sandbox-secret-key
+mkdir -p "$tmp/fixtures" "$tmp/wstate"
+"$KW" spec/bench/watch_bench.lua fixtures "$tmp/fixtures" "$WATCH_IDS" >"$tmp/watch_ids"
+timeout 7200 "$KW" sandbox --port 0 --fixtures "$tmp/fixtures" >"$tmp/sandbox.out" 2>&1 &
+sandbox_pid=$!
+url=
+for _ in $(seq 200); do
+  url=$(sed -n 's/^kpiwatch sandbox: serving .* on \(http:[^ ]*\).*/\1/p' "$tmp/sandbox.out")
+  [ -n "$url" ] && break
+  kill -0 "$sandbox_pid" 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$url" ] || { say "the sandbox did not start:"; cat "$tmp/sandbox.out" >&2; exit 1; }
+case "$url" in http://127.0.0.1:*) ;; *) say "unexpected sandbox URL $url"; exit 1 ;; esac
+export FI_BASE_URL=$url FI_API_KEY=$KEY FI_SECRET_KEY=$SECRET
+ID=c0ffee00-0000-4000-8000-000000000001 # avg_score 0.87: the gate passes
+urls=
+for i in 1 2 3 4 5; do
+  urls="$urls${urls:+,}$url/simulate/test-executions/c0ffee00-0000-4000-8000-00000000000$i/kpis/"
+done
+say "sandbox at $url"
+
+# ---- 1 and 4: throughput, client CPU, memory ------------------------------------
+
+if wants throughput || wants memory; then
+  limit=$((N / 50 + 120)) # generous: a stall, not slowness, should trip it
+  if [ -x "$tmp/http_bench_curl" ]; then
+    "$tmp/http_bench_curl" -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" "$urls" 2000 "$C" >/dev/null
+  fi
+  for r in $(seq "$ROUNDS"); do
+    say "throughput round $r/$ROUNDS (N=$N, C=$C)"
+    measure kw_each "$limit" -- "$KW" spec/bench/kpis_bench.lua "$N" "$C"
+    measure kw_each_small "$limit" -- "$KW" spec/bench/kpis_bench.lua "$N_SMALL" "$C"
+    wants throughput || continue
+    if [ -x "$tmp/http_bench_curl" ]; then
+      measure curl "$limit" -- "$tmp/http_bench_curl" -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" "$urls" "$N" "$C"
+    fi
+    measure kw_http "$limit" -- "$KW" spec/bench/http_bench_client.lua \
+      -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" -H "Accept: application/json" "$urls" "$N" "$C"
+    if [ -n "$PYTHON" ]; then measure python "$limit" -- "$PYTHON" spec/bench/kpis_bench_aiohttp.py "$N" "$C"; fi
+    if [ -n "$NODE_OK" ]; then measure node "$limit" -- node spec/bench/kpis_bench_fetch.mjs "$N" "$C"; fi
+  done
+  [ -x "$tmp/http_bench_curl" ] || missing "the libcurl client" "libcurl's pkg-config file (libcurl4-openssl-dev)"
+  [ -n "$PYTHON" ] || missing "the Python client" "a python3 with aiohttp (python3-aiohttp)"
+  [ -n "$NODE_OK" ] || missing "the Node.js client" "node >= 18 (nodejs)"
+fi
+
+# ---- 2 and 3: gate latency, startup (hyperfine) ------------------------------------
+
+# hyperfine_medians OUT ARGS...: runs hyperfine, writes "name median_s" lines
+hyperfine_medians() {
+  local out=$1
+  shift
+  hyperfine --style none --export-json "$out.json" "$@" >"$out.log" 2>&1 ||
+    { say "hyperfine failed:"; cat "$out.log" >&2; exit 1; }
+  "$GATE_PYTHON" -c '
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    print(r["command"].replace(" ", "_"), r["median"])' "$out.json" >"$out"
+}
+
+if wants gate; then
+  if have hyperfine && have curl && have jq && [ -n "$GATE_PYTHON" ]; then
+    say "gate latency ($RUNS runs each)"
+    hyperfine_medians "$tmp/gate" --warmup 3 --runs "$RUNS" \
+      -n kpiwatch "$KW gate $ID --require 'avg_score>=0.8'" \
+      -n curl_jq "curl -s -H 'X-Api-Key: $KEY' -H 'X-Secret-Key: $SECRET' $url/simulate/test-executions/$ID/kpis/ | jq -e '.avg_score >= 0.8'" \
+      -n python "$GATE_PYTHON spec/bench/gate_urllib.py $ID 0.8"
+  else
+    missing "the gate latency" "hyperfine, curl, jq or python3"
+  fi
+fi
+
+if wants startup; then
+  if have hyperfine && have lua5.4; then
+    say "startup ($((RUNS * 3)) runs each)"
+    hyperfine_medians "$tmp/startup" -N --warmup 5 --runs $((RUNS * 3)) \
+      -n kpiwatch "$KW -e ''" -n lua "lua5.4 -e ''"
+  else
+    missing "the startup" "hyperfine or lua5.4"
+  fi
+fi
+
+# ---- 5: idle watch ------------------------------------------------------------
+
+if wants watch; then
+  for r in $(seq "$WATCH_ROUNDS"); do
+    say "idle watch round $r/$WATCH_ROUNDS ($WATCH_IDS executions, every 1 s, ${WATCH_SECONDS} s)"
+    rm -f "$tmp/wstate"/watch-state.json*
+    # one poll at the start, then one a second: WATCH_SECONDS + 1 polls
+    measure watch $((WATCH_SECONDS * 3 + 60)) -- "$KW" spec/bench/watch_bench.lua watch \
+      "$tmp/watch_ids" $((WATCH_SECONDS + 1)) "$tmp/wstate"
+  done
+fi
+
+# ---- the table ----------------------------------------------------------------
+
+# med NAME COLUMN: median of a column of $tmp/NAME (empty when absent)
+med() {
+  [ -s "$tmp/$1" ] || return 0
+  awk -v c="$2" '{print $c}' "$tmp/$1" | sort -g |
+    awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+# hmed FILE NAME: a hyperfine median (seconds)
+hmed() { [ -s "$tmp/$1" ] && awk -v n="$2" '$1 == n {print $2}' "$tmp/$1" || true; }
+# calc FORMAT EXPRS A [B]: printf FORMAT, EXPRS in awk with a=A, b=B
+# (nothing when an argument is empty: a run that was skipped)
+calc() {
+  local fmt=$1 expr=$2
+  shift 2
+  for v in "$@"; do [ -n "$v" ] || return 0; done
+  awk -v a="${1:-0}" -v b="${2:-0}" "BEGIN {printf \"$fmt\", $expr}"
+}
+met=0 missed=0
+# goal TEXT VALUE OP LIMIT UNIT: one goal line
+goal() {
+  local text=$1 value=$2 op=$3 limit=$4 unit=$5 verdict
+  if [ -z "$value" ]; then
+    printf '   goal: %-52s %10s\n' "$text" "n/a"
+    return
+  fi
+  if awk -v v="$value" -v l="$limit" "BEGIN {exit !(v $op l)}"; then
+    verdict=met
+    met=$((met + 1))
+  else
+    verdict=MISSED
+    missed=$((missed + 1))
+  fi
+  printf '   goal: %-52s %9s%s  %s\n' "$text" "$value" "$unit" "$verdict"
+}
+row() { printf '   %-46s %10s %14s %12s\n' "$@"; }
+na() { [ -n "$1" ] && echo "$1" || echo "n/a"; }
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+echo
+echo "kpiwatch benchmarks: $("$KW" --version 2>/dev/null | head -1), $(nproc) CPUs ($cpu_model), $(uname -sr)"
+echo "server: kpiwatch sandbox on 127.0.0.1 (own process); medians of $ROUNDS rounds, $RUNS hyperfine runs"
+[ "${BENCH_QUICK:-0}" = 1 ] && echo "QUICK MODE: small N, single runs; the figures are not meaningful"
+
+if wants throughput; then
+  echo
+  echo "1. Throughput and client cost: N=$N KPI documents, concurrency $C"
+  row "client" "req/s" "CPU ms/1000" "peak RSS MiB"
+  for k in curl kw_each kw_http python node; do
+    wall=$(med $k 1) cpu=$(med $k 2) rss=$(med $k 3)
+    case $k in
+      curl) label="libcurl multi, C (no JSON decoding; ceiling)" ;;
+      kw_each) label="kpiwatch kpis.each (JSON -> KPI objects)" ;;
+      kw_http) label="kpiwatch http.request loop (no decoding)" ;;
+      python) label="Python asyncio + aiohttp (resp.json())" ;;
+      node) label="Node.js fetch (res.json())" ;;
+    esac
+    row "$label" "$(na "$(calc '%.0f' 'b / a' "$wall" "$N")")" "$(na "$(calc '%.1f' 'b * 1000000 / a' "$N" "$cpu")")" \
+      "$(na "$(calc '%.1f' 'a / 1024' "$rss")")"
+  done
+  each_cpu=$(med kw_each 2) http_cpu=$(med kw_http 2) curl_cpu=$(med curl 2)
+  goal "kpiwatch CPU/request <= 1.25x libcurl's (kpis.each)" "$(calc '%.2f' 'a / b' "$each_cpu" "$curl_cpu")" "<=" 1.25 x
+  echo "         (the same ratio for the http.request loop, no decoding either: $(na "$(calc '%.2fx' 'a / b' "$http_cpu" "$curl_cpu")"))"
+  goal "kpiwatch CPU/request <= 0.5x Python's" "$(calc '%.2f' 'a / b' "$each_cpu" "$(med python 2)")" "<=" 0.5 x
+  goal "kpiwatch CPU/request <= 0.5x Node's" "$(calc '%.2f' 'a / b' "$each_cpu" "$(med node 2)")" "<=" 0.5 x
+fi
+
+if wants gate; then
+  echo
+  echo "2. CI gate latency, whole process (fixture avg_score 0.87, passes)"
+  kg=$(hmed gate kpiwatch) cj=$(hmed gate curl_jq) py=$(hmed gate python)
+  printf '   %-46s %10s\n' "command" "ms"
+  printf '   %-46s %10s\n' "kpiwatch gate ID --require 'avg_score>=0.8'" "$(na "$(calc '%.1f' 'a * 1000' "$kg")")"
+  printf '   %-46s %10s\n' "curl -s ... | jq -e '.avg_score >= 0.8'" "$(na "$(calc '%.1f' 'a * 1000' "$cj")")"
+  printf '   %-46s %10s\n' "python3 gate_urllib.py (urllib, json)" "$(na "$(calc '%.1f' 'a * 1000' "$py")")"
+  goal "kpiwatch / (curl | jq) <= 1" "$(calc '%.2f' 'a / b' "$kg" "$cj")" "<=" 1 x
+  goal "python / kpiwatch >= 3" "$(calc '%.2f' 'a / b' "$py" "$kg")" ">=" 3 x
+fi
+
+if wants startup; then
+  echo
+  echo "3. Startup"
+  ks=$(hmed startup kpiwatch) ls=$(hmed startup lua)
+  printf '   %-46s %10s\n' "kpiwatch -e ''" "$(na "$(calc '%.2f ms' 'a * 1000' "$ks")")"
+  printf '   %-46s %10s\n' "lua5.4 -e ''" "$(na "$(calc '%.2f ms' 'a * 1000' "$ls")")"
+  goal "kpiwatch / lua5.4 <= 2" "$(calc '%.2f' 'a / b' "$ks" "$ls")" "<=" 2 x
+fi
+
+if wants memory; then
+  echo
+  echo "4. Memory: peak RSS of kpis.each, results consumed as they arrive (C=$C)"
+  big=$(med kw_each 3) small=$(med kw_each_small 3)
+  printf '   %-46s %10s\n' "N=$N" "$(na "$(calc '%.1f MiB' 'a / 1024' "$big")")"
+  printf '   %-46s %10s\n' "N=$N_SMALL" "$(na "$(calc '%.1f MiB' 'a / 1024' "$small")")"
+  goal "peak RSS at N=$N < 64 MiB" "$(calc '%.1f' 'a / 1024' "$big")" "<" 64 " MiB"
+  goal "peak RSS N=$N / N=$N_SMALL <= 1.2" "$(calc '%.2f' 'a / b' "$big" "$small")" "<=" 1.2 x
+fi
+
+if wants watch; then
+  echo
+  echo "5. Idle watch: alert.watch, $WATCH_IDS executions every 1 s for ${WATCH_SECONDS} s, 3 rules"
+  ww=$(med watch 1) wc=$(med watch 2)
+  printf '   %-46s %10s\n' "wall, CPU (user+sys)" "$(na "$(calc '%.1f s, %.2f s' 'a, b' "$ww" "$wc")")"
+  goal "CPU share of one core < 5%" "$(calc '%.2f' 'b * 100 / a' "$ww" "$wc")" "<" 5 "%"
+fi
+
+echo
+echo "goals: $met met, $missed missed"
