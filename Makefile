@@ -2,11 +2,16 @@
 # all a newcomer needs; both install missing Debian packages first.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# seconds of fuzzing per target: `make fuzz`, and the short run of `make test`
+FUZZ_SECONDS ?= 60
+FUZZ_TEST_SECONDS ?= 10
+FUZZ_TARGETS ?=
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX     ?= /usr/local
 CTEST_ARGS ?=
 
-.PHONY: all deps run test test-fast test-asan install bench format clean
+.PHONY: all deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format clean
 
 all: $(BUILD)/kpiwatch
 
@@ -25,7 +30,7 @@ $(BUILD)/kpiwatch: $(BUILD)/Makefile FORCE
 run: $(BUILD)/kpiwatch
 	@scripts/demo.sh $(BUILD)/kpiwatch
 
-test: test-fast test-asan
+test: test-fast test-asan test-fuzz lint test-valgrind
 
 test-fast:
 	@tools/deps.sh test
@@ -43,6 +48,36 @@ test-asan:
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  KW_SANITIZED=1 ctest -j $(JOBS) --output-on-failure $(CTEST_ARGS)
 
+# libFuzzer targets of spec/fuzz (clang, ASan+UBSan) in their own build.
+fuzz-build:
+	@tools/deps.sh test
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DKW_FUZZ=ON -DKW_TESTS=OFF
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+
+# Fuzz every target (or FUZZ_TARGETS="json_kpi template") for FUZZ_SECONDS
+# each, growing $(FUZZ_BUILD)/fuzz-corpus; crashes land in
+# $(FUZZ_BUILD)/fuzz-artifacts.
+fuzz: fuzz-build
+	tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# Part of `make test`: replay the regression inputs, then a short run of each.
+test-fuzz: fuzz-build
+	tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_TEST_SECONDS)
+
+# clang-tidy and cppcheck over runtime/*.c (.clang-tidy, tools/cppcheck.supp).
+lint:
+	@tools/deps.sh test
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	tools/lint.sh $(BUILD)
+
+# memcheck over the C unit tests and end-to-end runs of the binary.
+test-valgrind:
+	@tools/deps.sh test
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+	tools/valgrind.sh $(BUILD)
+
 install: $(BUILD)/kpiwatch
 	cmake --install $(BUILD)
 
@@ -54,6 +89,6 @@ format:
 	clang-format -i runtime/*.c runtime/*.h spec/unit/*.c
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
 
 FORCE:

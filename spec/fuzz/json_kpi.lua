@@ -64,16 +64,23 @@ local function exercise(k, what)
   local ok2, back = pcall(json.decode, line)
   check(ok2 and type(back) == "table", "%s: encode_json gave JSON that does not decode: %s", what, show(back))
 
+  -- A requirement on a field the body lacks only costs the did-you-mean's
+  -- edit distances (slow under the coverage hook, and covered by the
+  -- requirement target): test fields the body has, whatever their values.
   for _, req in ipairs(REQS) do
-    for _, c in ipairs(requirement.evaluate(req, k, { baseline = baseline })) do
-      check(STATUS[c.status] and type(c.message) == "string", "%s: requirement %s gave %s", what, req.text,
-        show(c.status))
+    if req.target.kind ~= "field" or k:has(req.target.name) then
+      for _, c in ipairs(requirement.evaluate(req, k, { baseline = baseline })) do
+        check(STATUS[c.status] and type(c.message) == "string", "%s: requirement %s gave %s", what, req.text,
+          show(c.status))
+      end
     end
   end
   for _, limit in ipairs(LIMITS) do
-    for _, c in ipairs(requirement.compare(limit, k, baseline)) do
-      check(STATUS[c.status] and type(c.message) == "string", "%s: limit %s gave %s", what, limit.text,
-        show(c.status))
+    if limit.target.kind ~= "field" or k:has(limit.target.name) then
+      for _, c in ipairs(requirement.compare(limit, k, baseline)) do
+        check(STATUS[c.status] and type(c.message) == "string", "%s: limit %s gave %s", what, limit.text,
+          show(c.status))
+      end
     end
   end
 
@@ -103,7 +110,8 @@ return function(text)
   end
 
   if ok and type(body) == "table" then
-    exercise(model.new(body, ID), "model.new")
+    -- model.new over the same body as model.parse's: exercised once
+    if not k then exercise(model.new(body, ID), "model.new") end
   elseif ok then
     local good, e = pcall(model.new, body, ID)
     check(not good and tostring(e):find("expected a table"), "model.new(%s) gave %s", type(body), show(e))

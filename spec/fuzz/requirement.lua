@@ -11,6 +11,8 @@ local check, show = fuzz.check, fuzz.show
 
 local STATUS = fuzz.set({ "pass", "fail", "no_data", "skipped", "error" })
 local kpis = fuzz.fixture_kpis()
+local kvoice, ktext = kpis[1], kpis[3]
+assert(kvoice:is_voice() and ktext:is_text())
 
 local function checks(list, what)
   check(type(list) == "table" and #list >= 1, "%s gave no checks", what)
@@ -43,25 +45,23 @@ return function(text)
     local again = parsed("parse(req.text)", pcall(requirement.parse, req.text))
     check(again and again.op == req.op and again.threshold == req.threshold and again.metric == req.metric,
       "%s does not parse back from its text %s", show(text), show(req.text))
-    for _, k in ipairs(kpis) do
-      local ok, list = pcall(requirement.evaluate, req, k, { baseline = kpis[1] })
-      check(ok, "evaluate raised %s", show(list))
-      checks(list, "evaluate")
-      ok, list = pcall(requirement.evaluate, req, k, { allow_missing = true })
-      check(ok, "evaluate raised %s", show(list))
-      checks(list, "evaluate allow_missing")
-    end
+    -- two executions (camelCase voice, snake_case text) are enough: each
+    -- evaluation of a missing name computes edit distances, slow under
+    -- the coverage hook
+    local ok, list = pcall(requirement.evaluate, req, kvoice, { baseline = ktext })
+    check(ok, "evaluate raised %s", show(list))
+    checks(list, "evaluate")
+    ok, list = pcall(requirement.evaluate, req, ktext, { allow_missing = true })
+    check(ok, "evaluate raised %s", show(list))
+    checks(list, "evaluate allow_missing")
   end
   for _, dir in ipairs({ "drop", "rise" }) do
     local limit = parsed("parse_limit " .. dir, pcall(requirement.parse_limit, text, dir))
     if limit then
       check(type(limit.amount) == "number" and limit.amount >= 0, "amount %s", show(limit.amount))
-      for i, k in ipairs(kpis) do
-        local base = kpis[(i % #kpis) + 1]
-        local ok, list = pcall(requirement.compare, limit, k, base)
-        check(ok, "compare raised %s", show(list))
-        checks(list, "compare")
-      end
+      local ok, list = pcall(requirement.compare, limit, kvoice, ktext)
+      check(ok, "compare raised %s", show(list))
+      checks(list, "compare")
     end
   end
   local ok, m = pcall(requirement.glob, text)
