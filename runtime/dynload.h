@@ -6,13 +6,14 @@
  * Mapping and relocating them took 4-5 ms of every kpiwatch start, five
  * times what the rest of a start costs, while most runs need one of them
  * or none (`kpiwatch -e`, a script that never serves, the gate). So the
- * binary does not need them at start: runtime/lazy_curl.c, lazy_h2o.c and
- * lazy_crypto.c define the functions kpiwatch calls, under their own names,
- * as calls through a table of pointers that kw_dynlib_load fills with
- * dlopen/dlsym when the Lua module that needs the library is opened
- * (kpiwatch._http, kpiwatch._server, kpiwatch._crypto). The code calling
- * the libraries is unchanged, and the headers' prototypes check every shim
- * at compile time. The build still names the libraries on the link line;
+ * binary does not need them at start: runtime/lazy_curl.c, lazy_h2o.c,
+ * lazy_crypto.c and lazy_edit.c define the functions kpiwatch calls, under
+ * their own names, as calls through a table of pointers that
+ * kw_dynlib_load fills with dlopen/dlsym when the Lua module that needs
+ * the library is opened (kpiwatch._http, _server, _crypto, _repl). The
+ * code calling the libraries is unchanged (libedit's variables aside: see
+ * lazy_edit.h), and the headers' prototypes check every shim at compile
+ * time. The build still names the libraries on the link line;
  * with --as-needed (Debian's gcc default) they are dropped from the
  * executable's dependencies since nothing references them any more.
  *
@@ -39,10 +40,12 @@ typedef struct kw_dynlib {
   int loaded;
 } kw_dynlib;
 
-/* The libraries (runtime/lazy_curl.c, lazy_h2o.c, lazy_crypto.c). */
+/* The libraries (runtime/lazy_curl.c, lazy_h2o.c, lazy_crypto.c,
+ * lazy_edit.c). */
 extern kw_dynlib kw_libcurl;
 extern kw_dynlib kw_libh2o;
 extern kw_dynlib kw_libcrypto;
+extern kw_dynlib kw_libedit;
 
 /* Opens lib and resolves all its symbols, once; NULL on success, else a
  * message naming the library and the package to install. */

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# libcurl, libh2o and libcrypto are opened when the module that needs them
+# libcurl, libh2o, libcrypto and libedit are opened when the module that needs them
 # is (runtime/dynload.h), not at start: startup is a goal (issue 8). Reads
 # the process's own memory map from Lua before and after first use.
 set -u
@@ -33,12 +33,14 @@ else
   expect "not mapped" libcurl.so "" "at start"
   expect "not mapped" libh2o.so "" "at start"
   expect "not mapped" libcrypto.so "" "at start"
+  expect "not mapped" libedit.so "" "at start"
   expect "not mapped" libcurl.so "local _ = json.encode{1}; local _ = task.now()" "after json and task"
   expect "mapped" libcurl.so "local _ = http.request" "once http is used"
   expect "not mapped" libh2o.so "local _ = http.request" "by the client alone"
 fi
 expect "mapped" libh2o.so "local s = http.serve{handler = function() return {status = 204} end}; s:close()" "once a server starts"
 expect "mapped" libcrypto.so "local _ = require('kpiwatch._crypto').sha256('x')" "once kpiwatch._crypto is used"
+expect "mapped" libedit.so "local _ = require('kpiwatch._repl')" "once kpiwatch._repl is opened"
 
 # and they work once loaded: a request to a server in the same process
 out=$("$KW" -e '
