@@ -3,10 +3,11 @@
  *
  * A target defines KW_FUZZ_DRIVER, the name of its driver in spec/fuzz/: a
  * Lua chunk returning function(input), loaded after spec/fuzz/common.lua
- * (the checking helpers, global `fuzz`). The function runs the code under test on the input and checks its
- * outcome: it returns when the outcome is one the code documents (a value,
- * or its clean error), and raises otherwise. Any raise, like any crash or
- * sanitizer report, aborts the process so that libFuzzer records the input.
+ * (the checking helpers, global `fuzz`). The function runs the code under
+ * test on the input and checks its outcome: it returns when the outcome is
+ * one the code documents (a value, or its clean error), and raises
+ * otherwise. Any raise, like any crash or sanitizer report, aborts the
+ * process so that libFuzzer records the input.
  *
  * The Lua interpreter is Debian's and carries no coverage instrumentation,
  * so libFuzzer alone would fuzz the Lua parsers blind. A line hook feeds
@@ -34,8 +35,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* libFuzzer finds this section through the linker's __start_/__stop_
  * symbols, clears it before each input and reads it after. */
-__attribute__((used, section("__libfuzzer_extra_counters"))) static uint8_t
-    kw_fuzz_counters[KW_FUZZ_COUNTERS];
+static uint8_t kw_fuzz_counters[KW_FUZZ_COUNTERS]
+    __attribute__((used, section("__libfuzzer_extra_counters")));
 
 static lua_State *kw_fuzz_L;
 static int kw_fuzz_driver = LUA_NOREF;
@@ -73,9 +74,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   lua_pushliteral(L, KW_FUZZ_DIR);
   lua_setglobal(L, "FUZZ_DIR");
   if (luaL_loadfile(L, KW_FUZZ_DIR "/common.lua") != LUA_OK || lua_pcall(L, 0, 0, 1) != LUA_OK ||
-      luaL_loadfile(L, KW_FUZZ_DIR "/" KW_FUZZ_DRIVER) != LUA_OK || lua_pcall(L, 0, 1, 1) != LUA_OK ||
-      !lua_isfunction(L, -1)) {
-    fprintf(stderr, "fuzz driver %s failed to load: %s\n", KW_FUZZ_DRIVER, luaL_tolstring(L, -1, NULL));
+      luaL_loadfile(L, KW_FUZZ_DIR "/" KW_FUZZ_DRIVER) != LUA_OK ||
+      lua_pcall(L, 0, 1, 1) != LUA_OK || !lua_isfunction(L, -1)) {
+    fprintf(stderr, "fuzz driver %s failed to load: %s\n", KW_FUZZ_DRIVER,
+            luaL_tolstring(L, -1, NULL));
     abort();
   }
   kw_fuzz_driver = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -92,7 +94,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, kw_fuzz_driver);
   lua_pushlstring(L, (const char *)data, size);
   if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
-    fprintf(stderr, "\n==kpiwatch fuzz== the driver rejected this input:\n%s\n", lua_tostring(L, -1));
+    fprintf(stderr, "\n==kpiwatch fuzz== the driver rejected this input:\n%s\n",
+            lua_tostring(L, -1));
     fflush(stderr);
     abort();
   }
