@@ -15,8 +15,11 @@ const char *kw_dynlib_load(kw_dynlib *lib) {
   if (lib->loaded) return NULL;
   /* RTLD_LOCAL: its symbols stay out of the global scope, so nothing else
    * binds to them by accident; its own dependencies (libuv, libssl) are
-   * resolved as usual. RTLD_NOW: a missing symbol fails here, not later. */
-  h = dlopen(lib->soname, RTLD_NOW | RTLD_LOCAL);
+   * resolved as usual. RTLD_LAZY, as the loader does at start: RTLD_NOW
+   * would bind every function of libcurl's thirty dependencies at once
+   * (3 million more instructions for the gate). The symbols kpiwatch uses
+   * are all checked below. */
+  h = dlopen(lib->soname, RTLD_LAZY | RTLD_LOCAL);
   if (!h) {
     snprintf(msg, sizeof msg, "cannot load %s (install the Debian package %s): %s", lib->soname,
              lib->package, dlerror());
