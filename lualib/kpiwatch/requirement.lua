@@ -467,10 +467,8 @@ end
 
 -- ---- evaluation --------------------------------------------------------------
 
-local function fmt(v)
-  if v == nil then return "null" end
-  return model.format_value(v)
-end
+-- model.format_value writes nil (and json.null) as "null"
+local fmt = model.format_value
 M.format_value = fmt
 
 local function no_data(check, note, opts)
