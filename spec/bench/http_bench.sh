@@ -19,15 +19,8 @@ N=${1:-20000}
 C=${2:-64}
 ROUNDS=${3:-5}
 cd "$(dirname "$0")/../.."
-KPIWATCH=${KPIWATCH:-build/kpiwatch}
+. spec/e2e/lib.sh
 KPIWATCH=$(realpath "$KPIWATCH")
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 cc -O2 -o "$tmp/http_bench_curl" spec/bench/http_bench_curl.c \
   $(pkg-config --cflags --libs libcurl)
@@ -35,15 +28,9 @@ cc -O2 -o "$tmp/http_bench_curl" spec/bench/http_bench_curl.c \
 if [ -n "${BENCH_URL:-}" ]; then
   url=$BENCH_URL
 else
-  "$KPIWATCH" spec/bench/http_bench_server.lua >"$tmp/url" &
-  server_pid=$!
-  for _ in $(seq 100); do
-    [ -s "$tmp/url" ] && break
-    sleep 0.05
-  done
+  start_server "$tmp/url" "$KPIWATCH" spec/bench/http_bench_server.lua
   url=$(cat "$tmp/url")
 fi
-[ -n "$url" ] || { echo "server did not start" >&2; exit 1; }
 
 # run NAME CMD...: appends "wall cpu" (seconds: wall clock, and the
 # client's user + system time from its rusage) to $tmp/NAME.

@@ -6,17 +6,8 @@
 # notification can be neither delivered nor spooled.
 set -euo pipefail
 
-KPIWATCH=${KPIWATCH:-build/kpiwatch}
-SRC=${KPIWATCH_SRC:-$(pwd)}
+. "$(dirname "$0")/lib.sh"
 SCRIPT="$SRC/scripts/alerts.lua"
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Never touch the real home's spool; no webhook unless a test sets one.
 export HOME="$tmp/home" XDG_STATE_HOME= KPIWATCH_SPOOL=

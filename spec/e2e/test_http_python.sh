@@ -6,15 +6,7 @@
 # connection refused once the server is gone.
 set -euo pipefail
 
-KPIWATCH=${KPIWATCH:-build/kpiwatch}
-SRC=${KPIWATCH_SRC:-$(pwd)}
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
 
 mkdir "$tmp/www"
 printf '{"avg_score": 0.91, "calls": 12}' >"$tmp/www/kpis.json"
@@ -56,14 +48,8 @@ srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 EOF
-python3 "$tmp/server.py" "$tmp/www" >"$tmp/port" 2>"$tmp/server.log" &
-server_pid=$!
-for _ in $(seq 100); do
-  [ -s "$tmp/port" ] && break
-  sleep 0.05
-done
+start_server "$tmp/port" python3 "$tmp/server.py" "$tmp/www" 2>"$tmp/server.log"
 port=$(cat "$tmp/port")
-[ -n "$port" ] || { echo "FAIL: server did not start" >&2; exit 1; }
 base="http://127.0.0.1:$port"
 
 cat >"$tmp/client.lua" <<'EOF'

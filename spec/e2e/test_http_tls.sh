@@ -8,16 +8,8 @@
 # another CA, or a host name the certificate does not name, stay refused.
 set -euo pipefail
 
-KPIWATCH=${KPIWATCH:-build/kpiwatch}
-SRC=${KPIWATCH_SRC:-$(pwd)}
+. "$(dirname "$0")/lib.sh"
 command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 0; }
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
   -addext "subjectAltName=IP:127.0.0.1" -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
@@ -46,14 +38,8 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 EOF
-python3 "$tmp/server.py" "$tmp/cert.pem" "$tmp/key.pem" >"$tmp/port" 2>"$tmp/server.log" &
-server_pid=$!
-for _ in $(seq 100); do
-  [ -s "$tmp/port" ] && break
-  sleep 0.05
-done
+start_server "$tmp/port" python3 "$tmp/server.py" "$tmp/cert.pem" "$tmp/key.pem" 2>"$tmp/server.log"
 port=$(cat "$tmp/port")
-[ -n "$port" ] || { echo "FAIL: server did not start" >&2; exit 1; }
 
 KPIWATCH_LUALIB="$SRC/lualib" "$KPIWATCH" - "https://127.0.0.1:$port/" "$tmp/cert.pem" <<'EOF'
 local url, ca = arg[1], arg[2]
@@ -77,7 +63,6 @@ ID=c0ffee00-0000-4000-8000-000000000001
 export FI_API_KEY=tls-test-key FI_SECRET_KEY=tls-test-secret
 unset KPIWATCH_CA_FILE FI_BASE_URL
 base="https://127.0.0.1:$port"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 kw() { "$KPIWATCH" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
 one_line() { # rc pattern what
   [ "$rc" = "$1" ] || fail "$3: exit $rc, expected $1: $(cat "$tmp/err")"
