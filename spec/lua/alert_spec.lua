@@ -10,24 +10,13 @@ local fixtures = require "kpiwatch.fixtures"
 local json = require "kpiwatch.json"
 local fs = require "kpiwatch._fs"
 local task = require "kpiwatch.task"
+local util = require "spec.lua.helpers.util"
 
-local function kpi(name)
-  local f = fixtures.get(fixtures.ids[name])
-  return assert(model.parse(f.body, f.id))
-end
+local kpi = util.kpi
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = util.tmpdir
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = util.write
 
 local function quiet_registry()
   local reg = alert.registry()

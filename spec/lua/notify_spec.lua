@@ -12,23 +12,16 @@ local fs = require "kpiwatch._fs"
 local fixtures = require "kpiwatch.fixtures"
 local model = require "kpiwatch.model"
 local crypto = require "kpiwatch._crypto"
+local util = require "spec.lua.helpers.util"
 
 local KEY = "kpiwatch test key \0\1\2 bytes"
 local SECRET = "whsec_" .. crypto.base64_encode(KEY)
 
 local now = require("kpiwatch.kpis")._now
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = util.tmpdir
 
-local function kpi(name)
-  local f = fixtures.get(fixtures.ids[name])
-  return assert(model.parse(f.body, f.id))
-end
+local kpi = util.kpi
 
 local function event(over)
   local e = {

@@ -4,19 +4,11 @@
 local process = require "kpiwatch._process"
 local task = require "kpiwatch.task"
 local json = require "kpiwatch.json"
+local util = require "spec.lua.helpers.util"
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = util.tmpdir
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() return true end
-  return false
-end
+local exists = util.exists
 
 local function lines(s)
   local out = {}

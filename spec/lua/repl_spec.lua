@@ -6,13 +6,11 @@ local repl = require "kpiwatch.repl"
 local compare = require "kpiwatch.compare"
 local model = require "kpiwatch.model"
 local fixtures = require "kpiwatch.fixtures"
+local util = require "spec.lua.helpers.util"
 
 local ids = fixtures.ids
 
-local function kpi(name)
-  local f = fixtures.get(ids[name])
-  return assert(model.parse(f.body, f.id))
-end
+local kpi = util.kpi
 
 -- a literal for string.match
 local function lit(s)

@@ -5,11 +5,9 @@
 local requirement = require "kpiwatch.requirement"
 local model = require "kpiwatch.model"
 local fixtures = require "kpiwatch.fixtures"
+local util = require "spec.lua.helpers.util"
 
-local function kpi(name)
-  local f = fixtures.get(fixtures.ids[name])
-  return assert(model.parse(f.body, f.id))
-end
+local kpi = util.kpi
 
 local function parse_ok(text)
   local r, err = requirement.parse(text)
