@@ -387,28 +387,11 @@ end
 
 -- ---- time, randomness ---------------------------------------------------------
 
--- Monotonic seconds: the runtime's clock when it has one, else the kernel's
--- uptime (monotonic, 10 ms), else wall time in whole seconds.
-local function make_clock()
-  lazy()
-  if type(task.now) == "function" then return task.now end
-  local f = io.open("/proc/uptime", "r")
-  if f then
-    f:close()
-    return function()
-      local fh = io.open("/proc/uptime", "r")
-      if not fh then return os.time() end
-      local v = fh:read("n")
-      fh:close()
-      return v or os.time()
-    end
-  end
-  return os.time
-end
-local clock
+-- Monotonic seconds (the runtime's clock, uv_hrtime): backoff, the rate
+-- limit and --verbose timings must not jump with the wall clock.
 local function now()
-  if not clock then clock = make_clock() end
-  return clock()
+  if not task then task = require "kpiwatch.task" end
+  return task.now()
 end
 M._now = now
 
