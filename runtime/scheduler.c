@@ -62,7 +62,6 @@ static struct {
   int in_uv_run;           /* kw_sched_step is inside uv_run */
   uv_async_t wake;         /* SIGINT wakes the loop through this */
   uv_signal_t term;
-  kw_op *sig_waiters;      /* task.wait_signal ops (singly linked by next_sig) */
 } S;
 
 /* ---- job queue ------------------------------------------------------------ */

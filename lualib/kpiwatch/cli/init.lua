@@ -189,11 +189,6 @@ local function run_user(chunk, ...)
   return 2
 end
 
-local function traceback_handler(e)
-  if type(e) == "table" and getmetatable(e) and getmetatable(e).__tostring then return e end
-  return debug.traceback(tostring(e), 2)
-end
-
 -- LUA_INIT_5_4 or LUA_INIT: "@file" or a chunk, as lua.c's handle_luainit.
 local function run_luainit()
   local name = "=LUA_INIT_5_4"
@@ -259,11 +254,10 @@ function M.main(argv)
   -- The in-process sandbox serves in the background: tasks the script
   -- leaves running can still use it, and it never keeps the process alive.
   if plan.flags.sandbox then require("kpiwatch.sandbox").start_for_client() end
-  local function finish(code) return code end
 
   if not plan.noenv then
     local ok, e = run_luainit()
-    if not ok then return finish(fail(tostring(e))) end
+    if not ok then return fail(tostring(e)) end
   end
 
   -- A command: its own arguments follow it; `arg` is built as for a script.
@@ -271,16 +265,16 @@ function M.main(argv)
     _G.arg = make_arg(argv, plan.script)
     local args = table.move(argv, plan.script + 1, #argv, 1, {})
     local code = require(M.commands[plan.command])(args, plan.flags)
-    return finish(code or 0)
+    return code or 0
   end
 
   _G.arg = make_arg(argv, plan.script)
   for _, act in ipairs(plan.actions) do
     if act[1] == "e" then
       local chunk, e = load(act[2], "=(command line)")
-      if not chunk then return finish(fail(e)) end
+      if not chunk then return fail(e) end
       local code = run_user(chunk)
-      if code then return finish(code) end
+      if code then return code end
     else
       local g, mod = act[2]:match("^([^=]+)=(.+)$")
       if not g then g, mod = act[2], act[2] end
@@ -292,26 +286,24 @@ function M.main(argv)
     local fname = argv[plan.script]
     if fname == "-" and argv[plan.script - 1] ~= "--" then fname = nil end
     local chunk, e = loadfile(fname)
-    if not chunk then return finish(fail(e)) end
+    if not chunk then return fail(e) end
     local code = run_user(chunk, pack_args(_G.arg))
-    if code then return finish(code) end
+    if code then return code end
   end
 
   if plan.interactive then
-    return finish(run_repl() or 0)
+    return run_repl() or 0
   elseif not plan.script and #plan.actions == 0 and not plan.version then
     if stdin_is_tty() then
       print(VERSION .. " (" .. _VERSION .. ")")
-      return finish(run_repl() or 0)
+      return run_repl() or 0
     end
     local chunk, e = loadfile(nil)
-    if not chunk then return finish(fail(e)) end
+    if not chunk then return fail(e) end
     local code = run_user(chunk)
-    if code then return finish(code) end
+    if code then return code end
   end
-  return finish(nil)
+  return nil
 end
 
-M.traceback_handler = traceback_handler
-M.fail = fail
 return M
