@@ -66,3 +66,17 @@ function fuzz.split_head(input)
   for line in (head .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
   return lines, rest
 end
+
+-- Header lines "Name: value" of lines[first..], as an http.serve or
+-- http.request headers table: lowercased names, repeats joined by ", ".
+function fuzz.headers(lines, first)
+  local headers = {}
+  for i = first, #lines do
+    local name, value = lines[i]:match("^([^:]+):[ \t]*(.*)$")
+    if name then
+      name = name:lower()
+      headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+    end
+  end
+  return headers
+end

@@ -65,14 +65,7 @@ return function(input)
   local lines, body = fuzz.split_head(input)
   local status = math.tointeger(tonumber(lines[1]))
   if not status or status < 100 or status > 599 then status = 200 end
-  local headers = {}
-  for i = 2, #lines do
-    local name, value = lines[i]:match("^([^:]+):[ \t]*(.*)$")
-    if name then
-      name = name:lower()
-      headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
-    end
-  end
+  local headers = fuzz.headers(lines, 2)
   response = { status = status, headers = headers, body = body or "", time = 0.001 }
 
   local ok, k = pcall(kpis.get, ID, OPTS)

@@ -44,14 +44,7 @@ return function(input)
   local target = lines[2] or "/"
   local path, query = target:match("^([^?]*)%?(.*)$")
   if not path then path, query = target, "" end
-  local headers = {}
-  for i = 3, #lines do
-    local name, value = lines[i]:match("^([^:]+):[ \t]*(.*)$")
-    if name then
-      name = name:lower()
-      headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
-    end
-  end
+  local headers = fuzz.headers(lines, 3)
   local okq, params = pcall(http_server.parse_query, query)
   check(okq and type(params) == "table", "parse_query raised %s", show(params))
   local req = { method = method, path = path, query = query, params = params, headers = headers,
