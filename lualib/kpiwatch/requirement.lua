@@ -517,6 +517,28 @@ local function judge_requirement(req, r, opts, b)
   return c
 end
 
+-- The checks of a target, one judge(read_of) per metric it names, where
+-- read_of(k) reads that metric of the KPI object k: a glob gives one per
+-- eval metric it matches over `sides`, and one error check (from
+-- make_check) when it matches none; a field or eval name gives one.
+local function per_metric(t, sides, make_check, judge)
+  if t.kind ~= "glob" then
+    return { judge(function(k) return read(t, k) end) }
+  end
+  local names, err = glob_names(t, sides)
+  if not names then
+    local c = make_check(t.metric)
+    c.status = "error"
+    c.message = err
+    return { c }
+  end
+  local out = {}
+  for _, n in ipairs(names) do
+    out[#out + 1] = judge(function(k) return read_eval(k, n) end)
+  end
+  return out
+end
+
 -- evaluate(req, kpi [, opts]) -> list of checks, one per metric the
 -- requirement names (a glob gives one per matching eval metric).
 -- opts.allow_missing: no data is `skipped` instead of `no_data`.
@@ -525,24 +547,9 @@ end
 -- A check: {source="require", requirement=, metric=, op=, threshold=,
 -- value= (number or nil), status= pass|fail|no_data|skipped|error, message=}.
 function M.evaluate(req, kpi, opts)
-  local t = req.target
-  if t.kind == "glob" then
-    local names, err = glob_names(t, { kpi })
-    if not names then
-      local c = check_base(req, t.metric)
-      c.status = "error"
-      c.message = err
-      return { c }
-    end
-    local out = {}
-    local base = opts and opts.baseline
-    for _, n in ipairs(names) do
-      out[#out + 1] = judge_requirement(req, read_eval(kpi, n), opts, base and read_eval(base, n))
-    end
-    return out
-  end
   local base = opts and opts.baseline
-  return { judge_requirement(req, read(t, kpi), opts, base and read(t, base)) }
+  return per_metric(req.target, { kpi }, function(metric) return check_base(req, metric) end,
+    function(read_of) return judge_requirement(req, read_of(kpi), opts, base and read_of(base)) end)
 end
 
 -- Values within this relative distance are equal for --max-drop/--max-rise:
@@ -600,22 +607,8 @@ end
 -- one side lacks is no data. Checks carry baseline= and delta= (value -
 -- baseline) besides the fields of evaluate().
 function M.compare(limit, kpi, base, opts)
-  local t = limit.target
-  if t.kind == "glob" then
-    local names, err = glob_names(t, { kpi, base })
-    if not names then
-      local c = limit_check(limit, t.metric)
-      c.status = "error"
-      c.message = err
-      return { c }
-    end
-    local out = {}
-    for _, n in ipairs(names) do
-      out[#out + 1] = judge_limit(limit, read_eval(kpi, n), read_eval(base, n), opts)
-    end
-    return out
-  end
-  return { judge_limit(limit, read(t, kpi), read(t, base), opts) }
+  return per_metric(limit.target, { kpi, base }, function(metric) return limit_check(limit, metric) end,
+    function(read_of) return judge_limit(limit, read_of(kpi), read_of(base), opts) end)
 end
 
 -- summarize(checks) -> {total=, passed=, failed=, no_data=, skipped=,
