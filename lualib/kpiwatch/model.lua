@@ -590,6 +590,7 @@ local function one_line(s)
   if #s > 300 then s = s:sub(1, 297) .. "..." end
   return s
 end
+M.one_line = one_line
 
 -- The server's own message in an error body: detail, then message, then
 -- result (a string, or an object with a message), then error.

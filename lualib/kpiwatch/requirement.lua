@@ -618,6 +618,17 @@ function M.compare(limit, kpi, base, opts)
     function(read_of) return judge_limit(limit, read_of(kpi), read_of(base), opts) end)
 end
 
+--- no_baseline(limit, why [, opts]) -> the no-data check of a --max-drop
+--- or --max-rise limit that has no baseline to compare with (`why`: one
+--- line, e.g. no earlier completed execution); never a pass.
+---@param limit table from parse_limit
+---@param why string
+---@param opts? {allow_missing?: boolean}
+---@return table check
+function M.no_baseline(limit, why, opts)
+  return no_data(limit_check(limit, limit.metric), "no baseline: " .. why, opts)
+end
+
 -- summarize(checks) -> {total=, passed=, failed=, no_data=, skipped=,
 -- errors=}, verdict ("pass" when nothing failed, had no data or erred).
 function M.summarize(checks)
