@@ -115,3 +115,47 @@ describe("requirement checks over averages no call backs", function()
     assert.equal("fail", verdict)
   end)
 end)
+
+describe("alert rules over averages no call backs", function()
+  local alert = require "kpiwatch.alert"
+  local k = kpi(ALL_FAILED)
+
+  local function eval1(spec, kk)
+    local reg = alert.registry()
+    reg:rule(spec)
+    return reg:evaluate(kk)
+  end
+
+  it("a metric rule neither fires nor passes: no data", function()
+    local rep = eval1({ name = "slow", metric = "avg_agent_latency", above = 800 }, k)
+    assert.equal(0, #rep.passed)
+    assert.equal(1, #rep.no_data)
+    assert.matches("no connected call", rep.no_data[1].reason)
+    -- a floor on avg_score would fire on the 0: it is no data instead
+    rep = eval1({ name = "floor", metric = "avg_score", below = 0.8 }, k)
+    assert.equal(0, #rep.firing)
+    assert.equal(1, #rep.no_data)
+    -- a metric rule naming an eval
+    rep = eval1({ name = "tc", metric = "task_completion", below = 70 }, k)
+    assert.equal(0, #rep.firing)
+    assert.equal(1, #rep.no_data)
+  end)
+
+  it("an evals rule reports each unbacked eval as no data", function()
+    local rep = eval1({ name = "evals", evals = "*", below = 70 }, k)
+    assert.equal(0, #rep.firing)
+    assert.equal(2, #rep.no_data)
+  end)
+
+  it("a predicate sees nil for an unbacked average, and the result is no data", function()
+    local rep = eval1({ name = "p", when = function(x) return x.avg_score < 0.8 end }, k)
+    assert.equal(0, #rep.firing)
+    assert.equal(1, #rep.no_data)
+    assert.matches("no completed call", rep.no_data[1].reason)
+  end)
+
+  it("no_data = \"alert\" still applies to it", function()
+    local rep = eval1({ name = "floor", metric = "avg_score", below = 0.8, no_data = "alert" }, k)
+    assert.equal(1, #rep.firing)
+  end)
+end)

@@ -307,10 +307,18 @@ end
 
 -- A view of k for predicates: reads go to k, and every field read that is
 -- missing or null is recorded, so that an error (or a pass) built on a
--- missing value is reported as no data.
+-- missing value is reported as no data. An average no call backs (the
+-- server's 0, see kpiwatch.backing) reads as nil and is recorded the same.
 local function tracking_view(k)
   local missing, seen = {}, {}
   local methods = model.methods
+  local function unbacked(name, why)
+    if not seen[name] then
+      seen[name] = true
+      missing[#missing + 1] = { name = name, reason = why }
+    end
+    return nil
+  end
   local view = setmetatable({}, {
     __index = function(_, name)
       if methods[name] then
@@ -320,11 +328,18 @@ local function tracking_view(k)
       if v == nil and name ~= "execution_id" then
         local ev, epresent = nil, false
         if type(name) == "string" then ev, epresent = model.eval(k, name) end
-        if ev ~= nil then return ev end
+        if ev ~= nil then
+          local why = type(ev) == "number" and model.unbacked(k, name, true)
+          if why then return unbacked(name, why) end
+          return ev
+        end
         if not seen[name] then
           seen[name] = true
           missing[#missing + 1] = { name = name, present = present or epresent }
         end
+      elseif type(v) == "number" and type(name) == "string" then
+        local why = model.unbacked(k, name)
+        if why then return unbacked(name, why) end
       end
       return v
     end,
@@ -337,7 +352,7 @@ end
 
 local function missing_text(missing)
   local parts = {}
-  for i, m in ipairs(missing) do parts[i] = describe_missing(m.name, m.present) end
+  for i, m in ipairs(missing) do parts[i] = m.reason or describe_missing(m.name, m.present) end
   return concat(parts, ", ")
 end
 
@@ -354,11 +369,16 @@ local function eval_rule(r, k)
   local out = {}
   if r.kind == "metric" then
     local v, present = model.get(k, r.metric)
+    local is_eval = false
     if v == nil then
       local ev, epresent = model.eval(k, r.metric)
-      if ev ~= nil or epresent then v, present = ev, true end
+      if ev ~= nil or epresent then v, present, is_eval = ev, true, true end
     end
-    if v == nil then
+    local unbacked = type(v) == "number" and model.unbacked(k, r.metric, is_eval)
+    if unbacked then
+      -- zero is not a pass: no call behind the average
+      out[1] = { status = "no_data", metric = r.metric, value = v, reason = unbacked }
+    elseif v == nil then
       out[1] = { status = "no_data", metric = r.metric, reason = describe_missing(r.metric, present) }
     elseif r.op ~= "equals" and type(v) ~= "number" then
       local what = type(v) == "table" and type(rawget(v, "choices")) == "table"
@@ -381,7 +401,10 @@ local function eval_rule(r, k)
           if not matched[name] then
             matched[name] = true
             local v = values[name]
-            if v == nil then
+            local unbacked = type(v) == "number" and model.unbacked(k, name, true)
+            if unbacked then
+              out[#out + 1] = { status = "no_data", metric = name, value = v, reason = unbacked }
+            elseif v == nil then
               out[#out + 1] = { status = "no_data", metric = name, reason = name .. " is null" }
             elseif type(v) ~= "number" then
               -- choice evals: skipped by globs, an error when named exactly
