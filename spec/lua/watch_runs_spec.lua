@@ -107,3 +107,141 @@ describe("step over run test items", function()
     assert.same({ "stale:resolved:nil" }, events(reg:step(st, { age(10) }, 180, KEEP)))
   end)
 end)
+
+describe("alert.watch{run_tests=} against the sandbox", function()
+  local fixtures = require "kpiwatch.fixtures"
+  local task = require "kpiwatch.task"
+  local util = require "spec.lua.helpers.util"
+  local sandbox, kpis
+  local requests = {}
+
+  setup(function()
+    kpis = require "kpiwatch.kpis"
+    sandbox = require("kpiwatch.sandbox").start_for_client({
+      speed = 20,
+      log = function(line) requests[#requests + 1] = line end,
+    })
+    kpis._set_flags({ retries = 0 })
+  end)
+  teardown(function()
+    if sandbox then sandbox:close() end
+    kpis._reset()
+  end)
+
+  local function kpi_gets(id)
+    local n = 0
+    for _, l in ipairs(requests) do
+      if l:find("/test-executions/" .. id .. "/kpis/", 1, true) then n = n + 1 end
+    end
+    return n
+  end
+
+  local function watcher(rules, hooks_seen)
+    local reg = alert.registry()
+    reg:configure { quiet = true, exit_on_lost = false, retries = 0 }
+    for _, spec in ipairs(rules) do reg:rule(spec) end
+    reg:hook("record", function(ev) hooks_seen[#hooks_seen + 1] = ev end)
+    return reg
+  end
+
+  local function until_done(id)
+    for _ = 1, 200 do
+      if kpis.execution(id):is_done() then return end
+      task.sleep(0.05)
+    end
+    error("execution " .. id .. " never ended")
+  end
+
+  it("fires a floor rule exactly once for a new execution, never on its partial KPIs", function()
+    local dir = util.tmpdir()
+    local seen = {}
+    local reg = watcher({ { name = "floor", metric = "avg_score", below = 0.8 } }, seen)
+    local rt = "voice-trend"
+    -- the first cycle learns the run test; the past runs are not judged
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 1, state = dir .. "/s.json" }
+    assert.equal(0, #seen)
+    local id = kpis.run(rt)
+    local cycles = 0
+    reg:watch { run_tests = { rt }, every = 0.05, state = dir .. "/s.json",
+      on_cycle = function() cycles = cycles + 1 end, max_cycles = 60 }
+    assert.equal(1, #seen)
+    assert.equal("firing", seen[1].state)
+    assert.equal(id, seen[1].execution_id)
+    assert.equal(rt, seen[1].run_test)
+    -- its KPIs were read once, after it completed (in flight they looked good)
+    assert.equal(1, kpi_gets(id))
+    -- more cycles, a restart: nothing more
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 3, state = dir .. "/s.json" }
+    assert.equal(1, #seen)
+    assert.equal(1, kpi_gets(id))
+  end)
+
+  it("a restart during a run judges it once when it finished while the watch was down", function()
+    local dir = util.tmpdir()
+    local seen = {}
+    local rules = { { name = "floor", metric = "avg_score", below = 0.95 },
+      { name = "broken", on_status = { "failed", "cancelled" } } }
+    local rt = "nightly"
+    watcher(rules, seen):watch { run_tests = { rt }, every = 0.05, max_cycles = 1, state = dir .. "/s.json" }
+    sandbox.runs.set_speed(2)
+    local id = kpis.run(rt)
+    task.sleep(1) -- pending, then running
+    watcher(rules, seen):watch { run_tests = { rt }, every = 0.05, max_cycles = 2, state = dir .. "/s.json" }
+    assert.equal(0, #seen)
+    assert.equal(0, kpi_gets(id))
+    sandbox.runs.set_speed(20)
+    until_done(id)
+    -- the list's first page still shows it: a new process reads its state
+    watcher(rules, seen):watch { run_tests = { rt }, every = 0.05, max_cycles = 2, state = dir .. "/s.json" }
+    assert.equal(1, #seen)
+    assert.equal(id, seen[1].execution_id)
+    assert.equal(1, kpi_gets(id))
+    watcher(rules, seen):watch { run_tests = { rt }, every = 0.05, max_cycles = 2, state = dir .. "/s.json" }
+    assert.equal(1, #seen)
+  end)
+
+  it("on_status fires for a run that ends failed, with its error_reason; KPIs are never read", function()
+    local dir = util.tmpdir()
+    local seen = {}
+    local reg = watcher({ { name = "broken", on_status = { "failed", "cancelled" } },
+      { name = "floor", metric = "avg_score", below = 0.8 } }, seen)
+    local rt = fixtures.run_test_ids["broken-agent"] -- by id this time
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 1, state = dir .. "/s.json" }
+    local id = kpis.run(rt)
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 40, state = dir .. "/s.json",
+      on_cycle = function() if #seen > 0 then return false end end }
+    assert.equal(1, #seen)
+    assert.equal("broken", seen[1].rule)
+    assert.equal(id, seen[1].execution_id)
+    assert.matches("Agent websocket closed", seen[1].error_reason, 1, true)
+    assert.equal(0, kpi_gets(id))
+  end)
+
+  it("stale fires when a run test has had no completed run for that long, resolves on one", function()
+    local dir = util.tmpdir()
+    local seen = {}
+    local reg = watcher({ { name = "stale", stale = "26h" } }, seen)
+    local rt = "in-flight" -- its past runs are from October 2026
+    local now = os.time()
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 1, state = dir .. "/s.json",
+      clock = function() return now end }
+    assert.equal(1, #seen)
+    assert.equal("firing", seen[1].state)
+    local id = kpis.run(rt)
+    until_done(id)
+    reg:watch { run_tests = { rt }, every = 0.05, max_cycles = 1, state = dir .. "/s.json",
+      clock = function() return now + 60 end }
+    assert.equal(2, #seen)
+    assert.equal("resolved", seen[2].state)
+  end)
+
+  it("a steady-state cycle costs one request per run test", function()
+    local dir = util.tmpdir()
+    local reg = watcher({ { name = "floor", metric = "avg_score", below = 0.1 } }, {})
+    local rts = { "nightly", "voice-trend", "broken-agent" }
+    reg:watch { run_tests = rts, every = 0.01, max_cycles = 2, state = dir .. "/s.json" }
+    local n0 = #requests
+    reg:watch { run_tests = rts, every = 0.01, max_cycles = 5, state = dir .. "/s.json" }
+    assert.equal(5 * #rts, #requests - n0)
+  end)
+end)
