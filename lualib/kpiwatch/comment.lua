@@ -267,4 +267,24 @@ function M.post(ctx, body, opts)
   return failure(ctx, "create", resp)
 end
 
+--- Post a gate result's markdown report as the sticky comment, for the
+--- CLI's --comment: never changes the verdict, says on stderr what it did.
+---@param spec {provider: string, key?: string}
+---@param result table a gate result (kpiwatch.gate_report)
+---@param env {stderr: file*, getenv: fun(name: string): string?}
+function M.report(spec, result, env)
+  local ctx, note = M.context(spec.provider, env.getenv)
+  if not ctx then
+    env.stderr:write("kpiwatch: note: no ", spec.provider, " comment: ", note, "\n")
+    return
+  end
+  local body = require("kpiwatch.gate_report").markdown(result)
+  local r, err = M.post(ctx, body, { key = spec.key })
+  if r then
+    env.stderr:write("kpiwatch: ", r.action, " the comment on ", ctx.target, "\n")
+  else
+    env.stderr:write("kpiwatch: warning: ", err, "\n")
+  end
+end
+
 return M
