@@ -61,6 +61,7 @@ Connection options go before 'gate' (they are accepted after it too):
   --sandbox, --base-url URL, --timeout S, --retries N, --ca-file FILE,
   --verbose, --allow-insecure-http.
   Credentials: FI_API_KEY and FI_SECRET_KEY.
+  -h, --help shows this help.
 
 Exit status:
   0  every check passed (skipped checks allowed)
