@@ -17,7 +17,7 @@ command -v mandoc >/dev/null || fail "mandoc is not installed (tools/deps.sh tes
 mandoc -Tlint -W warning doc/kpiwatch.1 >"$tmp/lint" 2>&1 || { cat "$tmp/lint" >&2; fail "mandoc -Tlint doc/kpiwatch.1"; }
 [ ! -s "$tmp/lint" ] || { cat "$tmp/lint" >&2; fail "mandoc -Tlint reported something"; }
 # Rendered wide, so no option is broken across lines.
-mandoc -Tascii -O width=1000 doc/kpiwatch.1 | col -b >"$tmp/man.txt"
+mandoc -Tascii -O width=1000 doc/kpiwatch.1 | sed 's/.\x08//g' >"$tmp/man.txt"
 grep -q '^NAME' "$tmp/man.txt" || fail "the man page has no NAME section"
 
 # Options each parser accepts: the string literals of the form "--x" or "-x"
