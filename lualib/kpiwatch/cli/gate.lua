@@ -70,8 +70,9 @@ Reports:
 
 Connection options go before 'gate' (they are accepted after it too):
   --sandbox, --base-url URL, --timeout S, --retries N, --ca-file FILE,
-  --verbose.
+  --verbose, --allow-insecure-http.
   Credentials: FI_API_KEY and FI_SECRET_KEY.
+  -h, --help shows this help.
 
 Exit status:
   0  every check passed (skipped checks allowed)
@@ -79,6 +80,7 @@ Exit status:
   2  usage error: bad requirement, invalid id, no credentials, bad rules
      file, nothing to check, report file not writable
   3  the API or the network failed (after retries)
+  129, 130, 143  stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM
 
 Examples:
   kpiwatch gate "$EXECUTION_ID" --require 'avg_score>=0.8' --require 'eval:*>=70'

@@ -45,6 +45,7 @@ kpiwatch options:
   --ca-file FILE        trust the CA certificates of FILE (PEM) for TLS
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
+  --allow-insecure-http allow plain http:// to a host other than loopback
   -h, --help            show this help
   --version             show the version
 
@@ -63,7 +64,8 @@ Environment:
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
-             3 API or network error, 130 interrupted (Ctrl-C).
+             3 API or network error, 129 hangup (SIGHUP),
+             130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM).
 ]==]
 
 local function fail(msg)

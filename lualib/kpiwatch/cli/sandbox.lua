@@ -17,9 +17,10 @@ built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
   --seed N             seed of the fault draws (default 1)
   --fault ID=SPEC      every request for ID gets fault SPEC
   --api-key K, --secret-key S   credentials to accept (default: the sandbox's)
-  --log                one line per request on stderr
+  --log, --verbose     one line per request on stderr
   --list               print the built-in fixtures (id, name, what each is
                        for) and exit, serving nothing
+  -h, --help           show this help
 Per request, a client may ask for a fault with the header X-Sandbox-Fault: SPEC
 or the query ?fault=SPEC. SPECs: 500 502 503 504 429[:N] 429-date[:N]
 delay:S broken html drop flaky 401 404 ok, joined with + (delay:1+500).
