@@ -14,13 +14,15 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  compare = "kpiwatch.cli.compare",
 }
 
 M.usage = [==[
 usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
-       kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
+       kpiwatch [options] compare A B [--format text|json|markdown]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -51,6 +53,8 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+                        (--list: the fixtures and what each is for)
+  compare A B           two executions side by side, with deltas
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
