@@ -14,8 +14,8 @@ KPIs of an execution that is not completed (pending, running, evaluating;
 failed or cancelled) are partial, and a warning on stderr says so.
   --json      print the normalized JSON object instead of the summary
   -h, --help  show this help
-Global options (--base-url, --timeout, --retries, --ca-file, --verbose, --sandbox)
-go before 'get'. Credentials: FI_API_KEY and FI_SECRET_KEY.
+Global options (--base-url, --timeout, --retries, --ca-file, --verbose,
+--sandbox, --allow-insecure-http) go before 'get'. Credentials: FI_API_KEY and FI_SECRET_KEY.
 Exit status: 0 ok, 2 bad id / usage / missing credentials, 3 API or network error.
 ]]
 
