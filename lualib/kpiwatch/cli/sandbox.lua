@@ -4,10 +4,11 @@
 local USAGE = [[
 usage: kpiwatch sandbox [--port N] [--host H] [--fixtures DIR]
                         [--fault-rate SPEC=P ...] [--seed N] [--fault ID=SPEC ...]
-                        [--api-key K] [--secret-key S] [--log]
+                        [--api-key K] [--secret-key S] [--speed X] [--log]
 
 Serve a stand-in of GET /simulate/test-executions/{id}/kpis/ with the
-built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
+built-in fixture executions (and DIR/<uuid>.json files), and the run tests,
+executions, calls and execute/cancel routes of the run test fixtures, until Ctrl-C.
   --port N             port to listen on (default 0: any free port)
   --host H             address to bind (default 127.0.0.1)
   --fixtures DIR       also serve the recorded bodies DIR/<uuid>.json
@@ -16,6 +17,8 @@ built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
   --seed N             seed of the fault draws (default 1)
   --fault ID=SPEC      every request for ID gets fault SPEC
   --api-key K, --secret-key S   credentials to accept (default: the sandbox's)
+  --speed X            run executions X times faster (default 1: about 7 s from
+                       pending to completed; also KPIWATCH_SANDBOX_SPEED for --sandbox)
   --log                one line per request on stderr
 Per request, a client may ask for a fault with the header X-Sandbox-Fault: SPEC
 or the query ?fault=SPEC. SPECs: 500 502 503 504 429[:N] 429-date[:N]
@@ -71,6 +74,10 @@ return function(args)
         opts.api_key = value(a)
       elseif a == "--secret-key" then
         opts.secret_key = value(a)
+      elseif a == "--speed" then
+        local x = tonumber(value(a))
+        if not x or not (x > 0 and x < math.huge) then error({ usage = "--speed needs a positive number" }) end
+        opts.speed = x
       elseif a == "--log" or a == "--verbose" then
         opts.log = true
       elseif a == "-h" or a == "--help" then
@@ -115,6 +122,10 @@ return function(args)
   for _, id in ipairs(sb.ids()) do
     local f = fixtures.get(id) or sb.fixture(id) or {}
     out[#out + 1] = string.format("  %s  %-18s %s", id, f.name or "", f.description or "")
+  end
+  out[#out + 1] = "run tests (GET " .. sb.url .. "/simulate/run-tests/ID/executions/):"
+  for _, rt in ipairs(fixtures.run_tests()) do
+    out[#out + 1] = string.format("  %s  %-18s %s", rt.id, rt.name, rt.description)
   end
   out[#out + 1] = "Ctrl-C to stop."
   io.stdout:write(table.concat(out, "\n"), "\n")
