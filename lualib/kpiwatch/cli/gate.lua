@@ -388,6 +388,8 @@ local function error_line(err, id)
   local what = exit_code_of(err) == 2 and "configuration error" or "API error"
   if err.kind == "timeout" or err.kind == "connect" or err.kind == "dns" or err.kind == "tls"
     or err.kind == "network" then what = "network error" end
+  -- kpis.wait's timeout: the execution is still going, the network is fine
+  if err.kind == "timeout" and err.execution_status then what = "wait" end
   return what .. ": " .. err.kind .. ": " .. tostring(err.message) .. where
 end
 
