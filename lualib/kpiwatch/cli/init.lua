@@ -14,6 +14,7 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  executions = "kpiwatch.cli.executions",
 }
 
 M.usage = [==[
@@ -21,6 +22,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -50,6 +52,7 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+  executions RUN_TEST   list a run test's executions (id or name), newest first
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
