@@ -76,7 +76,7 @@ describe("gate and run over executions that move", function()
     assert.matches('type="status"', f, 1, true)
     assert.matches("status `pending`", io.open(tmp .. "/r.md"):read("a"), 1, true)
     assert.matches("status pending", io.open(tmp .. "/r.txt"):read("a"), 1, true)
-    assert.matches("::error title=kpiwatch gate%: execution status == completed::execution is pending",
+    assert.matches("::error title=kpiwatch gate%%3A execution status == completed::execution is pending",
       io.open(tmp .. "/r.gh"):read("a"))
   end)
 
@@ -160,7 +160,13 @@ describe("gate and run over executions that move", function()
     assert.equal("execution_id=" .. id .. "\n", io.open(gh):read("a"))
     os.remove(gh)
     assert.matches("gate PASS: 2 checks", out)
-    assert.matches("baseline " .. past(1, 34):gsub("%-", "%%-"), out) -- the newest completed before it
+    -- the baseline: the newest completed execution listed after (before) it
+    local base, seen = nil, false
+    for _, e in ipairs(kpis.executions(NIGHTLY)) do
+      if seen and e.status == "completed" then base = e.id break end
+      if e.id == id then seen = true end
+    end
+    assert.matches("baseline " .. base:gsub("%-", "%%-"), out)
   end)
 
   it("run: a run that ends failed exits 1 naming its error_reason", function()

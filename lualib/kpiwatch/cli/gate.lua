@@ -118,11 +118,12 @@ local function show(s)
 end
 
 local stderr = io.stderr -- replaced during M.run (tests capture it)
+local prog = "kpiwatch gate" -- or "kpiwatch run": the command the messages name
 
 local function usage_error(msg)
   -- one line, whatever the message (a require failure lists every path)
   msg = tostring(msg):gsub("\n.*", "")
-  stderr:write("kpiwatch gate: ", msg, " (see 'kpiwatch gate --help')\n")
+  stderr:write(prog, ": ", msg, " (see '", prog, " --help')\n")
   return 2
 end
 
@@ -446,7 +447,7 @@ local function emit(result, stdout_format, files, code, env)
     if f.format == "github" then github_used = true end
     local ok, err = write_file(f.path, report.render(f.format, result))
     if not ok then
-      env.stderr:write("kpiwatch gate: cannot write the ", f.format, " report: ", tostring(err), "\n")
+      env.stderr:write(prog, ": cannot write the ", f.format, " report: ", tostring(err), "\n")
       code = 2
     end
   end
@@ -454,7 +455,7 @@ local function emit(result, stdout_format, files, code, env)
   if summary and summary ~= "" then
     local ok, err = append_file(summary, report.markdown(result) .. "\n")
     if not ok then
-      env.stderr:write("kpiwatch gate: cannot append to GITHUB_STEP_SUMMARY: ", tostring(err), "\n")
+      env.stderr:write(prog, ": cannot append to GITHUB_STEP_SUMMARY: ", tostring(err), "\n")
       code = 2
     end
   end
@@ -577,7 +578,7 @@ function M.prepare(o, env, flags)
     end
   elseif base_id then
     if not kpis.is_uuid(base_id) then
-      env.stderr:write("kpiwatch gate: invalid baseline ID: not a UUID: '", show(base_id), "'\n")
+      env.stderr:write(prog, ": invalid baseline ID: not a UUID: '", show(base_id), "'\n")
       return nil, 2
     end
     base_id = base_id:lower()
@@ -629,15 +630,14 @@ M.DEFAULT_WAIT = 30 * 60
 --- (waiting for a terminal one when plan.wait is set), then, when it is
 --- completed (or plan.allow_incomplete), its KPIs and the baseline's, runs
 --- every check and emits every report. ctx.run_test overrides
---- plan.run_test (`kpiwatch run` knows it); ctx.prog prefixes the messages.
+--- plan.run_test (`kpiwatch run` knows it).
 ---@param plan table from prepare
 ---@param id string the execution id, a lowercase UUID
 ---@param env table stdout, stderr, getenv, color
----@param ctx? {run_test?: string, prog?: string}
+---@param ctx? {run_test?: string}
 ---@return integer
 function M.judge(plan, id, env, ctx)
   ctx = ctx or {}
-  local prog = ctx.prog or "kpiwatch gate"
   local kpis = require "kpiwatch.kpis"
   local run_test = ctx.run_test or plan.run_test
   local stdout_format, files = plan.stdout_format, plan.files
@@ -751,11 +751,14 @@ function M.judge(plan, id, env, ctx)
   return emit(result, stdout_format, files, code, env)
 end
 
-local function setup_env(env)
+-- setup_env(env [, name]) fills in env's defaults and names the command
+-- in messages (name: "kpiwatch run" when run uses the gate's code).
+local function setup_env(env, name)
   env = env or {}
   env.stdout = env.stdout or io.stdout
   env.stderr = env.stderr or io.stderr
   stderr = env.stderr
+  prog = name or "kpiwatch gate"
   env.getenv = env.getenv or os.getenv
   return env
 end

@@ -137,7 +137,7 @@ end
 ---@param env? table
 ---@return integer
 function M.run(args, flags, env)
-  env = gate._setup_env(env)
+  env = gate._setup_env(env, "kpiwatch run")
   local function usage(msg)
     env.stderr:write("kpiwatch run: ", tostring(msg):gsub("\n.*", ""), " (see 'kpiwatch run --help')\n")
     return 2
@@ -205,7 +205,7 @@ function M.run(args, flags, env)
       gh_failed = true
     end
   end
-  code = gate.judge(plan, id, env, { run_test = run_test, prog = "kpiwatch run" })
+  code = gate.judge(plan, id, env, { run_test = run_test })
   if gh_failed and code == 0 then code = 2 end
   return code
 end
