@@ -111,11 +111,15 @@ end
 local function follow(kpis, st, rt, now, items, failed)
   local rs = st.runs[rt]
   local first = rs == nil
-  local list = newest(kpis, rt, rs)
+  -- a name is resolved once (get-id-by-name), then kept with the state
+  local rt_id = rs and rs.id
+  if not rt_id then rt_id = kpis.is_uuid(rt) and rt:lower() or kpis.run_test_id(rt) end
+  local list = newest(kpis, rt_id, rs)
   if first then
     rs = { known = {}, order = {}, first_seen = now }
     st.runs[rt] = rs
   end
+  rs.id = rt_id
   local subject = subject_of(rt)
   local ended = {} -- executions that are over now, newest first
 
