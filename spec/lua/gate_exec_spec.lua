@@ -19,19 +19,8 @@ local function past(rt_index, i)
   return string.format("c0ffee00-0000-4000-9%03x-%012x", rt_index, i)
 end
 
-local function buffer()
-  local b = { parts = {} }
-  function b:write(...)
-    for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
-    return self
-  end
-  function b:flush() end
-  function b:text() return table.concat(self.parts) end
-  return b
-end
-
 local function call(mod, args, envv)
-  local out, err = buffer(), buffer()
+  local out, err = util.buffer(), util.buffer()
   envv = envv or {}
   local code = mod.run(args, {}, {
     stdout = out, stderr = err, color = false, progress_tty = false,
@@ -46,16 +35,11 @@ local function json_of(text)
 end
 
 describe("gate and run over executions that move", function()
+  local t = util.sandbox({ speed = 1 })
+  setup(t.start)
+  teardown(t.stop)
   local sandbox, kpis
-  setup(function()
-    kpis = require "kpiwatch.kpis"
-    sandbox = require("kpiwatch.sandbox").start_for_client({ speed = 1 })
-    kpis._set_flags({ retries = 0 })
-  end)
-  teardown(function()
-    if sandbox then sandbox:close() end
-    kpis._reset()
-  end)
+  before_each(function() sandbox, kpis = t.sandbox, t.kpis end)
 
   it("a gate started while the execution runs exits 1 naming the status, in every report", function()
     local id = kpis.run(NIGHTLY)

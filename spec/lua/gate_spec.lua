@@ -6,20 +6,10 @@ local gate = require "kpiwatch.cli.gate"
 local report = require "kpiwatch.gate_report"
 local fixtures = require "kpiwatch.fixtures"
 local jsonlib = require "kpiwatch.json"
+local util = require "spec.lua.helpers.util"
 
 local ids = fixtures.ids
 local VOICE, EMPTY, FAILING = ids["voice-outbound"], ids["empty"], ids["failing"]
-
-local function buffer()
-  local b = { parts = {} }
-  function b:write(...)
-    for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
-    return self
-  end
-  function b:flush() end
-  function b:text() return table.concat(self.parts) end
-  return b
-end
 
 local function tmpname()
   local p = os.tmpname()
@@ -36,7 +26,7 @@ end
 
 -- run(args [, env overrides]) -> code, stdout text, stderr text
 local function run(args, envv)
-  local out, err = buffer(), buffer()
+  local out, err = util.buffer(), util.buffer()
   envv = envv or {}
   local code = gate.run(args, {}, {
     stdout = out, stderr = err, color = false,
@@ -262,16 +252,9 @@ describe("gate reports", function()
 end)
 
 describe("kpiwatch gate against the sandbox", function()
-  local sandbox, kpis
-  setup(function()
-    kpis = require "kpiwatch.kpis"
-    sandbox = require("kpiwatch.sandbox").start_for_client()
-    kpis._set_flags({ retries = 0 })
-  end)
-  teardown(function()
-    if sandbox then sandbox:close() end
-    kpis._reset()
-  end)
+  local sb = util.sandbox()
+  setup(sb.start)
+  teardown(sb.stop)
 
   it("exits 0 when every check passes", function()
     local code, out = run({ VOICE, "--require", "avg_score>=0.8", "--require", "eval:task_completion >= 90" })

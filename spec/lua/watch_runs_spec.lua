@@ -112,21 +112,12 @@ describe("alert.watch{run_tests=} against the sandbox", function()
   local fixtures = require "kpiwatch.fixtures"
   local task = require "kpiwatch.task"
   local util = require "spec.lua.helpers.util"
-  local sandbox, kpis
   local requests = {}
-
-  setup(function()
-    kpis = require "kpiwatch.kpis"
-    sandbox = require("kpiwatch.sandbox").start_for_client({
-      speed = 20,
-      log = function(line) requests[#requests + 1] = line end,
-    })
-    kpis._set_flags({ retries = 0 })
-  end)
-  teardown(function()
-    if sandbox then sandbox:close() end
-    kpis._reset()
-  end)
+  local t = util.sandbox({ speed = 20, log = function(line) requests[#requests + 1] = line end })
+  setup(t.start)
+  teardown(t.stop)
+  local sandbox, kpis
+  before_each(function() sandbox, kpis = t.sandbox, t.kpis end)
 
   local function kpi_gets(id)
     local n = 0
