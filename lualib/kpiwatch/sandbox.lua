@@ -394,15 +394,14 @@ function M._drop_response(req)
   return { status = 502, headers = { ["content-type"] = "text/plain", connection = "close" }, body = "" }
 end
 
--- start_for_client([opts]): start the sandbox on a free loopback port and
--- point kpis at it (as command-line flags: a script's kpis.configure still
--- wins). Used by `kpiwatch --sandbox`. Returns the sandbox object.
+-- start_for_client([opts]): start the sandbox on a free loopback port in
+-- the background, for this process's own client: point it there with
+-- kpis.point_at(sb) (`kpiwatch --sandbox` does). Returns the sandbox object.
 function M.start_for_client(opts)
   local o = { background = true }
   for k, v in pairs(opts or {}) do o[k] = v end
   local sb = M.start(o)
   M.current = sb -- the REPL completes fixture ids from it
-  require("kpiwatch.kpis")._set_flags { base_url = sb.url, api_key = sb.api_key, secret_key = sb.secret_key }
   return sb
 end
 
