@@ -54,6 +54,7 @@ local sb = require("kpiwatch.sandbox").start_for_client({
   speed = 1,
   log = function() requests = requests + 1 end,
 })
+kpis.point_at(sb)
 
 local reg = alert.registry()
 reg:configure { quiet = true, exit_on_lost = false }

@@ -53,6 +53,7 @@ function M.sandbox(opts)
   function t.start()
     t.kpis = require "kpiwatch.kpis"
     t.sandbox = require("kpiwatch.sandbox").start_for_client(opts)
+    t.kpis.point_at(t.sandbox)
     t.kpis._set_flags({ retries = 0 })
   end
   function t.stop()
