@@ -204,3 +204,37 @@ describe("gate and run over executions that move", function()
     assert.equal(before, #kpis.executions(NIGHTLY))
   end)
 end)
+
+describe("kpiwatch.cli.progress", function()
+  local progress = require "kpiwatch.cli.progress"
+
+  it("plain lines, one per status change, server text escaped", function()
+    local b, t = util.buffer(), 0
+    local p = progress.new({ id = "X", stream = b, tty = false, now = function() return t end })
+    p:update({ status = "pending" })
+    t = 3
+    p:update({ status = "pending" }) -- no change, no line
+    t = 65
+    p:update({ status = "running" })
+    t = 3700
+    p:update({ status = "failed", error_reason = "boom\27[2J\nagain" })
+    p:finish()
+    assert.equal("kpiwatch: execution X: pending (0s)\n"
+      .. "kpiwatch: execution X: running (1m 05s)\n"
+      .. "kpiwatch: execution X: failed (1h 01m 40s): boom?[2J again\n", b:text())
+  end)
+
+  it("one line rewritten in place on a terminal, ended by a newline", function()
+    local b, t = util.buffer(), 0
+    local p = progress.new({ id = "X", stream = b, tty = true, now = function() return t end })
+    p:update("pending")
+    t = 2
+    p:update("completed")
+    p:finish()
+    local text = b:text()
+    assert.equal("\r\27[K", text:sub(1, 4))
+    assert.is_nil(text:sub(1, -2):find("\n"))
+    assert.equal("\n", text:sub(-1))
+    assert.matches("completed %(2s%)\n$", text)
+  end)
+end)
