@@ -13,7 +13,8 @@
 -- client-side rate limit, error classification and the verbose trace.
 --
 -- Configuration, strongest first: the opts of a call, kpis.configure{},
--- command-line flags (kpis._set_flags, called by the CLI and by --sandbox),
+-- command-line flags (kpis._set_flags from the CLI's flags, kpis.point_at
+-- for --sandbox),
 -- the environment (FI_BASE_URL, FI_API_KEY, FI_SECRET_KEY, KPIWATCH_CA_FILE),
 -- the defaults.
 --
@@ -24,6 +25,7 @@
 
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
+local retry = require "kpiwatch.http_retry"
 
 local M = {}
 
@@ -33,6 +35,29 @@ local math_type = math.type
 
 local http -- loaded on first request, so `kpis.configure` costs no libcurl
 local task
+
+---@brief
+--- The Future AGI KPIs client (global `kpis`): `GET
+--- {base}/simulate/test-executions/{id}/kpis/` with the headers `X-Api-Key` and
+--- `X-Secret-Key`, retries with exponential backoff and full jitter
+--- (`random(0, min(backoff_max, backoff*2^(n-1)))`; after a 429, `Retry-After`
+--- plus `random(0, backoff)`), an optional client-side rate limit, and errors
+--- classified by kind.
+---
+--- Configuration, strongest first: the options of a call, `kpis.configure{}`,
+--- the command line (`--base-url`, `--timeout`, `--retries`, `--verbose`,
+--- `--allow-insecure-http`, `--ca-file`, `--sandbox`), the environment
+--- (`FI_BASE_URL`, `FI_API_KEY`, `FI_SECRET_KEY`, `KPIWATCH_CA_FILE`), the defaults.
+---
+--- Errors are `kpiwatch.errors` objects with `kind`, `message`, `status`,
+--- `execution_id`, `retryable`, `attempts`, `url` (sometimes `code`,
+--- `retry_after`); `tostring(e)` is `kind: message`. Kinds: `invalid_id` and
+--- `config` (no request sent); `auth` (401, 403), `not_found` (404), `request`
+--- (other 4xx), `protocol` (a 2xx body that is not a KPIs object, or a redirect),
+--- not retried; `rate_limited` (429), `server` (5xx), `timeout`, `connect`,
+--- `network`, retried; `dns`, `tls`, `too_large`, not retried. Secrets only go
+--- into request headers and are removed from every message, trace and printed
+--- config, even when a server echoes them.
 
 local function lazy()
   if not http then
@@ -79,6 +104,24 @@ local function string_opt(name)
   end
 end
 
+--- The options of `kpis.configure` and of a call. Unknown or wrongly typed
+--- options raise a `config` error.
+---@class kpiwatch.kpis.Options
+---@field base_url? string API base URL (default `https://api.futureagi.com`)
+---@field api_key? string default `$FI_API_KEY`
+---@field secret_key? string default `$FI_SECRET_KEY`
+---@field timeout? number seconds per attempt (default 30; at most 1000000)
+---@field retries? integer retries after the first attempt (default 3; at most 100)
+---@field backoff? number base of one backoff delay, seconds (default 0.5)
+---@field backoff_max? number cap of one backoff delay, seconds (default 10)
+---@field max_retry_after? number a 429 asking to wait longer is not retried (default 60)
+---@field rate? string|false client-side limit for the whole script: `"100/min"`, `"10/s"`, `"5000/hour"` (default off)
+---@field burst? integer requests the rate limit lets through at once (default 1)
+---@field concurrency? integer workers of `get_all` and `each` (default 16)
+---@field allow_insecure_http? boolean allow plain `http://` to a host other than loopback (default false)
+---@field verbose? boolean trace each request on stderr, never a secret (default false)
+---@field ca_file? string CA certificates (PEM) to verify TLS with (default `$KPIWATCH_CA_FILE`)
+---@field headers? table<string, string> extra request headers
 local CHECK = {
   base_url = string_opt("base_url"),
   api_key = string_opt("api_key"),
@@ -131,7 +174,7 @@ local CHECK = {
 local SECRET = { api_key = true, secret_key = true }
 
 local configured = {} -- kpis.configure
-local flags = {}      -- kpis._set_flags (command line, --sandbox)
+local flags = {}      -- kpis._set_flags, kpis.point_at (command line, --sandbox)
 local generation = 0  -- bumped on every change, invalidates the cache
 local cache           -- resolved options without call opts
 
@@ -148,6 +191,9 @@ end
 
 -- configure{...}: options for every later call of this script. A key set
 -- to false (rate, verbose, ...) turns it off; kpis.configure{} keeps all.
+--- Set options for the whole script (they override the command line and the
+--- environment). Setting an option to `false` turns it off.
+---@param t kpiwatch.kpis.Options
 function M.configure(t)
   if type(t) ~= "table" then
     errors.raise("config", "kpis.configure: expected a table of options, got " .. type(t))
@@ -159,13 +205,29 @@ function M.configure(t)
 end
 
 -- _set_flags{base_url=, timeout=, retries=, verbose=, allow_insecure_http=,
--- api_key=, secret_key=}: the command line's layer (the CLI and --sandbox
--- call it). Merges into what was set before.
+-- api_key=, secret_key=}: the command line's layer (the CLI calls it).
+-- Merges into what was set before.
 function M._set_flags(t)
   check_opts(t, "command line")
   for k, v in pairs(t) do flags[k] = (CHECK[k](v)) end
   generation = generation + 1
   cache = nil
+end
+
+--- Points the client at an API endpoint (the sandbox, a proxy, a staging
+--- server): its base URL and credentials, in the command line's layer (the
+--- CLI calls it for --sandbox), so a script's kpis.configure still wins.
+---@param endpoint table {base_url= (or url=), api_key=, secret_key=}: a sandbox
+--- object (kpiwatch.sandbox.start) has these fields
+function M.point_at(endpoint)
+  if type(endpoint) ~= "table" then
+    errors.raise("config", "kpis.point_at: expected {base_url=, api_key=, secret_key=}, got "
+      .. type(endpoint))
+  end
+  local t = { base_url = endpoint.base_url or endpoint.url, api_key = endpoint.api_key,
+    secret_key = endpoint.secret_key }
+  if t.base_url == nil then errors.raise("config", "kpis.point_at: base_url is required") end
+  M._set_flags(t)
 end
 
 -- Forget every configure and flag (tests).
@@ -333,6 +395,10 @@ local ConfigView = {
   end,
 }
 
+--- The effective options; `tostring` of the result prints them, with the
+--- secrets as `[REDACTED]`.
+---@param opts? kpiwatch.kpis.Options options of a call to overlay
+---@return table config
 function M.config(opts)
   local c = resolve(opts)
   local out = {}
@@ -380,8 +446,14 @@ local function check_id(id)
   end
   return id:lower()
 end
+--- Check an execution id without a request.
+---@param id string
+---@return string id the id in lower case; raises `invalid_id` when it is not a UUID
 M.check_id = check_id
 
+--- Whether `id` is a canonical UUID string.
+---@param id any
+---@return boolean
 function M.is_uuid(id)
   return type(id) == "string" and #id == 36 and id:match(UUID) ~= nil
 end
@@ -397,72 +469,6 @@ end
 M._now = now
 
 M._random = math.random -- replaceable in tests
-
--- ---- Retry-After ------------------------------------------------------------------
-
-local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
-  sep = 9, oct = 10, nov = 11, dec = 12 }
-local DAYS_IN = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-
--- Days since 1970-01-01 of a civil date (proleptic Gregorian).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = y // 400
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
-local function epoch_of(y, mon, d, hh, mm, ss)
-  local m = MONTHS[mon:lower()]
-  y, d, hh, mm, ss = tonumber(y), tonumber(d), tonumber(hh), tonumber(mm), tonumber(ss)
-  if not m or not y or d < 1 or d > DAYS_IN[m] or hh > 23 or mm > 59 or ss > 60 then return nil end
-  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
-end
-
--- _parse_retry_after(value [, now]) -> seconds to wait (>= 0), or nil when
--- value is neither delay-seconds nor an HTTP date (RFC 9110 10.2.3: the
--- IMF-fixdate, and the obsolete RFC 850 and asctime forms). now is the
--- current time in seconds since the epoch (os.time() by default). Never
--- raises, whatever the input.
-function M._parse_retry_after(value, now_epoch)
-  if type(value) == "number" then
-    if value ~= value or value < 0 then return nil end
-    return math.min(value, 2 ^ 31)
-  end
-  if type(value) ~= "string" or #value > 128 then return nil end
-  local v = value:match("^[ \t]*(.-)[ \t]*$")
-  local digits = v:match("^%d+$") or v:match("^%d+%.%d+$")
-  if digits then
-    -- tonumber reads any length (a float past 2^63), leading zeros too
-    return math.min(tonumber(v), 2 ^ 31)
-  end
-  local t
-  -- IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-  local d, mon, y, hh, mm, ss = v:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-  if d then
-    t = epoch_of(y, mon, d, hh, mm, ss)
-  else
-    -- RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
-    d, mon, y, hh, mm, ss = v:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-    if d then
-      y = tonumber(y)
-      y = y < 70 and 2000 + y or 1900 + y
-      t = epoch_of(y, mon, d, hh, mm, ss)
-    else
-      -- asctime: Sun Nov  6 08:49:37 1994
-      mon, d, hh, mm, ss, y = v:match("^%a%a%a (%a%a%a) ([ %d]%d) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
-      if mon then t = epoch_of(y, mon, d:gsub(" ", ""), hh, mm, ss) end
-    end
-  end
-  if not t then return nil end
-  now_epoch = now_epoch or os.time()
-  local wait = t - now_epoch
-  if wait < 0 then wait = 0 end
-  return wait
-end
 
 -- ---- rate limit -----------------------------------------------------------------
 
@@ -500,8 +506,6 @@ local function acquire(c)
 end
 
 -- ---- errors ------------------------------------------------------------------------
-
-local RETRYABLE_TRANSPORT = { timeout = true, connect = true, network = true }
 
 local REASON = {
   [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
@@ -549,9 +553,9 @@ local function classify(resp, c, id, url)
   elseif status == 429 then
     kind = "rate_limited"
     fields.retryable = true
-    local ra = M._parse_retry_after(resp.headers and resp.headers["retry-after"])
+    local ra = retry.parse_retry_after(resp.headers and resp.headers["retry-after"])
     if ra == nil and decoded and type(decoded.result) == "table" then
-      ra = M._parse_retry_after(decoded.result.retry_after)
+      ra = retry.parse_retry_after(decoded.result.retry_after)
     end
     fields.retry_after = ra
     msg = msg or http_text
@@ -575,6 +579,8 @@ end
 
 M._stats = { requests = 0, retries = 0, failures = 0 }
 
+--- Counters of this process's KPIs requests.
+---@return {requests: integer, retries: integer, failures: integer} stats
 function M.stats()
   local s = M._stats
   return { requests = s.requests, retries = s.retries, failures = s.failures }
@@ -649,7 +655,7 @@ local function send(c, req, id, parse, not_idempotent)
           or " (the system's CA bundle does not trust this server's certificate; for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
       end
       err = errors.new(resp.kind, msg, {
-        url = url, execution_id = id, retryable = RETRYABLE_TRANSPORT[resp.kind] == true,
+        url = url, execution_id = id, retryable = retry.retryable(resp.kind),
         curl_code = resp.curl_code,
       })
     else
@@ -694,7 +700,12 @@ function M._client(opts)
   return c
 end
 
--- get(id [, opts]) -> KPI object; raises an error object (see README).
+--- Fetch the KPIs of one execution, retrying what is worth a retry. Many
+--- `kpis.get` calls in separate tasks run concurrently.
+---@async
+---@param id string the execution id (a UUID)
+---@param opts? kpiwatch.kpis.Options options of this call
+---@return kpiwatch.Kpi kpi raises an error object when the request fails
 function M.get(id, opts)
   local c = prepare(resolve(opts))
   id = check_id(id)
@@ -757,20 +768,27 @@ local function run_workers(ids, opts, deliver)
   if fatal then error(fatal[1], 0) end
 end
 
--- get_all(ids [, opts]) -> array, in the order of ids, of KPI objects and
--- error objects (one per failed id). opts: concurrency (default 16) and any
--- option of kpis.get. A missing credential raises at once (it is not a
--- per-id failure); so does a cancellation of the calling task.
+--- Fetch many executions with `concurrency` workers. A missing credential, or
+--- the cancellation of the calling task, raises at once.
+---@async
+---@param ids string[]
+---@param opts? kpiwatch.kpis.Options `concurrency` (default 16) and any option of `kpis.get`
+---@return (kpiwatch.Kpi|table)[] results in the order of `ids`: a KPI object, or an error object in place of each failure
 function M.get_all(ids, opts)
   local results = {}
   run_workers(ids, opts, function(r, _, i) results[i] = r end)
   return results
 end
 
--- each(ids, fn [, opts]) -> fetched, failed: like get_all, but hands each
--- result to fn(result, id, index) as it arrives (in completion order) and
--- keeps none, so memory stays flat over any number of ids. An error raised
--- by fn stops the run and is raised here.
+--- Like `get_all`, but hands each result to `fn` as it arrives (in completion
+--- order) and keeps none, so memory stays flat over any number of ids. An
+--- error raised by `fn` stops the run and is raised here.
+---@async
+---@param ids string[]
+---@param fn fun(result: kpiwatch.Kpi|table, id: string, index: integer) result is a KPI object or an error object
+---@param opts? kpiwatch.kpis.Options
+---@return integer fetched
+---@return integer failed
 function M.each(ids, fn, opts)
   if type(fn) ~= "function" then
     errors.raise("config", "kpis.each: expected a function, got " .. type(fn))
@@ -783,10 +801,14 @@ function M.each(ids, fn, opts)
   return fetched, failed
 end
 
--- compare(a, b): print two executions side by side with deltas (KPI
--- objects or ids; ids are fetched concurrently). See kpiwatch.compare.
+--- Print two executions side by side: the core fields, the voice and/or text
+--- fields, the union of their eval metrics and the number of scenario graphs,
+--- with the delta `b - a` and its relative change. Ids are fetched concurrently.
+---@async
+---@param a kpiwatch.Kpi|string a KPI object or an execution id
+---@param b kpiwatch.Kpi|string
 function M.compare(a, b)
-  return require("kpiwatch.compare").compare(a, b)
+  return require("kpiwatch.compare").compare(a, b, M.get)
 end
 
 -- Executions, run tests, runs and calls (kpis.execution, executions,

@@ -56,11 +56,23 @@ Reports:
         --format, stdout keeps the default (text or github).
   The github format prints ::error annotations and appends the markdown
   table to $GITHUB_STEP_SUMMARY when that is set.
+  --comment github|gitlab
+        also post the markdown report as one sticky comment on the pull
+        (merge) request of the CI job, edited in place on the next run.
+        GitHub: GITHUB_TOKEN, GITHUB_REPOSITORY, GITHUB_EVENT_PATH,
+        GITHUB_API_URL. GitLab: CI_API_V4_URL, CI_PROJECT_ID,
+        CI_MERGE_REQUEST_IID, GITLAB_TOKEN or CI_JOB_TOKEN. Outside a
+        pull request, or when posting fails, a note on stderr: the exit
+        status is the gate's either way.
+  --comment-key KEY
+        which sticky comment (default gate): one comment per key, for
+        several gates in one pull request.
 
 Connection options go before 'gate' (they are accepted after it too):
   --sandbox, --base-url URL, --timeout S, --retries N, --ca-file FILE,
-  --verbose.
+  --verbose, --allow-insecure-http.
   Credentials: FI_API_KEY and FI_SECRET_KEY.
+  -h, --help shows this help.
 
 Exit status:
   0  every check passed (skipped checks allowed)
@@ -68,6 +80,7 @@ Exit status:
   2  usage error: bad requirement, invalid id, no credentials, bad rules
      file, nothing to check, report file not writable
   3  the API or the network failed (after retries)
+  129, 130, 143  stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM
 
 Examples:
   kpiwatch gate "$EXECUTION_ID" --require 'avg_score>=0.8' --require 'eval:*>=70'
@@ -92,7 +105,7 @@ end
 local VALUE_OPTS = {
   ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
   ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
-  ["--output"] = "output",
+  ["--output"] = "output", ["--comment"] = "comment", ["--comment-key"] = "comment_key",
   -- global flags, also accepted after `gate`
   ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
   ["--ca-file"] = "ca_file",
@@ -197,41 +210,28 @@ end
 -- never called: the gate evaluates, it does not notify). A rule that fires
 -- is a failed check, a rule without data is no data.
 --
--- A rules file that ended the process or ran a check of its own while
--- loading (os.exit after alert.check, as a standalone alert script does)
--- would decide the exit status behind the gate's back, possibly 0: both
--- are refused while the files load.
+-- A rules file cannot end the process nor run a check of its own (os.exit,
+-- alert.check and alert.watch raise there: see kpiwatch.alert.rules_file),
+-- so only the gate decides the exit status.
 local function load_rules(paths)
   local ok_mod, alert = pcall(require, "kpiwatch.alert")
   if not ok_mod then
     return nil, "cannot load the alert rule engine: " .. tostring(alert)
   end
   local sets = {}
-  local function refuse(what)
-    return function()
-      errors.raise("config", "a rules file for --rules must only define rules: it called " .. what
-        .. " (keep alert.check/os.exit in the script that uses the rules)")
+  for _, path in ipairs(paths) do
+    local lok, reg = pcall(alert.load_rules, path)
+    if not lok then
+      local msg = errors.is(reg) and reg.message or tostring(reg)
+      if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
+      if not msg:find("rules file", 1, true) then msg = "rules file " .. msg end
+      return nil, msg
     end
+    if type(reg) ~= "table" or type(reg.evaluate) ~= "function" then
+      return nil, "rules file " .. path .. ": the alert engine returned no rule registry"
+    end
+    sets[#sets + 1] = { path = path, registry = reg }
   end
-  local saved = { exit = os.exit, check = alert.check, watch = alert.watch }
-  os.exit, alert.check, alert.watch = refuse("os.exit"), refuse("alert.check"), refuse("alert.watch")
-  local ok, err = pcall(function()
-    for _, path in ipairs(paths) do
-      local lok, reg = pcall(alert.load_rules, path)
-      if not lok then
-        local msg = errors.is(reg) and reg.message or tostring(reg)
-        if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
-        if not msg:find("rules file", 1, true) then msg = "rules file " .. msg end
-        error(msg, 0)
-      end
-      if type(reg) ~= "table" or type(reg.evaluate) ~= "function" then
-        error("rules file " .. path .. ": the alert engine returned no rule registry", 0)
-      end
-      sets[#sets + 1] = { path = path, registry = reg }
-    end
-  end)
-  os.exit, alert.check, alert.watch = saved.exit, saved.check, saved.watch
-  if not ok then return nil, tostring(err) end
   return { alert = alert, sets = sets }
 end
 M._load_rules = load_rules
@@ -373,6 +373,7 @@ end
 
 -- Emit every report. Returns the exit code adjusted for write failures.
 local function emit(result, stdout_format, files, code, env)
+  if env.comment then require("kpiwatch.comment").report(env.comment, result, env) end
   local color = stdout_format == "text" and env.color
   local out = env.stdout
   if result.verdict == "error" then
@@ -470,6 +471,12 @@ function M.run(args, flags, env)
   end
   local stdout_format, files = M.plan_outputs(o, env.getenv)
   if not stdout_format then return usage_error(files) end
+  if o.comment then
+    if o.comment ~= "github" and o.comment ~= "gitlab" then
+      return usage_error("unknown --comment '" .. show(o.comment) .. "' (github or gitlab)")
+    end
+    env.comment = { provider = o.comment, key = o.comment_key }
+  end
   if env.color == nil then env.color = stdout_format == "text" and is_tty() and not env.getenv("NO_COLOR") end
 
   local kpis = require "kpiwatch.kpis"
@@ -500,6 +507,7 @@ function M.run(args, flags, env)
   end
   if o.flags.sandbox and not flags.sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
+    kpis.point_at(sandbox)
   end
 
   local clock = now_fn()
