@@ -12,6 +12,7 @@
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
 local kpis = require "kpiwatch.kpis"
+local json = require "kpiwatch.json"
 
 local M = {}
 
@@ -341,7 +342,8 @@ function M.executions(run_test, opts)
   local q = {}
   if want then q[#q + 1] = "status=" .. escape_component(want) end
   if page_size then q[#q + 1] = "limit=" .. page_size end
-  local url = c.base .. "/simulate/run-tests/" .. rid .. "/executions/" .. (#q > 0 and ("?" .. table.concat(q, "&")) or "")
+  local url = c.base .. "/simulate/run-tests/" .. rid .. "/executions/"
+    .. (#q > 0 and ("?" .. table.concat(q, "&")) or "")
   local out = setmetatable({}, List)
   each_page(c, url, nil, function(body)
     for _, item in ipairs(body.results) do
@@ -474,7 +476,9 @@ local WAIT_OPTS = { timeout = true, every = true, max_every = true, on_status = 
 --- Raises an error of kind `timeout` (fields execution_id,
 --- execution_status) when `timeout` seconds pass first.
 ---@param id string the execution's UUID
----@param opts table|nil timeout (s, default 1800; false: none), every (first interval, default 2), max_every (default 30), on_status = fn(execution, previous_status, elapsed_seconds) on each change, client (client options)
+---@param opts table|nil timeout (s, default 1800; false: none), every (first interval, default 2),
+--- max_every (default 30), on_status = fn(execution, previous_status, elapsed_seconds) on each
+--- change, client (client options)
 ---@return kpiwatch.Execution
 function M.wait(id, opts)
   opts = opts or {}

@@ -710,7 +710,8 @@ function M.get(id, opts)
   local c = prepare(resolve(opts))
   id = check_id(id)
   lazy()
-  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout, ca_file = c.ca_file }
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
+    ca_file = c.ca_file }
   return send(c, req, id, model.parse)
 end
 

@@ -18,6 +18,8 @@
 
 local M = {}
 
+local json = require "kpiwatch.json"
+
 local format, floor = string.format, math.floor
 
 -- Seconds of each phase at speed 1.
@@ -335,7 +337,8 @@ function M.new(opts)
         { role = "user", content = "Yes, speaking." },
       } or json.array(),
       ended_reason = over and ENDED[c.failed and "failed" or "completed"] or json.null,
-      call_summary = connected and "The agent walked the customer through " .. c.scenario.name:lower() .. "." or json.null,
+      call_summary = connected and ("The agent walked the customer through " .. c.scenario.name:lower() .. ".")
+        or json.null,
       duration = connected and c.duration or 0,
       avg_agent_latency = connected and c.latency or json.null,
       user_interruption_count = connected and c.interruptions or json.null,
@@ -358,7 +361,9 @@ function M.new(opts)
   local function positive_int(v, name, default)
     if v == nil then return default end
     local n = math.tointeger(tonumber(v))
-    if not n or n < 1 or not tostring(v):match("^%d+$") then return nil, name .. ": a positive integer is required." end
+    if not n or n < 1 or not tostring(v):match("^%d+$") then
+      return nil, name .. ": a positive integer is required."
+    end
     return n
   end
 
@@ -493,7 +498,9 @@ function M.new(opts)
     if body.simulator_id ~= nil and body.simulator_id ~= json.null and type(body.simulator_id) ~= "string" then
       return bad("simulator_id: expected a string.")
     end
-    if body.select_all ~= nil and type(body.select_all) ~= "boolean" then return bad("select_all: expected a boolean.") end
+    if body.select_all ~= nil and type(body.select_all) ~= "boolean" then
+      return bad("select_all: expected a boolean.")
+    end
     if #chosen == 0 then chosen = rt.scenarios end
     local ncalls = math.max(1, math.ceil(rt.next_run.calls * #chosen / #rt.scenarios))
     local e = start(rt, ncalls)

@@ -10,6 +10,7 @@ local fixtures = require "kpiwatch.fixtures"
 local errors = require "kpiwatch.errors"
 local http = require "kpiwatch.http"
 local task = require "kpiwatch.task"
+local json = require "kpiwatch.json"
 
 local NIGHTLY = fixtures.run_test_ids["nightly"]
 local BROKEN = fixtures.run_test_ids["broken-agent"]
@@ -59,7 +60,8 @@ describe("executions client", function()
       assert.is_true(e:is_done())
       assert.are.equal("failed", e:raw().status)
       assert.are.equal(1, #log)
-      assert.truthy(log[1]:find("/simulate/test%-executions/c0ffee00%-0000%-4000%-9001%-000000000014/%?limit=1 %-> 200"))
+      assert.truthy(log[1]:find(
+        "/simulate/test%-executions/c0ffee00%-0000%-4000%-9001%-000000000014/%?limit=1 %-> 200"))
       assert.truthy(tostring(e):find("failed", 1, true))
     end)
 
