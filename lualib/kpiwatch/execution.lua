@@ -162,7 +162,8 @@ end
 local List = { __name = "kpiwatch.execution.list" }
 
 -- A cell of server text for a table: control characters neutralised and
--- cut short by model.format_value, the one formatter of server values.
+-- cut short by model.format_value, the one formatter of server values
+-- today (house-lua-b's shared escape of server text replaces it when it lands).
 local function cell(v)
   if v == nil then return "-" end
   return model.format_value(v)
@@ -343,20 +344,27 @@ function M.execution(id, opts)
   return new_execution(body, id)
 end
 
-local EXECUTIONS_OPTS = { status = true, limit = true, page_size = true }
+local EXECUTIONS_OPTS = { status = true, limit = true, page_size = true, stop = true }
 
 --- Every execution of a run test, newest first, following `next` across
 --- all pages. A page that fails raises: the list is never truncated
 --- silently. The result prints as a table (tostring).
 ---@async
 ---@param run_test string a run test id or name
----@param opts table|nil status (one status, any casing), limit (at most this many, the newest), page_size (per request, default 10), and client options
+---@param opts table|nil status (one status, any casing), limit (at most this many, the newest),
+--- stop = fn(execution) -> true to end the list before that execution (no further page is read:
+--- a watch stops at the first execution it knows), page_size (per request, default 10), and
+--- client options
 ---@return kpiwatch.Execution[]
 function M.executions(run_test, opts)
   local o, client = split(opts, EXECUTIONS_OPTS, "kpis.executions")
   local limit = o.limit and positive_integer(o.limit, "kpis.executions: limit")
   local page_size = o.page_size and positive_integer(o.page_size, "kpis.executions: page_size")
   if not page_size and limit and limit < 10 then page_size = limit end
+  local stop = o.stop
+  if stop ~= nil and type(stop) ~= "function" then
+    errors.raise("config", "kpis.executions: stop must be a function")
+  end
   local want = o.status ~= nil and norm_status(o.status)
   if o.status ~= nil and (not want or want == "") then
     errors.raise("config", "kpis.executions: status must be a status name such as \"completed\"")
@@ -373,6 +381,7 @@ function M.executions(run_test, opts)
     for _, item in ipairs(body.results) do
       if type(item) == "table" then
         local e = new_execution(item)
+        if stop and stop(e) then return true end
         -- the server's filter may want another casing: filter here as well
         if not want or e.status == want then out[#out + 1] = e end
         if limit and #out >= limit then return true end
@@ -426,8 +435,9 @@ local RUN_OPTS = { scenario_ids = true, simulator_id = true, select_all = true }
 
 --- Start a run of a run test (POST /simulate/run-tests/{id}/execute/).
 --- Not idempotent: retried only when the request provably never reached
---- the server (connect or DNS failure), never after a timeout or an HTTP
---- error, so one call never starts two runs.
+--- the server (a connect failure; DNS failures are never retried), never
+--- after a timeout, a dropped connection or an HTTP error, so one call
+--- never starts two runs.
 ---@async
 ---@param run_test string a run test id or name
 ---@param opts table|nil scenario_ids (list of UUIDs), simulator_id, select_all, and client options

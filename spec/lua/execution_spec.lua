@@ -100,6 +100,12 @@ describe("executions client", function()
       local three = kpis.executions("nightly", { limit = 3 })
       assert.are.equal(3, #three)
       assert.are.equal(1, sb:count(NIGHTLY)) -- one page of 3
+      -- stop: the first page only, up to a known execution
+      sb:reset_counts()
+      local known = sb.runs.executions(NIGHTLY)[4]
+      local newer = kpis.executions(NIGHTLY, { stop = function(e) return e.id == known end })
+      assert.are.equal(3, #newer)
+      assert.are.equal(1, sb:count(NIGHTLY))
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { limit = 0 }) end).kind)
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { bogus = 1 }) end).kind)
     end)
