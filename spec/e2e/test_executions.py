@@ -111,6 +111,20 @@ class ExecutionsCommand(unittest.TestCase):
         finally:
             sb.close()
 
+    def test_sandbox_speed_runs_an_execution_to_its_end(self):
+        sb = Sandbox("--speed", "50")
+        try:
+            r = run("-e", 'local e = kpis.wait(kpis.run("broken-agent"), {every = 0.02}) '
+                    'print(e.status, e.error_reason)', env=sb.env, timeout=20)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "failed\tAgent websocket closed: connection refused (code 1006)\n")
+        finally:
+            sb.close()
+        for bad in ("0", "-1", "x", "inf"):
+            r = run("sandbox", "--speed", bad)
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("--speed needs a positive number", r.stderr)
+
     def test_usage_and_api_errors(self):
         for args in (["executions"], ["executions", "a", "b"], ["executions", "nightly", "--limit", "0"],
                      ["executions", "nightly", "--status", "done"], ["executions", "nightly", "--bogus"]):
