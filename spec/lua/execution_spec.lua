@@ -252,6 +252,13 @@ describe("executions client", function()
       -- 0.02, 0.03, 0.045, 0.0675, 0.1, 0.1 ...: about 8 polls, not 25
       local n = sb:count(id)
       assert.is_true(n >= 5 and n <= 10, "polls: " .. n)
+      -- the client's rate limit spaces the polls too
+      kpis.configure { rate = "20/s" }
+      sb:reset_counts()
+      pcall(kpis.wait, id, { every = 0.001, max_every = 0.001, timeout = 0.3 })
+      n = sb:count(id)
+      assert.is_true(n >= 4 and n <= 8, "polls under 20/s in 0.3 s: " .. n)
+      kpis.configure { rate = false }
       sb:inject(id, "429:0.3")
       local t0 = task.now()
       pcall(kpis.wait, id, { every = 0.01, timeout = 0.01 })
