@@ -161,7 +161,7 @@ class AtThePrompt(unittest.TestCase):
         return s
 
     def test_executions_print_as_a_table_and_wait_shows_progress(self):
-        s = self.start(20)
+        s = self.start(5)  # 1.4 s from pending to completed: no poll misses a status
         s.line("kpis.executions('nightly', {limit = 2})")
         s.expect(r"ID +STATUS +START +CALLS +SUCCESS +ERROR\r\n")
         s.expect(r"c0ffee00-0000-4000-9001-000000000022  completed")
