@@ -615,8 +615,9 @@ local UNSENT = { connect = true, dns = true }
 -- answer, or raises an error object. The client's one request loop: rate
 -- limit, retries with backoff and Retry-After, error classification,
 -- redaction and the verbose trace. parse returns a value, or nil and an
--- error object. A request that is not idempotent is retried only after a
--- connect or DNS failure, never after a timeout or an HTTP error.
+-- error object. A request that is not idempotent keeps its retries only for
+-- failures that prove it never reached the server (UNSENT), never after a
+-- timeout, a broken connection or an HTTP error.
 local function send(c, req, id, parse, not_idempotent)
   lazy()
   http_request = http_request or http.request
