@@ -607,15 +607,17 @@ end
 local http_request
 
 -- Transport failures that prove the request never reached the server: the
--- only ones a request that is not idempotent (POST execute) may retry.
+-- only ones a request that is not idempotent (POST execute) may retry (and
+-- only those http_retry deems worth a retry: connect, not dns).
 local UNSENT = { connect = true, dns = true }
 
 -- send(c, req, id, parse [, not_idempotent]) -> parse(body, id) of the 2xx
 -- answer, or raises an error object. The client's one request loop: rate
 -- limit, retries with backoff and Retry-After, error classification,
 -- redaction and the verbose trace. parse returns a value, or nil and an
--- error object. A request that is not idempotent is retried only after a
--- connect or DNS failure, never after a timeout or an HTTP error.
+-- error object. A request that is not idempotent keeps its retries only for
+-- failures that prove it never reached the server (UNSENT), never after a
+-- timeout, a broken connection or an HTTP error.
 local function send(c, req, id, parse, not_idempotent)
   lazy()
   http_request = http_request or http.request
@@ -710,7 +712,8 @@ function M.get(id, opts)
   local c = prepare(resolve(opts))
   id = check_id(id)
   lazy()
-  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout, ca_file = c.ca_file }
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
+    ca_file = c.ca_file }
   return send(c, req, id, model.parse)
 end
 

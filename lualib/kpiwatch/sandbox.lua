@@ -166,7 +166,7 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   speed (1): how fast the run tests' executions move through their
 --     phases (kpiwatch.sandbox_runs.PHASES, about 7 s at 1; 50 -> 0.14 s)
 --- Start a sandbox server.
----@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1, speed 1
+---@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}

@@ -6,6 +6,7 @@ local sandbox = require "kpiwatch.sandbox"
 local fixtures = require "kpiwatch.fixtures"
 local http = require "kpiwatch.http"
 local task = require "kpiwatch.task"
+local json = require "kpiwatch.json"
 
 local NIGHTLY = fixtures.run_test_ids["nightly"]
 local BROKEN = fixtures.run_test_ids["broken-agent"]
@@ -192,7 +193,7 @@ describe("sandbox run tests", function()
     local evk = get_json("/simulate/test-executions/" .. id .. "/kpis/")
     assert.are.equal(12, evk.calls_attempted)
     sb.runs.set_speed(40)
-    seen = follow(id, "completed")
+    follow(id, "completed")
     local final = get_json("/simulate/test-executions/" .. id .. "/kpis/")
     assert.are.equal(12, final.total_calls)
     assert.are.equal(0.9, final.avg_score)

@@ -78,12 +78,12 @@ return function(args)
         opts.api_key = value(a)
       elseif a == "--secret-key" then
         opts.secret_key = value(a)
-      elseif a == "--list" then
-        opts.list = true
       elseif a == "--speed" then
         local x = tonumber(value(a))
         if not x or not (x > 0 and x < math.huge) then error({ usage = "--speed needs a positive number" }) end
         opts.speed = x
+      elseif a == "--list" then
+        opts.list = true
       elseif a == "--log" or a == "--verbose" then
         opts.log = true
       elseif a == "-h" or a == "--help" then
@@ -108,6 +108,11 @@ return function(args)
     local out = { string.format("%-36s  %-18s %s", "ID", "NAME", "WHAT IT IS FOR") }
     for _, f in ipairs(fixtures.list()) do
       out[#out + 1] = string.format("%-36s  %-18s %s", f.id, f.name, f.description or "")
+    end
+    out[#out + 1] = ""
+    out[#out + 1] = string.format("%-36s  %-18s %s", "RUN TEST", "NAME", "WHAT IT IS FOR")
+    for _, rt in ipairs(fixtures.run_tests()) do
+      out[#out + 1] = string.format("%-36s  %-18s %s", rt.id, rt.name, rt.description)
     end
     io.stdout:write(table.concat(out, "\n"), "\n")
     return 0
