@@ -88,19 +88,14 @@ local function prune(rs)
   rs.order = keep
 end
 
--- The newest executions, newest first, down to the first one known to be
--- over (included), at most MAX_LIST. A whole page of unknown ones asks for
--- more (when the run test is already followed).
+-- The newest executions, newest first, down to (without) the first one
+-- known to be over: pages are read only while they hold nothing known, at
+-- most MAX_LIST executions. A run test seen for the first time: its
+-- first page.
 local function newest(kpis, rt, rs)
-  local limit = M.PAGE
-  while true do
-    local list = kpis.executions(rt, { limit = limit })
-    if not rs or #list < limit or limit >= M.MAX_LIST then return list end
-    for _, e in ipairs(list) do
-      if TERMINAL[rs.known[e.id]] then return list end
-    end
-    limit = math.min(limit * 5, M.MAX_LIST)
-  end
+  if not rs then return kpis.executions(rt, { limit = M.PAGE, page_size = M.PAGE }) end
+  return kpis.executions(rt, { limit = M.MAX_LIST, page_size = M.PAGE,
+    stop = function(e) return TERMINAL[rs.known[e.id]] == true end })
 end
 
 local function subject_of(rt)
@@ -138,7 +133,7 @@ local function follow(kpis, st, rt, now, items, failed)
         rs.last_completed = t0 and (t0 + (tonumber(e.duration) or 0)) or now
       end
     elseif TERMINAL[was] then
-      break -- everything older is known
+      break -- everything older is known (the list stops before it anyway)
     elseif TERMINAL[e.status] then
       over(e)
     else
