@@ -19,16 +19,10 @@ local format, concat = string.format, table.concat
 local math_type = math.type
 
 local function fetch(a, b)
-  local kpis = require "kpiwatch.kpis"
-  local need_a, need_b = not model.is(a), not model.is(b)
-  if not need_a and not need_b then return a, b end
-  local task = require "kpiwatch.task"
-  local ta = need_a and task.spawn(kpis.get, a)
-  local tb = need_b and task.spawn(kpis.get, b)
-  local ok, r = pcall(task.all, { ta or task.spawn(function() return a end),
-    tb or task.spawn(function() return b end) })
-  if not ok then error(r, 0) end
-  return r[1][1], r[2][1]
+  if model.is(a) and model.is(b) then return a, b end
+  local list, failed = require("kpiwatch.kpis").resolve({ a, b }, { concurrency = 2 })
+  if failed[1] then error(failed[1].error, 0) end
+  return list[1], list[2]
 end
 
 local function agent_type(k)

@@ -33,6 +33,7 @@
 local errors = require "kpiwatch.errors"
 local json = require "kpiwatch.json"
 local template = require "kpiwatch.template"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -63,10 +64,8 @@ end
 
 local function opt_type(name, opts, field, want)
   local v = opts[field]
-  if v ~= nil and type(v) ~= want then
-    error(errors.new("config", format("notify.%s: '%s' must be a %s, got %s", name, field, want,
-      type(v))), 3)
-  end
+  local ok, err = pcall(shared.validate, "notify." .. name, { [field] = { v, want, true } })
+  if not ok then error(err, 3) end
   return v
 end
 
@@ -163,8 +162,7 @@ local function snippet(body, url)
     local path = tail:match("^([^?#]*)")
     if path and #path > 1 then body = replace_plain(body, path, "/[REDACTED]") end
   end
-  local s = body:sub(1, 120):gsub("%s+", " "):gsub("[%c\128-\255]", "?")
-  return ": " .. s
+  return ": " .. shared.clean(body:sub(1, 120))
 end
 
 local RETRYABLE_KINDS = { timeout = true, connect = true, network = true, dns = true }
@@ -229,8 +227,10 @@ end
 
 -- ---- Slack ----------------------------------------------------------------------
 
+-- Slack mrkdwn of event text (server text among it): one clean line,
+-- then Slack's three control characters escaped.
 local function mrkdwn(s)
-  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+  return (shared.clean(s, 2000):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
 end
 
 local function fmt(v)
@@ -246,14 +246,13 @@ function M.format_text(event)
   parts[#parts + 1] = tostring(event.summary or "")
   local s = concat(parts, " ")
   if event.execution_id then s = s .. " (execution " .. tostring(event.execution_id) .. ")" end
-  return (s:gsub("[%c]", " "))
+  return shared.clean(s)
 end
 
 function M.slack_payload(event, opts)
   opts = opts or {}
   local firing = event.state ~= "resolved"
-  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.rule)
-  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.rule), 150)
   local fields = {
     { type = "mrkdwn", text = "*Severity*\n" .. mrkdwn(event.severity or "-") },
     { type = "mrkdwn", text = "*Execution*\n`" .. mrkdwn(event.execution_id or "-") .. "`" },
@@ -347,7 +346,22 @@ function M.exec(spec)
     local process = require "kpiwatch._process"
     local lookup = event_lookup(event)
     local args = {}
-    for i, a in ipairs(argv) do args[i] = i == 1 and a or template.render(a, lookup) end
+    local dashdash = false
+    for i, a in ipairs(argv) do
+      if i == 1 then
+        args[i] = a
+      else
+        args[i] = template.render(a, lookup)
+        -- an option from the event's data (a metric or a value the server
+        -- chose) could change what the program does: only after "--"
+        if not dashdash and args[i]:sub(1, 1) == "-" and a:sub(1, 1) ~= "-" then
+          errors.raise("exec", format("%s: argument %d would start with '-' from the event's data "
+            .. "('%s'); put \"--\" before it in argv, or read the event from stdin", argv[1], i - 1,
+            shared.clean(args[i], 40)), { retryable = false })
+        end
+        if a == "--" then dashdash = true end
+      end
+    end
     local vars, order = {}, {}
     for _, kv in ipairs(process.environ()) do
       local k = kv:match("^([^=]*)=")
