@@ -311,6 +311,11 @@ local function redact(c, s)
   return shared.redact(s, secrets_of(c))
 end
 
+-- _secrets() -> the credentials in effect (for the REPL's history filter).
+function M._secrets()
+  return secrets_of(resolve())
+end
+
 -- config() -> the effective options, with the secrets shown as
 -- "[REDACTED]" (or nil when unset); prints as one line.
 local ConfigView = {
