@@ -764,14 +764,8 @@ function M.resolve(x, opts)
     if type(v) == "string" then
       ids[#ids + 1] = v
       pos[#ids] = i
-    elseif model.is(v) then
-      out[i] = v
     elseif type(v) == "table" then
-      local id = rawget(v, "execution_id")
-      if type(id) ~= "string" and type(rawget(v, "result")) == "table" then
-        id = rawget(rawget(v, "result"), "execution_id")
-      end
-      out[i] = model.new(v, type(id) == "string" and id or nil)
+      out[i] = model.as_kpi(v)
     else
       errors.raise("config", "expected an execution id or a KPI object, got " .. type(v))
     end

@@ -233,6 +233,20 @@ function M.is(v)
   return getmetatable(v) == KPI
 end
 
+---A KPI object for x: x itself when it is one, a decoded body (enveloped
+---or not) as a KPI object with the execution_id it carries, nil otherwise.
+---@param x any
+---@return table|nil
+function M.as_kpi(x)
+  if getmetatable(x) == KPI then return x end
+  if type(x) ~= "table" then return nil end
+  local id = rawget(x, "execution_id")
+  if type(id) ~= "string" and type(rawget(x, "result")) == "table" then
+    id = rawget(rawget(x, "result"), "execution_id")
+  end
+  return M.new(x, type(id) == "string" and id or nil)
+end
+
 -- get(k, name) -> value, present
 -- Works on a KPI object or a plain table (decoded body, enveloped or not),
 -- so rule engines treat both alike. value is nil for null; present tells a

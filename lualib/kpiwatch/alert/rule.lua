@@ -6,6 +6,7 @@ local model = require "kpiwatch.model"
 local errors = require "kpiwatch.errors"
 local template = require "kpiwatch.template"
 local report = require "kpiwatch.alert.report"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -30,21 +31,10 @@ M.internal(report.SOURCE)
 -- The first stack frame outside the alert package: "file:line" of the
 -- user's call.
 local function caller_where()
-  for level = 2, 30 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if not INTERNAL[info.source] and info.what ~= "C" then
-      return info.short_src .. ":" .. tostring(info.currentline or "?"), info.short_src,
-        info.currentline
-    end
-  end
-  return "?", nil, nil
+  return shared.caller_where(INTERNAL)
 end
 
-local function config_error(where, msg, fields)
-  fields = fields or {}
-  error(errors.new("config", (where and where ~= "?" and (where .. ": ") or "") .. msg, fields), 0)
-end
+local config_error = shared.config_error
 
 local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600, d = 86400, w = 604800 }
 
@@ -70,26 +60,9 @@ local function parse_duration(v)
 end
 M.parse_duration = parse_duration
 
--- glob ("customer_*", "is_?olite") -> anchored Lua pattern
-local function glob_pattern(g)
-  local p = g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".")
-  return "^" .. p .. "$"
-end
-M.glob_pattern = glob_pattern
-
-local function is_glob(s)
-  return s:find("[%*%?]") ~= nil
-end
-
 local function as_kpi(x)
-  if model.is(x) then return x end
-  if type(x) == "table" then
-    local id = rawget(x, "execution_id")
-    if type(id) ~= "string" and type(rawget(x, "result")) == "table" then
-      id = rawget(rawget(x, "result"), "execution_id")
-    end
-    return model.new(x, type(id) == "string" and id or nil)
-  end
+  local k = model.as_kpi(x)
+  if k then return k end
   error(errors.new("config", "expected a KPI object or table, got " .. type(x)), 0)
 end
 
@@ -102,12 +75,13 @@ end
 
 -- ---- rules ----------------------------------------------------------------------
 
+local W = shared.OP_WORDS
 local OPS = {
-  below = { word = "below", test = function(v, t) return v < t end },
-  above = { word = "above", test = function(v, t) return v > t end },
-  at_most = { word = "at most", test = function(v, t) return v <= t end },
-  at_least = { word = "at least", test = function(v, t) return v >= t end },
-  equals = { word = "equal to", test = function(v, t) return v == t end },
+  below = { word = W.below, test = function(v, t) return v < t end },
+  above = { word = W.above, test = function(v, t) return v > t end },
+  at_most = { word = W.at_most, test = function(v, t) return v <= t end },
+  at_least = { word = W.at_least, test = function(v, t) return v >= t end },
+  equals = { word = W.equals, test = function(v, t) return v == t end },
 }
 local OP_NAMES = { "below", "above", "at_most", "at_least", "equals" }
 
@@ -172,7 +146,10 @@ local function compile(spec, where)
     r.kind, r.evals = "evals", list
     r.eval_patterns = {}
     for i, g in ipairs(list) do
-      r.eval_patterns[i] = { glob = g, pattern = glob_pattern(g), wild = is_glob(g) }
+      -- kpiwatch.shared's globs: the semantics of `--require 'eval:GLOB'`
+      local toks, gerr = shared.glob_compile(g)
+      if not toks then bad("evals", gerr) end
+      r.eval_patterns[i] = { glob = g, toks = toks, wild = shared.is_glob(g) }
     end
   end
   if spec.when ~= nil then
@@ -311,8 +288,39 @@ end
 local function tracking_view(k)
   local missing, seen = {}, {}
   local methods = model.methods
+  local function note(name, present)
+    if not seen[name] then
+      seen[name] = true
+      missing[#missing + 1] = { name = name, present = present }
+    end
+  end
+  -- k:evals() and k:eval(name) read evals: one that is missing or null is
+  -- a missing field too (k:evals().tone on an execution without a tone eval)
+  local tracked = {
+    evals = function()
+      local t = model.evals(k)
+      return setmetatable(t, { __index = function(_, name)
+        if type(name) == "string" then
+          local _, present = model.eval(k, name)
+          note(name, present)
+        end
+        return nil
+      end })
+    end,
+    eval = function(_, name)
+      local v, present = model.eval(k, name)
+      if v == nil then note(tostring(name), present) end
+      return v, present
+    end,
+    get = function(_, name)
+      local v, present = model.get(k, name)
+      if v == nil then note(tostring(name), present) end
+      return v, present
+    end,
+  }
   local view = setmetatable({}, {
     __index = function(_, name)
+      if tracked[name] then return tracked[name] end
       if methods[name] then
         return function(_, ...) return methods[name](k, ...) end
       end
@@ -321,10 +329,7 @@ local function tracking_view(k)
         local ev, epresent = nil, false
         if type(name) == "string" then ev, epresent = model.eval(k, name) end
         if ev ~= nil then return ev end
-        if not seen[name] then
-          seen[name] = true
-          missing[#missing + 1] = { name = name, present = present or epresent }
-        end
+        note(name, present or epresent)
       end
       return v
     end,
@@ -376,7 +381,7 @@ local function eval_rule(r, k)
     for _, p in ipairs(r.eval_patterns) do
       local any = false
       for _, name in ipairs(names) do
-        if name:match(p.pattern) then
+        if shared.glob_match(p.toks, name) then
           any = true
           if not matched[name] then
             matched[name] = true
