@@ -190,6 +190,18 @@ describe("notify.slack", function()
     assert.are.equal("context", p.blocks[4].type)
   end)
 
+  it("neutralises control characters of server text in every field (issue 13 item 5)", function()
+    local p = notify.slack_payload(event { metric = "avg_x\n\27[31mred", execution_id = "e\r\n*bold*",
+      summary = "s\27]8;;http://x\7", rule = "r\194\155" })
+    local text = json.encode(p)
+    assert.is_nil(text:find("\\u001b", 1, true), text)
+    assert.is_nil(text:find("\\r", 1, true), text)
+    assert.is_nil(text:find("\194\155", 1, true), text)
+    assert.are.equal("*Metric*\navg_x ?[31mred", p.blocks[3].fields[3].text)
+    assert.are.equal("*Execution*\n`e  *bold*`", p.blocks[3].fields[2].text)
+    assert.are.equal("Firing: r?", p.blocks[1].text.text)
+  end)
+
   it("says resolved for a resolved event", function()
     local p = notify.slack_payload(event { state = "resolved", resolved_at = "2024-05-01T11:00:00Z" })
     assert.are.equal("Resolved: score-floor", p.blocks[1].text.text)
