@@ -5,6 +5,14 @@
 --
 -- Pure Lua, no state, nothing loaded at require time but kpiwatch.errors.
 
+---@brief
+--- The helpers every module uses, each idea once (as Neovim's vim/shared.lua):
+--- globs (`evals = "..."` of alert rules and `--require 'eval:...'`), the one
+--- escape for text from the server (`clean`), invalid UTF-8 replacement,
+--- secret redaction, the value formatter, backoff, the operator words,
+--- option validation (like vim.validate) and the position of a
+--- configuration error.
+
 local errors = require "kpiwatch.errors"
 
 local M = {}
@@ -137,6 +145,7 @@ end
 ---@param v any
 ---@param secrets string[]|nil
 ---@return any
+---@param depth? integer  internal
 function M.redact_tree(v, secrets, depth)
   if type(v) == "string" then return M.redact(v, secrets) end
   if type(v) ~= "table" or not secrets or #secrets == 0 or (depth or 0) > 100 then return v end

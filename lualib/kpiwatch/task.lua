@@ -46,6 +46,7 @@ end
 ---cancelled (Ctrl-C, task.cancel), the workers are cancelled too and the
 ---cancellation is raised. Items never started (after an error or a
 ---cancellation) have no result.
+---@async
 ---@param list any[]
 ---@param fn fun(item: any, i: integer): any
 ---@param opts? {concurrency?: integer}  default 8
