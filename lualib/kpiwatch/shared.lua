@@ -423,14 +423,19 @@ end
 
 ---Validate options, like vim.validate: `spec` maps a name to
 ---`{value, want, optional}` where want is a type name ("string",
----"number", "table", "function", "boolean", "integer", "callable"), a list
----of them, or a function(value) -> ok, expected-text. A wrong value raises
----a `config` error "<prefix>: '<name>' must be <expected>, got <type>"
----positioned at `where` when given.
+---"number" (not NaN), "table", "function", "boolean", "integer",
+---"callable"), a list of them, or a function(value) -> ok, expected-text. A
+---wrong value raises a `config` error "<prefix>: '<name>' must be
+---<expected>, got <type>" (names checked in sorted order), positioned by
+---config_error. `how` is the position "file:line", or a table {where=,
+---noun= (a word before the name, e.g. "field"), fields= (copied into the
+---error besides `field`)}.
 ---@param prefix string  e.g. "notify.webhook"
 ---@param spec table<string, {[1]: any, [2]: string|string[]|function, [3]: boolean?}>
----@param where? string  "file:line"
-function M.validate(prefix, spec, where)
+---@param how? string|{where?: string, noun?: string, fields?: table}
+function M.validate(prefix, spec, how)
+  local where, noun, extra = how, nil, nil
+  if type(how) == "table" then where, noun, extra = how.where, how.noun, how.fields end
   local names = {}
   for name in pairs(spec) do names[#names + 1] = name end
   table.sort(names)
@@ -456,8 +461,10 @@ function M.validate(prefix, spec, where)
         expected = "a " .. concat(list, " or a ")
       end
       if not ok then
-        M.config_error(where, format("%s: '%s' must be %s, got %s", prefix, name, expected, type_text(v)),
-          { field = name })
+        local fields = { field = name }
+        for k, x in pairs(extra or {}) do fields[k] = x end
+        M.config_error(where, format("%s: %s'%s' must be %s, got %s", prefix, noun and (noun .. " ") or "",
+          name, expected, type_text(v)), fields)
       end
     end
   end

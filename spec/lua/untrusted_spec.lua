@@ -7,7 +7,6 @@
 local http = require "kpiwatch.http"
 local kpis = require "kpiwatch.kpis"
 local model = require "kpiwatch.model"
-local gate = require "kpiwatch.cli.gate"
 local jsonlib = require "kpiwatch.json"
 
 local API_KEY, SECRET_KEY = "kw-test-api-key-4711", "kw-test-secret-key-0815"
@@ -31,22 +30,7 @@ local BODIES = {
 local HOSTILE, BAD_UTF8, ECHO = "00000000-0000-4000-8000-000000000001",
   "00000000-0000-4000-8000-000000000002", "00000000-0000-4000-8000-000000000003"
 
-local function buffer()
-  local b = { parts = {} }
-  function b:write(...)
-    for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
-    return self
-  end
-  function b:flush() end
-  function b:text() return table.concat(self.parts) end
-  return b
-end
-
-local function run(args)
-  local out, err = buffer(), buffer()
-  local code = gate.run(args, {}, { stdout = out, stderr = err, color = false, getenv = function() return nil end })
-  return code, out:text(), err:text()
-end
+local run = require("spec.lua.helpers.util").run_gate
 
 local function tmpname()
   local p = os.tmpname()

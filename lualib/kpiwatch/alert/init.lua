@@ -143,11 +143,7 @@ function Registry:hook(name, fn)
   if type(name) ~= "string" or name == "" then
     config_error(where, "alert.hook: the name must be a non-empty string, got " .. type(name))
   end
-  local callable = type(fn) == "function"
-    or (type(fn) == "table" and getmetatable(fn) and getmetatable(fn).__call ~= nil)
-  if not callable then
-    config_error(where, "alert.hook '" .. name .. "': expected a function(event), got " .. type(fn))
-  end
+  require("kpiwatch.shared").validate("alert.hook '" .. name .. "'", { fn = { fn, "callable" } }, where)
   if not self.hooks[name] then self.hook_names[#self.hook_names + 1] = name end
   self.hooks[name] = fn
   return fn

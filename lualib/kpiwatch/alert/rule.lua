@@ -107,6 +107,20 @@ local function compile(spec, where)
     config_error(where, label .. ": field '" .. field .. "' " .. msg,
       { field = field, rule = type(name) == "string" and name or nil })
   end
+  -- a string or a list of strings (non-empty ones, at least one, if strict)
+  local function string_list(field, v, entry, whole, strict)
+    if type(v) == "string" then return { v } end
+    if type(v) ~= "table" then bad(field, "must be " .. whole .. ", got " .. type(v)) end
+    local list = {}
+    for i, x in ipairs(v) do
+      if type(x) ~= "string" or (strict and x == "") then
+        bad(field, "entry " .. i .. " must be " .. entry .. ", got " .. type(x))
+      end
+      list[i] = x
+    end
+    if strict and #list == 0 then bad(field, "must not be an empty list") end
+    return list
+  end
   for k in pairs(spec) do
     if type(k) ~= "string" or not RULE_FIELDS[k] then
       config_error(where, label .. ": unknown field '" .. tostring(k) .. "'",
@@ -128,21 +142,7 @@ local function compile(spec, where)
   end
   if spec.evals ~= nil then
     kinds = kinds + 1
-    local ev = spec.evals
-    local list = {}
-    if type(ev) == "string" then
-      list[1] = ev
-    elseif type(ev) == "table" then
-      for i, v in ipairs(ev) do
-        if type(v) ~= "string" or v == "" then
-          bad("evals", "entry " .. i .. " must be a string, got " .. type(v))
-        end
-        list[i] = v
-      end
-      if #list == 0 then bad("evals", "must not be an empty list") end
-    else
-      bad("evals", "must be \"*\", a glob or a list of eval names, got " .. type(ev))
-    end
+    local list = string_list("evals", spec.evals, "a string", "\"*\", a glob or a list of eval names", true)
     r.kind, r.evals = "evals", list
     r.eval_patterns = {}
     for i, g in ipairs(list) do
@@ -155,9 +155,8 @@ local function compile(spec, where)
   if spec.when ~= nil then
     kinds = kinds + 1
     local w = spec.when
-    local callable = type(w) == "function"
-      or (type(w) == "table" and getmetatable(w) and getmetatable(w).__call ~= nil)
-    if not callable then bad("when", "must be a function(k), got " .. type(w)) end
+    shared.validate(label, { when = { w, "callable" } },
+      { where = where, noun = "field", fields = { rule = type(name) == "string" and name or nil } })
     r.kind, r.when = "when", w
   end
   if kinds == 0 then
@@ -192,24 +191,19 @@ local function compile(spec, where)
       { field = "below", rule = name })
   end
 
-  if spec.severity ~= nil and type(spec.severity) ~= "string" then
-    bad("severity", "must be a string, got " .. type(spec.severity))
-  end
+  shared.validate(label, {
+    severity = { spec.severity, "string", true },
+    description = { spec.description, "string", true },
+    summary = { spec.summary, "string", true },
+    resolved_summary = { spec.resolved_summary, "string", true },
+    labels = { spec.labels, "table", true },
+  }, { where = where, noun = "field", fields = { rule = type(name) == "string" and name or nil } })
   r.severity = spec.severity or "warning"
-  if spec.description ~= nil and type(spec.description) ~= "string" then
-    bad("description", "must be a string, got " .. type(spec.description))
-  end
   r.description = spec.description
-  for _, f in ipairs({ "summary", "resolved_summary" }) do
-    if spec[f] ~= nil and type(spec[f]) ~= "string" then
-      bad(f, "must be a string template, got " .. type(spec[f]))
-    end
-  end
   r.summary, r.resolved_summary = spec.summary, spec.resolved_summary
 
   r.labels = {}
   if spec.labels ~= nil then
-    if type(spec.labels) ~= "table" then bad("labels", "must be a table, got " .. type(spec.labels)) end
     for k, v in pairs(spec.labels) do
       if type(k) ~= "string" then bad("labels", "keys must be strings, got " .. type(k)) end
       if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
@@ -220,21 +214,7 @@ local function compile(spec, where)
   end
 
   if spec.notify ~= nil then
-    local n = spec.notify
-    local list = {}
-    if type(n) == "string" then
-      list[1] = n
-    elseif type(n) == "table" then
-      for i, v in ipairs(n) do
-        if type(v) ~= "string" then
-          bad("notify", "entry " .. i .. " must be a hook name (string), got " .. type(v))
-        end
-        list[i] = v
-      end
-    else
-      bad("notify", "must be a hook name or a list of hook names, got " .. type(n))
-    end
-    r.notify = list
+    r.notify = string_list("notify", spec.notify, "a hook name (string)", "a hook name or a list of hook names")
   end
 
   if spec.no_data ~= nil then

@@ -32,4 +32,27 @@ function M.exists(path)
   return false
 end
 
+-- run_gate(args [, env]) -> exit code, stdout text, stderr text of
+-- `kpiwatch gate` run in this process (kpiwatch.cli.gate), its output
+-- captured; env overrides the environment it sees (nothing else is set).
+function M.run_gate(args, env)
+  local function buffer()
+    local b = { parts = {} }
+    function b:write(...)
+      for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
+      return self
+    end
+    function b:flush() end
+    function b:text() return table.concat(self.parts) end
+    return b
+  end
+  local out, err = buffer(), buffer()
+  env = env or {}
+  local code = require("kpiwatch.cli.gate").run(args, {}, {
+    stdout = out, stderr = err, color = false,
+    getenv = function(k) if env[k] ~= nil then return env[k] or nil end return nil end,
+  })
+  return code, out:text(), err:text()
+end
+
 return M
