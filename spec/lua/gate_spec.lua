@@ -10,18 +10,7 @@ local jsonlib = require "kpiwatch.json"
 local ids = fixtures.ids
 local VOICE, EMPTY, FAILING = ids["voice-outbound"], ids["empty"], ids["failing"]
 
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local tmpname, read = require("spec.lua.helpers.util").tmpname, require("spec.lua.helpers.util").read
 
 -- run(args [, env overrides]) -> code, stdout text, stderr text
 local run = require("spec.lua.helpers.util").run_gate

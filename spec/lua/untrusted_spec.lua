@@ -32,16 +32,12 @@ local HOSTILE, BAD_UTF8, ECHO = "00000000-0000-4000-8000-000000000001",
 
 local run = require("spec.lua.helpers.util").run_gate
 
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local util = require "spec.lua.helpers.util"
+local tmpname = util.tmpname
 
+-- a report's text; the file is removed
 local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
+  local s = util.read(path)
   os.remove(path)
   return s
 end

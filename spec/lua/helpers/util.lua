@@ -20,6 +20,21 @@ function M.tmpdir()
   return p
 end
 
+-- tmpname() -> a fresh path that does not exist yet
+function M.tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+-- read(path) -> the file's bytes
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 function M.write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
