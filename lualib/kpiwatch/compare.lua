@@ -14,6 +14,7 @@
 local M = {}
 
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 
 local format, concat = string.format, table.concat
 local math_type = math.type
@@ -128,10 +129,12 @@ M.cell, M.delta_text = cell, delta_text
 function M.format_rows(rows, a, b)
   local wname, wa, wb = 0, 1, 1
   local cells = {}
+  local names = {}
   for i, r in ipairs(rows) do
     local c = { cell(r.a, r.a_present), cell(r.b, r.b_present), delta_text(r) }
     cells[i] = c
-    if #r.name > wname then wname = #r.name end
+    names[i] = shared.clean(r.name, 60) -- eval names come from the server
+    if #names[i] > wname then wname = #names[i] end
     if #c[1] > wa then wa = #c[1] end
     if #c[2] > wb then wb = #c[2] end
   end
@@ -150,7 +153,7 @@ function M.format_rows(rows, a, b)
       section = r.section
       lines[#lines + 1] = section
     end
-    line(r.name, cells[i][1], cells[i][2], cells[i][3])
+    line(names[i], cells[i][1], cells[i][2], cells[i][3])
   end
   return concat(lines, "\n")
 end

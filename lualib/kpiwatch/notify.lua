@@ -77,6 +77,12 @@ local function opt_type(name, opts, field, want)
   return v
 end
 
+-- An event as JSON that strict parsers accept: invalid UTF-8 (from a
+-- decoded body that did not go through model.parse) replaced.
+local function encode_event(event)
+  return json.encode(shared.fix_utf8_tree(event))
+end
+
 -- ---- Standard Webhooks ----------------------------------------------------------
 
 -- decode_secret("whsec_<base64>" | "<base64>") -> key bytes, or nil, message.
@@ -244,7 +250,7 @@ function M.webhook(opts)
   end
   return function(event)
     if not url then disabled("notify.webhook", " (is its URL variable, e.g. ALERT_WEBHOOK_URL, set?)") end
-    local body = json.encode(event)
+    local body = encode_event(event)
     local id = tostring(event.id)
     local ts = tostring(os.time())
     local headers = {}
@@ -435,7 +441,7 @@ function M.exec(spec)
     local envlist = {}
     for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
     local r, _, msg = process.spawn(args, {
-      stdin = json.encode(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
+      stdin = encode_event(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
     })
     if not r then errors.raise("exec", msg, { retryable = false }) end
     if r.timed_out then
@@ -466,7 +472,7 @@ function M.file(opts)
   local sync = opts.sync ~= false
   return function(event)
     local fs = require "kpiwatch._fs"
-    local ok, _, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
+    local ok, _, msg = fs.append(path, encode_event(event) .. "\n", mode, sync)
     if not ok then errors.raise("io", msg, { retryable = true }) end
   end
 end
@@ -479,7 +485,7 @@ function M.stdout(opts)
   local f = opts.format or "text"
   if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
   return function(event)
-    local line = f == "json" and json.encode(event) or M.format_text(event)
+    local line = f == "json" and encode_event(event) or M.format_text(event)
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end

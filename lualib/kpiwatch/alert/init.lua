@@ -45,8 +45,9 @@ local kpi_list = rule.kpi_list
 
 rule.internal(debug.getinfo(1, "S").source)
 
+-- msg quotes server text (metric names, reasons): one clean line
 local function warn(msg)
-  io.stderr:write("kpiwatch: alert: ", msg, "\n")
+  io.stderr:write("kpiwatch: alert: ", require("kpiwatch.shared").clean(msg), "\n")
   io.stderr:flush()
 end
 
