@@ -53,18 +53,21 @@ local function C()
   return crypto
 end
 
+-- A configuration error names the user's line (the first frame outside
+-- this file), as alert's do: "rules.lua:12: notify.webhook: ...".
+local SELF = { [debug.getinfo(1, "S").source] = true }
 local function config_error(msg)
-  error(errors.new("config", msg), 3)
+  shared.config_error(shared.caller_where(SELF), msg)
 end
 
 local function check_opts(name, opts, allowed)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(errors.new("config", "notify." .. name .. ": expected a table of options, got " .. type(opts)), 3)
+    config_error("notify." .. name .. ": expected a table of options, got " .. type(opts))
   end
   for k in pairs(opts) do
     if type(k) ~= "number" and not allowed[k] then
-      error(errors.new("config", "notify." .. name .. ": unknown option '" .. tostring(k) .. "'"), 3)
+      config_error("notify." .. name .. ": unknown option '" .. tostring(k) .. "'")
     end
   end
   return opts
@@ -72,8 +75,7 @@ end
 
 local function opt_type(name, opts, field, want)
   local v = opts[field]
-  local ok, err = pcall(shared.validate, "notify." .. name, { [field] = { v, want, true } })
-  if not ok then error(err, 3) end
+  shared.validate("notify." .. name, { [field] = { v, want, true } }, shared.caller_where(SELF))
   return v
 end
 

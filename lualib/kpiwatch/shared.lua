@@ -443,7 +443,7 @@ function M.validate(prefix, spec, how)
     local s = spec[name]
     local v, want, optional = s[1], s[2], s[3]
     if not (v == nil and optional) then
-      local ok, expected = false, nil
+      local ok, expected
       if type(want) == "function" then
         ok, expected = want(v)
         expected = expected or "valid"

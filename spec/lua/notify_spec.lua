@@ -178,6 +178,13 @@ describe("notify.webhook", function()
     assert.are.equal("config", e.kind)
     assert.is_nil(tostring(e):find("hunter2", 1, true))
     assert.has_error(function() notify.webhook { url = "x", sekret = "y" } end)
+    -- a configuration error names the line that made the hook
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, e = pcall(function() return notify.slack { url = 42 } end)
+    assert.is_false(ok)
+    assert.are.equal("config", e.kind)
+    assert.are.equal("notify_spec.lua:" .. line .. ": notify.slack: 'url' must be a string, got number",
+      e.message:match("[^/]*$"))
   end)
 end)
 
