@@ -1,14 +1,16 @@
 -- kpiwatch.compare: two executions side by side, with deltas (kpis.compare).
 --
---   compare(a, b)  prints the comparison, returns nothing
---   text(a, b)     -> the same text
---   rows(a, b)     -> list of {section=, name=, a=, b=, delta=} (a, b: values,
---                     nil when null or absent; delta: b - a when both are numbers)
+--   compare(a, b, get)  prints the comparison, returns nothing
+--   text(a, b, get)     -> the same text
+--   rows(a, b, get)     -> list of {section=, name=, a=, b=, delta=} (a, b: values,
+--                          nil when null or absent; delta: b - a when both are numbers)
 --
--- a and b are KPI objects or execution ids; ids are fetched with kpis.get,
--- both at once. Rows: the documented core fields, the voice and/or text
--- fields (by the agent types of the two), the union of the dynamic eval
--- metrics, and the number of scenario graphs. The delta is b - a, with the
+-- a and b are KPI objects or execution ids; ids are fetched with get (the
+-- client's kpis.get: kpis.compare passes it), both at once. This module does
+-- not know the client: kpis requires it, never the other way round.
+-- Rows: the documented core fields, the voice and/or text fields (by the
+-- agent types of the two), the union of the dynamic eval metrics, and the
+-- number of scenario graphs. The delta is b - a, with the
 -- relative change when a is not 0.
 
 local M = {}
@@ -19,11 +21,18 @@ local shared = require "kpiwatch.shared"
 local format, concat = string.format, table.concat
 local math_type = math.type
 
-local function fetch(a, b)
+local function fetch(a, b, get)
   if model.is(a) and model.is(b) then return a, b end
-  local list, failed = require("kpiwatch.kpis").resolve({ a, b }, { concurrency = 2 })
-  if failed[1] then error(failed[1].error, 0) end
-  return list[1], list[2]
+  if type(get) ~= "function" then
+    require("kpiwatch.errors").raise("config",
+      "compare: an execution id needs a fetch function (kpis.compare passes kpis.get)")
+  end
+  -- both at once (the one worker pool); the first error is raised
+  local r = require("kpiwatch.task").map({ a, b }, function(x)
+    if model.is(x) then return x end
+    return get(x)
+  end, { concurrency = 2 })
+  return r[1], r[2]
 end
 
 local function agent_type(k)
@@ -50,8 +59,8 @@ local function count_graphs(k)
   return n
 end
 
-function M.rows(a, b)
-  a, b = fetch(a, b)
+function M.rows(a, b, get)
+  a, b = fetch(a, b, get)
   local rows = {}
   local function row(section, name, va, vb, pa, pb)
     local r = { section = section, name = name, a = va, b = vb, a_present = pa, b_present = pb }
@@ -158,12 +167,13 @@ function M.format_rows(rows, a, b)
   return concat(lines, "\n")
 end
 
-function M.text(a, b)
-  return M.format_rows(M.rows(a, b))
+function M.text(a, b, get)
+  return M.format_rows(M.rows(a, b, get))
 end
 
-function M.compare(a, b)
-  io.stdout:write(M.text(a, b), "\n")
+function M.compare(a, b, get)
+  io.stdout:write(M.text(a, b, get), "
+")
   io.stdout:flush()
 end
 
