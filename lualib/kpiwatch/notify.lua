@@ -155,18 +155,7 @@ local function redact(url)
 end
 M._redact = redact
 
--- Replace every plain occurrence of needle in s.
-local function replace_plain(s, needle, with)
-  local out, i = {}, 1
-  while true do
-    local a, b = s:find(needle, i, true)
-    if not a then break end
-    out[#out + 1] = s:sub(i, a - 1) .. with
-    i = b + 1
-  end
-  out[#out + 1] = s:sub(i)
-  return table.concat(out)
-end
+local replace_plain = shared.replace_plain
 
 -- The start of a response body for an error message. A receiver may echo
 -- the request's path ("Cannot POST /services/T0/B0/token"), and a hook

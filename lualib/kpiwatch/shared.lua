@@ -114,6 +114,25 @@ function M.fix_utf8_tree(v, depth)
   return setmetatable(copy, getmetatable(v))
 end
 
+---Replace every occurrence of `needle` in `s` (plain text, no pattern).
+---@param s string
+---@param needle string  not empty
+---@param with string
+---@return string
+function M.replace_plain(s, needle, with)
+  local a, b = s:find(needle, 1, true)
+  if not a then return s end
+  local out, i = {}, 1
+  while a do
+    out[#out + 1] = sub(s, i, a - 1)
+    out[#out + 1] = with
+    i = b + 1
+    a, b = s:find(needle, i, true)
+  end
+  out[#out + 1] = sub(s, i)
+  return concat(out)
+end
+
 ---Replace every plain occurrence of each secret in `s` by "[REDACTED]".
 ---Secrets shorter than 3 bytes are ignored (they would redact ordinary
 ---text and protect nothing).
@@ -123,18 +142,7 @@ end
 function M.redact(s, secrets)
   if not secrets or type(s) ~= "string" then return s end
   for _, secret in ipairs(secrets) do
-    if type(secret) == "string" and #secret >= 3 and s:find(secret, 1, true) then
-      local out, i = {}, 1
-      while true do
-        local a, b = s:find(secret, i, true)
-        if not a then break end
-        out[#out + 1] = sub(s, i, a - 1)
-        out[#out + 1] = "[REDACTED]"
-        i = b + 1
-      end
-      out[#out + 1] = sub(s, i)
-      s = concat(out)
-    end
+    if type(secret) == "string" and #secret >= 3 then s = M.replace_plain(s, secret, "[REDACTED]") end
   end
   return s
 end
