@@ -40,7 +40,7 @@ local M = {}
 ---   reference page says seconds, the server computes milliseconds); the
 ---   summary marks them "(server units)".
 
-local type, next, pairs, rawget, rawset = type, next, pairs, rawget, rawset
+local type, next, pairs, rawget = type, next, pairs, rawget
 local math_type, tointeger = math.type, math.tointeger
 local setmetatable, getmetatable = setmetatable, getmetatable
 local concat, sort = table.concat, table.sort

@@ -20,7 +20,7 @@ local shared = require "kpiwatch.shared"
 
 local M = {}
 
-local type, tonumber, tostring = type, tonumber, tostring
+local type, tonumber = type, tonumber
 local byte, sub, format = string.byte, string.sub, string.format
 local abs = math.abs
 

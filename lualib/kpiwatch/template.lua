@@ -37,7 +37,7 @@ M.format_number = shared.format_number
 -- A printf conversion with at most two-digit width and precision.
 local function apply_format(spec, v)
   if spec:sub(1, 1) ~= "%" then spec = "%" .. spec end
-  local flags, width, prec, conv = spec:match("^%%([-+ #0]*)(%d?%d?)(%.?%d?%d?)([dfgeEsxXi])$")
+  local flags, _, _, conv = spec:match("^%%([-+ #0]*)(%d?%d?)(%.?%d?%d?)([dfgeEsxXi])$")
   if not flags then return nil end
   if conv == "s" then
     -- Lua refuses flags other than "-" with %s ("%0s", "%#s"): not a format

@@ -57,7 +57,7 @@ function M.run_gate(args, env)
       for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
       return self
     end
-    function b:flush() end
+    b.flush = function() end
     function b:text() return table.concat(self.parts) end
     return b
   end
