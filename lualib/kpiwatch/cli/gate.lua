@@ -10,6 +10,7 @@
 local requirement = require "kpiwatch.requirement"
 local report = require "kpiwatch.gate_report"
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 local errors = require "kpiwatch.errors"
 
 local M = {}
@@ -271,8 +272,7 @@ local function load_rules(paths)
 end
 M._load_rules = load_rules
 
-local RULE_WORD = { below = "below", above = "above", at_most = "at most", at_least = "at least",
-  equals = "equal to" }
+local RULE_WORD = require("kpiwatch.shared").OP_WORDS
 
 local function rule_requirement(r)
   local text = "rule " .. tostring(r.name)
@@ -477,10 +477,10 @@ local PARTIAL = { pending = true, running = true, evaluating = true, cancelling 
 ---@param exec {status: string, error_reason?: string}
 ---@return string
 function M.status_reason(exec)
-  local st = model.one_line(tostring(exec.status or "unknown"))
+  local st = shared.clean(tostring(exec.status or "unknown"), 300)
   if exec.status == "failed" or exec.status == "cancelled" then
     local why = exec.error_reason
-    if type(why) == "string" and why ~= "" then return "execution " .. st .. ": " .. model.one_line(why) end
+    if type(why) == "string" and why ~= "" then return "execution " .. st .. ": " .. shared.clean(why, 300) end
     return "execution " .. st .. " (the server gives no error_reason)"
   end
   if PARTIAL[exec.status] then return "execution is " .. st .. ": its KPIs are partial; use --wait" end
@@ -492,7 +492,7 @@ local function status_check(exec, allowed)
   local reason = M.status_reason(exec)
   return {
     source = "status", metric = "execution status", op = "==", requirement = "== completed",
-    value_text = model.one_line(tostring(exec.status or "unknown")),
+    value_text = shared.clean(tostring(exec.status or "unknown"), 300),
     status = allowed and "skipped" or "fail",
     message = allowed and (reason .. " (judged anyway: --allow-incomplete)") or reason,
   }

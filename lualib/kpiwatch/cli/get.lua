@@ -64,12 +64,13 @@ return function(args)
     return code
   end
   local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
   local status
   if not sok then
     io.stderr:write("kpiwatch: warning: cannot read the execution's status (", exec.kind, ": ",
       tostring(exec.message), "): the KPIs may be partial\n")
   else
-    status = model.one_line(tostring(exec.status))
+    status = shared.clean(tostring(exec.status), 300)
     if exec.status ~= "completed" then
       io.stderr:write("kpiwatch: warning: execution ", k.execution_id or ids[1], " is ", status,
         ": its KPIs are partial\n")

@@ -4,10 +4,11 @@
 -- On a terminal: one line, rewritten in place every second (status and
 -- elapsed time). Otherwise (a CI log): one plain line per status change, so
 -- the log shows when each phase began and nothing else. Status values and
--- error reasons come from the server: they go through model.one_line
+-- error reasons come from the server: they go through shared.clean
 -- (control characters neutralised) before they are printed.
 
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -31,7 +32,7 @@ local function status_of(x)
 end
 
 function Progress:_text()
-  local st = self.status and model.one_line(tostring(self.status)) or "starting"
+  local st = self.status and shared.clean(tostring(self.status), 300) or "starting"
   local line = string.format("kpiwatch: execution %s: %s (%s)", self.id, st, M.elapsed(self.now() - self.t0))
   if self.reason then line = line .. ": " .. self.reason end
   return line
@@ -55,7 +56,7 @@ function Progress:update(exec)
   if st == self.status then return end
   self.status = st
   local r = reason ~= nil and reason ~= model.null and tostring(reason) or nil
-  self.reason = r and r ~= "" and model.one_line(r) or nil
+  self.reason = r and r ~= "" and shared.clean(r, 300) or nil
   self:_draw()
 end
 
@@ -63,16 +64,23 @@ end
 --- newline) and stops the ticker.
 function Progress:finish()
   if self.closed then return end
-  if self.ticker then
-    pcall(require("kpiwatch.task").cancel, self.ticker)
-    self.ticker = nil
-  end
   if self.tty then
     self:_draw()
     self.stream:write("\n")
     self.stream:flush()
   end
   self.closed = true
+  if self.ticker then
+    -- A ticker that has not run yet sees `closed` and ends by itself
+    -- (cancelling a task that has not started is not reliable); one that
+    -- sleeps is cancelled and joined.
+    local task = require "kpiwatch.task"
+    if task.status(self.ticker) ~= "ready" then
+      pcall(task.cancel, self.ticker)
+      pcall(task.wait, self.ticker)
+    end
+    self.ticker = nil
+  end
 end
 
 local function stderr_is_tty()
