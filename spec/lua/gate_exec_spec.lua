@@ -158,7 +158,8 @@ describe("gate and run over executions that move", function()
     local code, out, err = call(runcmd, { BROKEN, "--require", "avg_score>=0.5" })
     sandbox.runs.set_speed(1)
     assert.equal(1, code)
-    assert.matches("^kpiwatch run: execution failed: Agent websocket closed: connection refused", err:match("[^\n]*\n[^\n]*$") or err)
+    local last = err:match("[^\n]*\n[^\n]*$") or err -- after the progress lines
+    assert.matches("^kpiwatch run: execution failed: Agent websocket closed: connection refused", last)
     assert.matches("failed", out)
   end)
 

@@ -56,7 +56,8 @@ describe("kpiwatch.backing", function()
     assert.matches("no completed call", model.unbacked(k, "task_completion", true))
     assert.is_nil(model.unbacked(k, "total_calls"))
     assert.is_nil(model.unbacked(k, "calls_connected_percentage")) -- 12 attempted
-    local camel = kpi('{"total_calls": 3, "failed_calls": 0, "callsAttempted": 3, "connectedCalls": 0, "avg_agent_latency": 0, "avg_score": 0.7}')
+    local camel = kpi('{"total_calls": 3, "failed_calls": 0, "callsAttempted": 3, "connectedCalls": 0,'
+      .. ' "avg_agent_latency": 0, "avg_score": 0.7}')
     assert.matches("no connected call", model.unbacked(camel, "avg_agent_latency"))
     assert.is_nil(model.unbacked(camel, "avg_score"))
     -- a body without the counts is taken as it is

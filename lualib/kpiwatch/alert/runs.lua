@@ -29,7 +29,7 @@ local state = require "kpiwatch.alert.state"
 
 local M = {}
 
-local type, pairs, ipairs, pcall = type, pairs, ipairs, pcall
+local type, ipairs, pcall = type, ipairs, pcall
 
 --- Executions asked for per list request.
 M.PAGE = 10

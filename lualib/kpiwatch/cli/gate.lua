@@ -9,7 +9,6 @@
 
 local requirement = require "kpiwatch.requirement"
 local report = require "kpiwatch.gate_report"
-local model = require "kpiwatch.model"
 local shared = require "kpiwatch.shared"
 local errors = require "kpiwatch.errors"
 
@@ -766,7 +765,8 @@ function M.run(args, flags, env)
   end
   if #o.ids == 0 then return usage_error("missing execution ID") end
   if #o.ids > 1 then
-    return usage_error("expected one execution ID, got " .. #o.ids .. " ('" .. show(o.ids[2]) .. "' is extra; quote requirements with spaces)")
+    return usage_error("expected one execution ID, got " .. #o.ids .. " ('" .. show(o.ids[2])
+      .. "' is extra; quote requirements with spaces)")
   end
   local id = o.ids[1]
   if not require("kpiwatch.kpis").is_uuid(id) then
