@@ -162,8 +162,8 @@ end
 local List = { __name = "kpiwatch.execution.list" }
 
 -- A cell of server text for a table: control characters neutralised and
--- cut short by model.format_value, the one formatter of server values
--- today (house-lua-b's shared escape of server text replaces it when it lands).
+-- cut short by model.format_value (shared.format_value: the one escape of
+-- server text).
 local function cell(v)
   if v == nil then return "-" end
   return model.format_value(v)

@@ -641,7 +641,9 @@ local function send(c, req, id, parse, not_idempotent)
           local body = resp.body
           for _, sec in ipairs(secrets) do
             if body:find(sec, 1, true) or body:find("\\u") then
-              shared.redact_tree(k:raw(), secrets)
+              -- a KPI or execution object keeps its body behind raw();
+              -- a list page is the decoded body itself
+              shared.redact_tree(type(k.raw) == "function" and k:raw() or k, secrets)
               break
             end
           end
