@@ -413,6 +413,7 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
   return era * 146097 + doe - 719468
 end
+M._days_from_civil = days_from_civil
 
 local function epoch_of(y, mon, d, hh, mm, ss)
   local m = MONTHS[mon:lower()]
@@ -574,6 +575,10 @@ end
 
 M._stats = { requests = 0, retries = 0, failures = 0 }
 
+-- _observer(event, ...): set by kpiwatch.metrics to count requests;
+-- ("request", outcome, seconds) per attempt, ("rate_wait", seconds).
+M._observer = nil
+
 function M.stats()
   local s = M._stats
   return { requests = s.requests, retries = s.retries, failures = s.failures }
@@ -611,8 +616,10 @@ function M.get(id, opts)
   local attempt = 0
   while true do
     attempt = attempt + 1
-    acquire(c)
-    local t0 = c.verbose and now()
+    local waited = acquire(c)
+    local observe = M._observer
+    if observe and waited > 0 then observe("rate_wait", waited) end
+    local t0 = (c.verbose or observe) and now()
     stats.requests = stats.requests + 1
     local ok, resp = pcall(http_request, req)
     local err
@@ -621,6 +628,7 @@ function M.get(id, opts)
       if status >= 200 and status <= 299 then
         local k, perr = model.parse(resp.body, id)
         if k then
+          if observe then observe("request", "ok", now() - t0) end
           if c.verbose then
             trace(c, format("GET %s -> %d (%s)%s", url, status, ms(resp.time or (now() - t0)),
               attempt > 1 and format(" after %d attempts", attempt) or ""))
@@ -650,6 +658,7 @@ function M.get(id, opts)
       error(resp, 0)
     end
     err.attempts = attempt
+    if observe then observe("request", err.kind, now() - t0) end
     local outcome = err.status and tostring(err.status) .. " " .. err.kind or err.kind
     local give_up = not err.retryable or attempt > c.retries
     if not give_up and err.retry_after and err.retry_after > c.max_retry_after then

@@ -14,6 +14,7 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  exporter = "kpiwatch.cli.exporter",
 }
 
 M.usage = [==[
@@ -21,6 +22,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -50,6 +52,7 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+  exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
