@@ -150,18 +150,18 @@ M.KPI_FIELDS = KPI_FIELDS
 
 -- Metric names that differ from the field's: a "_count" suffix belongs to
 -- histograms and summaries, and a unit is spelled out in base units (the
--- value scaled to match).
+-- value divided to match).
 local RENAMED = {
   avg_user_interruption_count = { "avg_user_interruptions" },
   avg_ai_interruption_count = { "avg_ai_interruptions" },
   avg_turn_count = { "avg_turns" },
-  avg_chat_latency_ms = { "avg_chat_latency_seconds", 0.001, "seconds" },
+  avg_chat_latency_ms = { "avg_chat_latency_seconds", 1000, "seconds" },
 }
 
 ---The metric family name of a documented KPI field.
 ---@param field string snake_case field name
 ---@return string name
----@return number scale what the field's value is multiplied by
+---@return number divisor what the field's value is divided by
 ---@return string|nil unit
 function M.kpi_metric(field)
   local r = RENAMED[field]
@@ -309,7 +309,7 @@ function Collector:render(om)
     if e.kpi then
       for i, name in ipairs(KPI_FIELDS) do
         local v = model.get(e.kpi, name)
-        if type(v) == "number" then sample(kpi_fams[i], scales[i] == 1 and v or v * scales[i], labels) end
+        if type(v) == "number" then sample(kpi_fams[i], scales[i] == 1 and v or v / scales[i], labels) end
       end
       local evals = model.evals(e.kpi)
       for _, name in ipairs(sorted_keys(evals)) do
