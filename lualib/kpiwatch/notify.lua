@@ -26,6 +26,9 @@
 --       Appends the event as one JSON line (fsync'ed unless sync=false).
 --   notify.stdout{format = "text" | "json"}
 --       One line per event on stdout.
+--   notify.alertmanager{url=, labels=, resend="1m", generator_url=}
+--       POST /api/v2/alerts of a Prometheus Alertmanager
+--       (kpiwatch.notify.alertmanager).
 --
 -- webhook and slack without a url (an unset environment variable) make a
 -- disabled hook: its notifications are reported as skipped, once, on stderr.
@@ -412,6 +415,14 @@ function M.stdout(opts)
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end
+end
+
+---A hook posting alerts to a Prometheus Alertmanager (API v2); see
+---kpiwatch.notify.alertmanager.
+---@param opts table {url=, labels=, resend="1m", generator_url=, timeout=10, headers=}
+---@return table notifier
+function M.alertmanager(opts)
+  return require("kpiwatch.notify.alertmanager").new(opts)
 end
 
 return M
