@@ -11,7 +11,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX     ?= /usr/local
 CTEST_ARGS ?=
 
-.PHONY: all deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format clean
+.PHONY: all deb deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format clean
 
 all: $(BUILD)/kpiwatch
 
@@ -80,6 +80,12 @@ test-valgrind:
 
 install: $(BUILD)/kpiwatch
 	cmake --install $(BUILD)
+
+# A Debian package of the release build in $(BUILD) (CPack; Depends from
+# dpkg-shlibdeps): $(BUILD)/kpiwatch_<version>_<arch>.deb
+deb: $(BUILD)/kpiwatch
+	@tools/deps.sh package
+	cd $(BUILD) && cpack -G DEB
 
 bench: $(BUILD)/kpiwatch
 	@tools/deps.sh bench
