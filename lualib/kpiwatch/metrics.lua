@@ -255,6 +255,28 @@ function Collector:set_snapshot(entries, ok, now)
   end
 end
 
+---Replaces the snapshot with a poll's results, keyed by target: a target
+---that failed keeps its previous entry, so its last good values stay visible.
+---@param results table[] {key=, entry=} or {key=, error=} per target
+---@param now number|nil epoch seconds
+---@return boolean ok no target failed
+function Collector:update(results, now)
+  local prev = {}
+  for _, e in ipairs(self.entries) do if e._target then prev[e._target] = e end end
+  local entries, ok = {}, true
+  for _, r in ipairs(results) do
+    if r.entry then
+      r.entry._target = r.key
+      entries[#entries + 1] = r.entry
+    else
+      ok = false
+      if prev[r.key] then entries[#entries + 1] = prev[r.key] end
+    end
+  end
+  self:set_snapshot(entries, ok, now)
+  return ok
+end
+
 local function entry_labels(e)
   local agent = e.kpi and model.get(e.kpi, "agent_type")
   return {
@@ -451,44 +473,58 @@ local function resolve_target(t)
 end
 
 ---One poll: resolves each target to its execution, fetches the KPIs and
----replaces the collector's snapshot. A target that fails keeps its previous
----entry (the last good values stay visible), and the poll counts as an error.
+---updates the collector's snapshot (Collector:update).
 ---@param c table collector
 ---@param targets table[] {id=} | {run_test=} | {name=}
----@param opts table|nil {concurrency=}
+---@param opts table|nil {concurrency=, now=function}
 ---@return boolean ok every target fetched
----@return table[] errors {target=, error=}
+---@return table[] failures {target=, error=}
 function M.poll(c, targets, opts)
   opts = opts or {}
   local kpis = require "kpiwatch.kpis"
-  local prev = {}
-  for _, e in ipairs(c.entries) do if e._target then prev[e._target] = e end end
-  local entries, failures, wanted, ids = {}, {}, {}, {}
+  local results, failures, wanted, ids = {}, {}, {}, {}
   for _, t in ipairs(targets) do
     local key = t.id and ("id:" .. t.id) or t.run_test and ("rt:" .. t.run_test) or ("name:" .. tostring(t.name))
     local e, err = resolve_target(t)
     if e then
-      e._target = key
-      wanted[#wanted + 1] = e
+      wanted[#wanted + 1] = { key = key, entry = e }
       ids[#ids + 1] = e.execution_id
     elseif e == nil then
+      results[#results + 1] = { key = key, error = err }
       failures[#failures + 1] = { target = key, error = err }
-      if prev[key] then entries[#entries + 1] = prev[key] end
     end
   end
-  local results = kpis.get_all(ids, { concurrency = opts.concurrency })
-  for i, r in ipairs(results) do
-    local e = wanted[i]
+  for i, r in ipairs(kpis.get_all(ids, { concurrency = opts.concurrency })) do
+    local w = wanted[i]
     if errors.is(r) then
-      failures[#failures + 1] = { target = e._target, error = r }
-      if prev[e._target] then entries[#entries + 1] = prev[e._target] end
+      results[#results + 1] = { key = w.key, error = r }
+      failures[#failures + 1] = { target = w.key, error = r }
     else
-      e.kpi = r
-      entries[#entries + 1] = e
+      w.entry.kpi = r
+      results[#results + 1] = w
     end
   end
-  c:set_snapshot(entries, #failures == 0, opts.now and opts.now() or os.time())
-  return #failures == 0, failures
+  return c:update(results, opts.now and opts.now() or os.time()), failures
+end
+
+---What a watch cycle gives the collector: its executions (fetched KPI
+---objects, and the ids that failed) and its notification counts.
+---@param c table collector
+---@param list table[] the KPI objects evaluated this cycle
+---@param failed table {[execution_id] = error}
+---@param rep table the cycle's report (delivered, spooled, lost)
+---@param now number|nil epoch seconds
+function M.watch_cycle(c, list, failed, rep, now)
+  local results = {}
+  for _, k in ipairs(list) do
+    local id = model.get(k, "execution_id")
+    if type(id) == "string" then
+      results[#results + 1] = { key = "id:" .. id, entry = { kpi = k, execution_id = id } }
+    end
+  end
+  for id, e in pairs(failed or {}) do results[#results + 1] = { key = "id:" .. id, error = e } end
+  c:update(results, now)
+  c:count_notifications(rep)
 end
 
 -- ---- serving ---------------------------------------------------------------------------

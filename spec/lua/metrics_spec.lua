@@ -197,6 +197,40 @@ describe("metrics.poll and metrics.serve", function()
     assert.are.equal(404, nf.status)
   end)
 
+  it("alert.watch{metrics = ...} serves the watched executions and its notifications", function()
+    local alert = require "kpiwatch.alert"
+    local http_server = require "kpiwatch.http_server"
+    local probe = http_server.serve { handler = function() end }
+    local port = probe.port
+    probe:close()
+    local reg = alert.registry()
+    reg:configure { spool = util.tmpdir() .. "/spool" }
+    reg:rule { name = "score-floor", metric = "avg_score", below = 0.8 }
+    local sent = 0
+    reg:hook("count", function() sent = sent + 1 end)
+    local scraped
+    local s = reg:watch {
+      ids = { fixtures.ids.failing, OUTBOUND }, every = 0.05, max_cycles = 2,
+      metrics = "127.0.0.1:" .. port,
+      on_cycle = function(_, n)
+        if n == 2 then scraped = http.request { url = "http://127.0.0.1:" .. port .. "/metrics", timeout = 5 }.body end
+      end,
+    }
+    assert.are.equal(1, s.delivered)
+    assert.are.equal(1, sent)
+    assert.are.equal(0.62, sample(scraped, "futureagi_execution_avg_score", fixtures.ids.failing))
+    assert.are.equal(0.87, sample(scraped, "futureagi_execution_avg_score", OUTBOUND))
+    assert.are.equal(1, sample(scraped, "kpiwatch_notifications_total", 'status="delivered"'))
+    assert.are.equal(4, sample(scraped, "kpiwatch_api_requests_total", 'outcome="ok"'))
+    assert.are.equal(2, sample(scraped, "kpiwatch_polls_total", 'result="ok"'))
+    -- the server is gone with the watch, and so is the request observer
+    assert.is_nil(kpis._observer)
+    local ok, r = pcall(http.request, { url = "http://127.0.0.1:" .. port .. "/metrics", timeout = 2 })
+    -- (a connection curl kept alive may still get the closing server's 503)
+    assert.is_true(not ok or r.status == 503)
+    assert.has_error(function() reg:watch { ids = { OUTBOUND }, metrics = "nowhere" } end)
+  end)
+
   it("rejects a listen address that is not ADDR:PORT", function()
     assert.is_nil((metrics.parse_listen("localhost")))
     assert.is_nil((metrics.parse_listen("1.2.3.4:99999")))

@@ -69,19 +69,38 @@ local function resolve_ids(ids)
   return ids
 end
 
+-- After a cycle, hooks with an on_cycle method (notify.alertmanager's
+-- re-sends) get the alerts firing for them; a failure is logged, not fatal.
+local function hook_cycles(self, rep, now)
+  for _, name in ipairs(self.hook_names) do
+    local h = self.hooks[name]
+    local on_cycle = type(h) == "table" and h.on_cycle
+    if on_cycle then
+      local mine = {}
+      for _, a in ipairs(rep.firing) do
+        for _, hn in ipairs(self:_hooks_of(self.by_name[a.rule])) do
+          if hn == name then mine[#mine + 1] = a break end
+        end
+      end
+      local ok, e = pcall(on_cycle, h, mine, now)
+      if not ok then self:_log("hook '" .. name .. "': re-sending firing alerts failed: " .. tostring(e)) end
+    end
+  end
+end
+
 --- Polls executions and notifies alerts as they fire and resolve, until
 --- SIGINT/SIGTERM, max_cycles or on_cycle returning false (Registry:watch).
 ---@param self table the registry
 ---@param opts table {ids = list or function returning one, every = duration (60),
 --- state = file, spool = file, max_cycles = n, on_cycle = function(report, n),
---- concurrency = n, clock = function}
+--- concurrency = n, clock = function, metrics = "ADDR:PORT" (serve /metrics, kpiwatch.metrics)}
 ---@return table summary {cycles=, delivered=, spooled=, lost=, interrupted=, last=, spool=}
 function M.watch(self, opts)
   local where = caller_where()
   if type(opts) ~= "table" then config_error(where, "alert.watch expects a table of options") end
   for k in pairs(opts) do
     if not ({ ids = 1, every = 1, state = 1, spool = 1, max_cycles = 1, on_cycle = 1,
-      concurrency = 1, clock = 1 })[k] then
+      concurrency = 1, clock = 1, metrics = 1 })[k] then
       config_error(where, "alert.watch: unknown option '" .. tostring(k) .. "'")
     end
   end
@@ -95,6 +114,16 @@ function M.watch(self, opts)
     config_error(where, "alert.watch: 'max_cycles' must be an integer")
   end
   self:_check_hooks()
+  local collector, metrics_server
+  if opts.metrics ~= nil then
+    local metrics = require "kpiwatch.metrics"
+    if not metrics.parse_listen(opts.metrics) then
+      config_error(where, "alert.watch: 'metrics' " .. select(2, metrics.parse_listen(opts.metrics)))
+    end
+    collector = metrics.collector()
+    metrics_server = metrics.serve(collector, opts.metrics)
+    require("kpiwatch.kpis")._observer = collector:observer()
+  end
   local clock = opts.clock or os.time
   local state_path = opts.state
   local st = state_path and load_state(state_path) or state.new()
@@ -158,6 +187,8 @@ function M.watch(self, opts)
       end
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
       add(rep)
+      hook_cycles(self, rep, clock())
+      if collector then require("kpiwatch.metrics").watch_cycle(collector, list, failed, rep, clock()) end
       summary.last = rep
       if opts.on_cycle and opts.on_cycle(rep, summary.cycles) == false then break end
       if opts.max_cycles and summary.cycles >= opts.max_cycles then break end
@@ -166,6 +197,10 @@ function M.watch(self, opts)
     end
   end)
   ctx.done = true
+  if metrics_server then
+    require("kpiwatch.kpis")._observer = nil
+    metrics_server:close()
+  end
   for _, t in ipairs(sigtasks) do pcall(T.cancel, t) end
   for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
   if state_path then
