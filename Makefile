@@ -11,7 +11,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX     ?= /usr/local
 CTEST_ARGS ?=
 
-.PHONY: all deb deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format clean
+.PHONY: all deb deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format doc clean
 
 all: $(BUILD)/kpiwatch
 
@@ -90,6 +90,12 @@ deb: $(BUILD)/kpiwatch
 bench: $(BUILD)/kpiwatch
 	@tools/deps.sh bench
 	spec/bench/run.sh $(BUILD)/kpiwatch
+
+# doc/lua-api.md from the LuaCATS annotations of lualib/ (e2e/test_docs
+# fails when it is stale).
+doc: $(BUILD)/kpiwatch
+	$(BUILD)/kpiwatch tools/gen_lua_api.lua lualib > doc/lua-api.md.tmp
+	mv doc/lua-api.md.tmp doc/lua-api.md
 
 format:
 	clang-format -i runtime/*.c runtime/*.h spec/unit/*.c

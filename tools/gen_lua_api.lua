@@ -10,7 +10,8 @@
 -- A `---` comment block documents the line after it:
 --   function M.f(a, b)        the module's function (M: the table the file returns)
 --   function Class:m(a)       a method; Class is a local declared right after a
---   function Class.m(self)    `---@class Name` block, shown as Name:m(a)
+--   function Class.m(...)     `---@class Name` block, shown as Name:m(a) (the
+--                             parameters from @param when the code has `...`)
 --   M.f = ...                 a function when the block has @param/@return,
 --                             otherwise a value
 --   local Class = {}          after a block with `---@class Name` (and @field lines)
@@ -53,7 +54,7 @@ local function split_type(s)
       -- `fun(a): ret` and `a | b` continue the type past the space
       local cont = rest:match("^%s*|%s*()") or (s:sub(i - 1, i - 1) == ":" and rest:match("^%s*()"))
       if cont and cont <= #rest then
-        i = i + cont - 1
+        i = i + cont - 2 -- the loop's increment lands on the type's next character
       else
         break
       end
@@ -147,16 +148,20 @@ local function scan(path, module, mod, items)
           if owner and name:sub(1, 1) ~= "_" then
             local list = {}
             for a in args:gmatch("[^,%s]+") do list[#list + 1] = a end
+            -- function(...) taking documented parameters (a closure that
+            -- accepts both obj.f(x) and obj:f(x)): show the parameters
+            local varargs = #list == 1 and list[1] == "..." and #b.params > 0
+            if varargs then
+              list = {}
+              for _, p in ipairs(b.params) do list[#list + 1] = (p.name:gsub("%?$", "")) end
+            end
             local prefix
             if owner == modvar then
               prefix = short(module) .. "."
             elseif classes[owner] then
-              prefix = short(classes[owner])
-              if sep == "." and list[1] == "self" then
-                table.remove(list, 1)
-                sep = ":"
-              end
-              prefix = prefix .. sep
+              -- objects of a class are called as obj:m(...)
+              if sep == "." and list[1] == "self" then table.remove(list, 1) end
+              prefix = short(classes[owner]) .. ":"
             else
               prefix = owner .. sep
             end
