@@ -369,6 +369,14 @@ describe("delivery", function()
     local rep = reg:check(kpi("failing"))
     assert.are.equal(1, rep.lost)
     assert.are.equal("lost", rep.deliveries[1].status)
+    -- by default the loss is an error of kind "lost" (the CLI exits 3),
+    -- carrying the report; the library itself never ends the process
+    reg:configure { exit_on_lost = true }
+    local ok, e = pcall(reg.check, reg, kpi("failing"))
+    assert.is_false(ok)
+    assert.are.equal("lost", e.kind)
+    assert.matches("1 notification could be neither delivered nor spooled", e.message, 1, true)
+    assert.are.equal(1, e.report.lost)
   end)
 end)
 

@@ -23,8 +23,9 @@
 -- backoff for retryable failures (an error object with retryable ~= false,
 -- or any other error); what still fails is spooled (kpiwatch.spool) and
 -- sent again on the next run or cycle. A notification that could be neither
--- delivered nor spooled is "lost": check() then exits the process with
--- status 3 (unless configure{exit_on_lost = false}), watch() counts it.
+-- delivered nor spooled is "lost": check() then raises an error of kind
+-- "lost" carrying the report in its `report` field (the CLI exits 3), unless
+-- configure{exit_on_lost = false}; watch() counts it.
 
 local errors = require "kpiwatch.errors"
 local spool = require "kpiwatch.spool"
@@ -68,7 +69,7 @@ local DEFAULT_CONFIG = {
   max_retry_wait = 60,    -- a Retry-After longer than this is not waited for: spooled
   concurrency = 8,        -- deliveries in flight at once
   spool = false,          -- spool file; false: spool.default_path()
-  exit_on_lost = true,    -- check(): exit 3 when a notification is lost
+  exit_on_lost = true,    -- check(): raise kind "lost" (exit 3) when a notification is lost
   quiet = false,          -- no no-data / rule-error lines on stderr
 }
 
@@ -210,7 +211,9 @@ end
 --- what cannot be delivered.
 ---@param x any an execution id, a KPI object, a decoded body, or a list of those
 ---@param opts table|nil {spool = path}
----@return table report evaluate's, with deliveries, delivered, spooled, lost, skipped
+---@return table report evaluate's, with deliveries, delivered, spooled, lost, skipped;
+--- when a notification is lost (and exit_on_lost), raises instead an error of kind
+--- "lost" whose `report` field is this report (the CLI exits 3)
 function Registry:check(x, opts)
   opts = opts or {}
   self:_check_hooks()
@@ -237,10 +240,9 @@ function Registry:check(x, opts)
   end
   self:_deliver(jobs, sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
-    self:_log(format("%d notification%s could be neither delivered nor spooled: exiting with status 3",
-      rep.lost, rep.lost == 1 and "" or "s"), true)
-    io.stdout:flush()
-    os.exit(3)
+    -- The library does not end the process: the CLI exits 3 on this kind.
+    errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",
+      rep.lost, rep.lost == 1 and "" or "s"), { report = rep })
   end
   return rep
 end

@@ -176,6 +176,7 @@ M.API_KINDS = {
   auth = true, not_found = true, request = true, rate_limited = true, server = true,
   protocol = true, timeout = true, connect = true, network = true, dns = true, tls = true,
   too_large = true, invalid_url = true,
+  lost = true, -- alert.check: a notification could be neither delivered nor spooled
 }
 
 -- Run a user chunk. A kpiwatch error object that escapes it is one line
