@@ -13,7 +13,10 @@ the scraper asks). A scrape never waits for the API.
   --id ID           the execution ID
   --listen A:P      address and port to serve on (e.g. 127.0.0.1:9464)
   --every D         poll interval: 30s, 5m, ... (default 60s)
+  -h, --help        show this help
 Metric names and labels: doc/monitoring.md.
+Exit status: 130 after SIGINT, 143 after SIGTERM, 2 usage error,
+3 the address cannot be bound.
 ]]
 
 local function usage_error(msg)
