@@ -9,6 +9,7 @@ local rule = require "kpiwatch.alert.rule"
 local report = require "kpiwatch.alert.report"
 local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
+local group = require "kpiwatch.alert.group"
 
 local M = {}
 
@@ -30,19 +31,23 @@ rule.internal(debug.getinfo(1, "S").source)
 ---@param ctx table|nil the watch's stop context
 ---@param rep table|nil report the deliveries are recorded in
 ---@param state_path string|nil the state file
+---@param now number|nil epoch seconds: groups whose group_wait runs past it stay
 ---@return integer lost notifications (only when neither file can be written)
-function M.flush_outbox(self, st, sp, ctx, rep, state_path)
+function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
   if #st.outbox == 0 then return 0 end
-  local jobs = {}
+  local jobs, waiting = {}, {}
   for _, o in ipairs(st.outbox) do
-    if self.hooks[o.hook] then
+    if not group.due(o, now) then
+      waiting[#waiting + 1] = o
+    elseif self.hooks[o.hook] then
       jobs[#jobs + 1] = { hook = o.hook, event = o.event }
     else
       sp:add(o.hook, o.event, { attempts = 0, last_error = "hook not registered" })
     end
   end
+  if #jobs == 0 and #waiting == #st.outbox then return 0 end
   local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
-  st.outbox = {}
+  st.outbox = waiting
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
   if not state_path then return #unspooled end
   local ok, err = save_state(state_path, st)
@@ -153,7 +158,7 @@ function M.watch(self, opts)
   local ok, err = pcall(function()
     if #st.outbox > 0 then
       local rep = new_report()
-      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
     end
     while not ctx.stopping do
@@ -178,14 +183,12 @@ function M.watch(self, opts)
       local rep = self:step(st, list, clock(), { failed = failed })
       print_problems(self, rep)
       self:_replay(sp, ctx, rep)
-      for _, e in ipairs(rep.events) do
-        for _, h in ipairs(e.hooks) do st.outbox[#st.outbox + 1] = { hook = h, event = e.event } end
-      end
+      group.enqueue(self, st.outbox, rep.events, clock())
       if state_path then
         local saved, serr = save_state(state_path, st)
         if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end
       end
-      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
       hook_cycles(self, rep, clock())
       if collector then require("kpiwatch.metrics").watch_cycle(collector, list, failed, rep, clock()) end
@@ -194,6 +197,14 @@ function M.watch(self, opts)
       if opts.max_cycles and summary.cycles >= opts.max_cycles then break end
       if ctx.stopping then break end
       ctx_sleep(ctx, every)
+    end
+    -- groups still in their group_wait go now rather than wait for a next run
+    local holding = false
+    for _, o in ipairs(st.outbox) do if o.not_before then holding = true end end
+    if holding then
+      local rep = new_report()
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      add(rep)
     end
   end)
   ctx.done = true
