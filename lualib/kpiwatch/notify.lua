@@ -25,7 +25,7 @@
 --   notify.file(path | {path=, mode=0600, sync=true})
 --       Appends the event as one JSON line (fsync'ed unless sync=false).
 --   notify.stdout{format = "text" | "json"}
---       One line per event on stdout.
+--       One line per event on stdout (text: one line per alert of a group).
 --   notify.alertmanager{url=, labels=, resend="1m", generator_url=}
 --       POST /api/v2/alerts of a Prometheus Alertmanager
 --       (kpiwatch.notify.alertmanager).
@@ -534,7 +534,17 @@ function M.stdout(opts)
   local f = opts.format or "text"
   if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
   return function(event)
-    local line = f == "json" and json.encode(event) or M.format_text(event)
+    local line
+    if f == "json" then
+      line = json.encode(event)
+    elseif M.is_group(event) then
+      -- a group prints as its alerts' lines, written at once
+      local lines = {}
+      for i, a in ipairs(event.alerts) do lines[i] = M.format_text(a) end
+      line = concat(lines, "\n")
+    else
+      line = M.format_text(event)
+    end
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end
