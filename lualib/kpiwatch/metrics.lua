@@ -420,7 +420,7 @@ local function parse_time(s)
   if type(s) ~= "string" then return nil end
   local y, mo, d, h, mi, sec, frac, zone = s:match(ISO)
   if not y then return nil end
-  local days = require("kpiwatch.kpis")._days_from_civil
+  local days = require("kpiwatch.http_retry").days_from_civil
   local t = days(tonumber(y), tonumber(mo), tonumber(d)) * 86400
   t = t + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) + (tonumber("0" .. frac) or 0)
   local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")

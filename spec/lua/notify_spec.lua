@@ -95,6 +95,21 @@ describe("notify.webhook", function()
     assert.is_nil(notify.verify(SECRET, req.headers, req.body .. " "))
   end)
 
+  it("retries the transport failures kpiwatch.http names retryable, and only those", function()
+    local http = require "kpiwatch.http"
+    local errors = require "kpiwatch.errors"
+    local real = http.request
+    finally(function() http.request = real end)
+    for _, kind in ipairs({ "timeout", "connect", "network", "dns", "tls", "too_large" }) do
+      http.request = function(o) errors.raise(kind, "simulated", { url = o.url }) end
+      local ok, e = pcall(notify.webhook { url = "http://127.0.0.1:9/x" }, event())
+      assert.is_false(ok)
+      assert.are.equal(kind, e.kind)
+      assert.are.equal(http.retryable(kind), e.retryable, kind)
+    end
+    assert.is_false(http.retryable("dns"))
+  end)
+
   it("accepts a secret without the whsec_ prefix", function()
     local srv, got = receiver()
     finally(function() srv:close() end)

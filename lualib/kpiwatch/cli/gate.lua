@@ -507,6 +507,7 @@ function M.run(args, flags, env)
   end
   if o.flags.sandbox and not flags.sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
+    kpis.point_at(sandbox)
   end
 
   local clock = now_fn()

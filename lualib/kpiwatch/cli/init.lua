@@ -263,7 +263,9 @@ function M.main(argv)
 
   -- The in-process sandbox serves in the background: tasks the script
   -- leaves running can still use it, and it never keeps the process alive.
-  if plan.flags.sandbox then require("kpiwatch.sandbox").start_for_client() end
+  if plan.flags.sandbox then
+    require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
+  end
 
   if not plan.noenv then
     local ok, e = run_luainit()
