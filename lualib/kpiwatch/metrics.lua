@@ -278,7 +278,7 @@ function Collector:update(results, now)
 end
 
 local function entry_labels(e)
-  local agent = e.kpi and model.get(e.kpi, "agent_type")
+  local agent = e.kpi and model.get(e.kpi, "agent_type") or e.agent_type
   return {
     { "run_test_id", e.run_test_id or "" },
     { "run_test", e.run_test or "" },
@@ -432,44 +432,43 @@ local function parse_time(s)
 end
 M._parse_time = parse_time
 
+-- An execution object (kpis.execution / kpis.executions) -> entry fields.
+local function from_execution(ex, entry)
+  entry.status = ex.status
+  if ex.status == "completed" then
+    local start = parse_time(ex.start_time)
+    local dur = tonumber(ex.duration)
+    entry.completed_at = start and dur and start + dur or nil
+  end
+  if not entry.agent_type and type(ex.agent_type) == "string" then entry.agent_type = ex.agent_type end
+  return entry
+end
+
 -- A target's execution: {execution_id=, run_test_id=, run_test=, status=,
--- completed_at=}, or nil, error. Run tests need kpis.executions (the
--- executions list, newest first); an id alone needs nothing more than its
--- KPIs, and kpis.execution when present adds its status.
+-- completed_at=}; false when a run test has no completed execution yet;
+-- nil, error when the API failed. For an id the status is a bonus: an
+-- execution whose detail cannot be read still exports its KPIs.
 local function resolve_target(t)
   local kpis = require "kpiwatch.kpis"
   if t.id then
     local e = { execution_id = t.id }
-    if type(kpis.execution) == "function" then
-      local ok, ex = pcall(kpis.execution, t.id)
-      if not ok then return nil, ex end
-      if type(ex) == "table" then e.status = ex.status end
-    end
+    local ok, ex = pcall(kpis.execution, t.id)
+    if ok and type(ex) == "table" then from_execution(ex, e) end
     return e
   end
-  if type(kpis.executions) ~= "function" then
-    return nil, errors.new("config", "run test targets need kpis.executions (not in this build)")
-  end
   local rt = t.run_test
-  if not rt and t.name then
-    local ok, id = pcall(kpis.run_test_id, t.name)
+  local name = t.name
+  if rt and not kpis.is_uuid(rt) then rt, name = nil, rt end
+  if not rt then
+    local ok, id = pcall(kpis.run_test_id, name)
     if not ok then return nil, id end
     rt = id
   end
-  local ok, list = pcall(kpis.executions, rt, { status = "completed", limit = 10 })
+  local ok, list = pcall(kpis.executions, rt, { status = "completed", limit = 1 })
   if not ok then return nil, list end
-  local items = type(list) == "table" and (list.results or list) or {}
-  for _, ex in ipairs(items) do
-    if type(ex) == "table" and type(ex.status) == "string" and ex.status:lower() == "completed" then
-      local start = parse_time(ex.start_time)
-      local dur = tonumber(ex.duration)
-      return {
-        execution_id = ex.id, run_test_id = rt, run_test = t.name or ex.run_test_name,
-        status = "completed", completed_at = start and dur and start + dur or start,
-      }
-    end
-  end
-  return false -- no completed execution yet: nothing to export
+  local ex = list[1]
+  if not ex then return false end
+  return from_execution(ex, { execution_id = ex.id, run_test_id = rt, run_test = name })
 end
 
 ---One poll: resolves each target to its execution, fetches the KPIs and
