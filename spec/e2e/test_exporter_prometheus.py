@@ -6,6 +6,7 @@ second with that example config) answers PromQL queries with the
 sandbox's values; its metadata API shows the OpenMetrics UNIT lines, so
 the scrape negotiated OpenMetrics. Also the exporter's usage errors and
 its exit status on SIGTERM."""
+import calendar
 import json
 import os
 import re
@@ -25,6 +26,8 @@ SRC = os.environ.get("KPIWATCH_SRC", os.path.join(os.path.dirname(__file__), "..
 
 VOICE = "c0ffee00-0000-4000-8000-000000000001"
 TEXT = "c0ffee00-0000-4000-8000-000000000003"
+NIGHTLY = "c0ffee00-0000-4000-8000-00000000a001"   # a sandbox run test
+KEYS = {"X-Api-Key": "kw-sandbox-api-key", "X-Secret-Key": "kw-sandbox-secret-key"}
 
 
 def free_port():
@@ -70,12 +73,14 @@ class Exporter(unittest.TestCase):
                 base = m.group(1)
                 break
         assert base, "the sandbox printed no URL"
+        cls.base = base
         cls.env = dict(os.environ, FI_BASE_URL=base, FI_API_KEY="kw-sandbox-api-key",
                        FI_SECRET_KEY="kw-sandbox-secret-key")
         cls.port = free_port()
         cls.exporter = subprocess.Popen(
-            [KW, "exporter", "--id", VOICE, "--id", TEXT, "--listen", "127.0.0.1:%d" % cls.port,
-             "--every", "1s"], env=cls.env, stderr=subprocess.PIPE, text=True)
+            [KW, "exporter", "--id", VOICE, "--id", TEXT, "--run-test", NIGHTLY, "--name", "voice-trend",
+             "--listen", "127.0.0.1:%d" % cls.port,
+             "--every", "1s"], env=cls.env, stderr=subprocess.DEVNULL)
         cls.procs.append(cls.exporter)
         cls.url = "http://127.0.0.1:%d/metrics" % cls.port
         wait_for(lambda: "futureagi_execution_avg_score" in get(cls.url)[2], what="the exporter")
@@ -140,8 +145,23 @@ class Exporter(unittest.TestCase):
         self.assertEqual("voice", res[0]["metric"]["agent_type"])
         res = query('futureagi_execution_eval_score{eval="task_completion",agent_type="text"}')
         self.assertEqual("87.5", res[0]["value"][1])
-        res = query('sum(futureagi_execution_failed_calls)')
+        res = query('sum(futureagi_execution_failed_calls{run_test_id=""})')
         self.assertEqual("10", res[0]["value"][1])
+        # the run tests: their latest completed execution, read here from the
+        # sandbox's executions list and KPIs directly
+        _, _, body = get(self.base + "/simulate/run-tests/%s/executions/?status=completed&limit=1" % NIGHTLY, KEYS)
+        latest = json.loads(body)["results"][0]
+        _, _, body = get(self.base + "/simulate/test-executions/%s/kpis/" % latest["id"], KEYS)
+        want = json.loads(body)
+        res = query('futureagi_execution_total_calls{run_test_id="%s"}' % NIGHTLY)
+        self.assertEqual(1, len(res))
+        self.assertEqual(latest["id"], res[0]["metric"]["execution_id"])
+        self.assertEqual(want["total_calls"], float(res[0]["value"][1]))
+        start = calendar.timegm(time.strptime(latest["start_time"], "%Y-%m-%dT%H:%M:%SZ"))
+        res = query('futureagi_execution_completed_timestamp_seconds{run_test_id="%s"}' % NIGHTLY)
+        self.assertEqual(start + latest["duration"], float(res[0]["value"][1]))
+        res = query('futureagi_execution_status{run_test="voice-trend"}')
+        self.assertEqual("completed", res[0]["metric"]["status"])
         res = query('kpiwatch_api_requests_total{outcome="ok"} > 0')
         self.assertEqual(1, len(res))
         # UNIT lines exist only in OpenMetrics: Prometheus negotiated it

@@ -174,9 +174,45 @@ describe("metrics.poll and metrics.serve", function()
     local text = c:render(false)
     assert.are.equal(0.84, sample(text, "futureagi_execution_avg_score", TEXT))
     assert.are.equal(1, sample(text, "kpiwatch_polls_total", 'result="error"'))
-    assert.are.equal(1, sample(text, "kpiwatch_api_requests_total", 'outcome="server"'))
+    -- per id target and poll: the execution's status (the KPI fixtures have
+    -- no detail: 404, and the KPIs are exported all the same), then its KPIs
+    assert.are.equal(2, sample(text, "kpiwatch_api_requests_total", 'outcome="server"'))
+    assert.are.equal(3, sample(text, "kpiwatch_api_requests_total", 'outcome="not_found"'))
     assert.are.equal(3, sample(text, "kpiwatch_api_requests_total", 'outcome="ok"'))
+    assert.are.equal(8, sample(text, "kpiwatch_api_request_duration_seconds_count"))
     sb:set_fault(TEXT, nil)
+  end)
+
+  it("exports the latest completed execution of a run test, by id or by name", function()
+    local runs = fixtures.run_test_ids
+    local c2 = metrics.collector()
+    assert.is_true((metrics.poll(c2, { { run_test = runs.nightly }, { name = "voice-trend" } })))
+    local text = c2:render(false)
+    for _, rt in ipairs({ { runs.nightly, nil }, { runs["voice-trend"], "voice-trend" } }) do
+      local latest = kpis.executions(rt[1], { status = "completed", limit = 1 })[1]
+      local k = kpis.get(latest.id)
+      local needle = { 'run_test_id="' .. rt[1] .. '"', 'execution_id="' .. latest.id .. '"' }
+      assert.are.equal(k.total_calls, sample(text, "futureagi_execution_total_calls", needle))
+      if rt[2] then
+        local _, line = sample(text, "futureagi_execution_total_calls", needle)
+        assert.truthy(line:find('run_test="voice-trend"', 1, true))
+      end
+      local y, mo, d, h, mi, sec = latest.start_time:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
+      local start = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = sec, isdst = false }
+        - os.time { year = 1970, month = 1, day = 1, hour = 0, isdst = false }
+      assert.are.equal(start + latest.duration,
+        sample(text, "futureagi_execution_completed_timestamp_seconds", needle))
+      local _, sline = sample(text, "futureagi_execution_status", needle)
+      assert.truthy(sline:find('status="completed"', 1, true))
+    end
+    -- one execution per run test: bounded whatever the history's length
+    local n = 0
+    for l in text:gmatch("futureagi_execution_total_calls{[^\n]*") do n = n + 1 end
+    assert.are.equal(2, n)
+    -- an unknown run test name is a failed target
+    local ok, failures = metrics.poll(c2, { { name = "no-such-run-test" } })
+    assert.is_false(ok)
+    assert.are.equal("not_found", failures[1].error.kind)
   end)
 
   it("answers /metrics from the snapshot while a poll waits on the API", function()
