@@ -363,8 +363,8 @@ function M.slack_group_payload(event, opts)
     blocks[#blocks + 1] = section
     blocks[#blocks + 1] = { type = "divider" }
   end
-  local context = "kpiwatch · " .. (event.execution_id and ("execution `" .. mrkdwn(event.execution_id) .. "` · ") or "")
-    .. tostring(event.id)
+  local exec = event.execution_id and ("execution `" .. mrkdwn(event.execution_id) .. "` · ") or ""
+  local context = "kpiwatch · " .. exec .. tostring(event.id)
   blocks[#blocks + 1] = { type = "context", elements = json.array({ { type = "mrkdwn", text = context } }) }
   local payload = {
     text = (firing and ":rotating_light: " or ":white_check_mark: ") .. mrkdwn(M.format_group_text(event)),

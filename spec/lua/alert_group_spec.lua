@@ -146,7 +146,7 @@ describe("grouped notifications", function()
     local id = sp.entries[1].event.id
     assert.are.equal(2, #sp.entries[1].event.alerts)
     up = true
-    s = reg:watch { ids = { run("exec-a", 0.5, 20) }, every = 0, max_cycles = 1, state = state, clock = clock }
+    reg:watch { ids = { run("exec-a", 0.5, 20) }, every = 0, max_cycles = 1, state = state, clock = clock }
     assert.are.equal(1, #got)
     assert.are.equal(id, got[1].id)
     assert.are.equal(2, #got[1].alerts)

@@ -101,7 +101,8 @@ describe("collector:render", function()
     assert.are.equal(120, sample(text, "futureagi_execution_total_calls", OUTBOUND))
     assert.are.equal(8, sample(text, "futureagi_execution_failed_calls", OUTBOUND))
     assert.are.equal(91.1, sample(text, "futureagi_execution_eval_score", { OUTBOUND, 'eval="task_completion"' }))
-    assert.are.equal(96, sample(text, "futureagi_execution_eval_choice_calls", { OUTBOUND, 'eval="tone"', 'choice="friendly"' }))
+    assert.are.equal(96, sample(text, "futureagi_execution_eval_choice_calls",
+      { OUTBOUND, 'eval="tone"', 'choice="friendly"' }))
     assert.are.equal(1700000000, sample(text, "futureagi_execution_completed_timestamp_seconds", OUTBOUND))
     local _, line = sample(text, "futureagi_execution_status", OUTBOUND)
     assert.truthy(line:find('status="completed"', 1, true))
@@ -207,7 +208,7 @@ describe("metrics.poll and metrics.serve", function()
     end
     -- one execution per run test: bounded whatever the history's length
     local n = 0
-    for l in text:gmatch("futureagi_execution_total_calls{[^\n]*") do n = n + 1 end
+    for _ in text:gmatch("futureagi_execution_total_calls{[^\n]*") do n = n + 1 end
     assert.are.equal(2, n)
     -- an unknown run test name is a failed target
     local ok, failures = metrics.poll(c2, { { name = "no-such-run-test" } })
