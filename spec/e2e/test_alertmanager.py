@@ -15,7 +15,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,8 +22,7 @@ import time
 import unittest
 import urllib.request
 
-KW = os.path.abspath(os.environ.get(
-    "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
+from monlib import KW, free_port, wait_for
 
 EXEC_A = "c0ffee00-0000-4000-8000-0000000000a1"
 EXEC_B = "c0ffee00-0000-4000-8000-0000000000b2"
@@ -66,24 +64,6 @@ local s = alert.watch {
 }
 io.stderr:write("watch done: delivered ", s.delivered, " spooled ", s.spooled, "\n")
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_for(fn, timeout=15, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):

@@ -12,50 +12,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
 import urllib.parse
-import urllib.request
 
-KW = os.path.abspath(os.environ.get(
-    "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
-SRC = os.environ.get("KPIWATCH_SRC", os.path.join(os.path.dirname(__file__), "../.."))
+from monlib import KW, SRC, free_port, get, wait_for
 
 VOICE = "c0ffee00-0000-4000-8000-000000000001"
 TEXT = "c0ffee00-0000-4000-8000-000000000003"
 NIGHTLY = "c0ffee00-0000-4000-8000-00000000a001"   # a sandbox run test
 KEYS = {"X-Api-Key": "kw-sandbox-api-key", "X-Secret-Key": "kw-sandbox-secret-key"}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_for(fn, timeout=15, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            last = e
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for %s (last error: %r)" % (what, last))
-
-
-def get(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return r.status, dict(r.headers), r.read().decode()
 
 
 class Exporter(unittest.TestCase):

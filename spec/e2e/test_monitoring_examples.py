@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -20,21 +19,12 @@ import time
 import unittest
 import urllib.request
 
-KW = os.path.abspath(os.environ.get(
-    "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
-SRC = os.path.abspath(os.environ.get("KPIWATCH_SRC", os.path.join(os.path.dirname(__file__), "../..")))
+from monlib import KW, SRC, free_port
+
 EX = os.path.join(SRC, "examples")
 
 FAILING = "c0ffee00-0000-4000-8000-000000000005"
 TEXT = "c0ffee00-0000-4000-8000-000000000003"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Examples(unittest.TestCase):
