@@ -611,7 +611,8 @@ end
 local http_request
 
 -- Transport failures that prove the request never reached the server: the
--- only ones a request that is not idempotent (POST execute) may retry.
+-- only ones a request that is not idempotent (POST execute) may retry (and
+-- only those http_retry deems worth a retry: connect, not dns).
 local UNSENT = { connect = true, dns = true }
 
 -- send(c, req, id, parse [, not_idempotent]) -> parse(body, id) of the 2xx

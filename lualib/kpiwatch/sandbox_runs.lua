@@ -22,7 +22,7 @@ local json = require "kpiwatch.json"
 
 local format, floor = string.format, math.floor
 
--- Seconds of each phase at speed 1.
+--- Seconds of each phase at speed 1.
 M.PHASES = { pending = 1, running = 4, evaluating = 2, cancelling = 0.5 }
 
 local TERMINAL = { completed = true, failed = true, cancelled = true }
@@ -82,7 +82,12 @@ end
 
 -- ---- the state ----------------------------------------------------------------------
 
--- new{speed=, new_rng=, fixtures=} -> runs state.
+--- The run tests' state of one sandbox (kpiwatch.sandbox keeps it as sb.runs):
+--- route(req), kpis_body(id), start(rt [, ncalls]), set_speed(x), speed(),
+--- status(id), executions(run_test), scores(id), has(id), started (runs
+--- started by POST execute).
+---@param opts {speed?: number, new_rng: fun(seed: integer): fun(): number, fixtures?: table}
+---@return table runs
 function M.new(opts)
   local task = require "kpiwatch.task"
   local fixtures = opts.fixtures or require "kpiwatch.fixtures"
@@ -571,13 +576,13 @@ function M.new(opts)
 
   -- ---- for tests and scripts --------------------------------------------------------
 
-  -- status(id) -> the execution's status now, or nil.
+  --- The execution's status now (lowercase), or nil for an unknown id.
   function st.status(id)
     local e = execs[id:lower()]
     return e and snap(e).status
   end
 
-  -- executions(run_test) -> ids, newest first.
+  --- The ids of a run test's executions (id or name), newest first.
   function st.executions(key)
     local rt = fixtures.run_test(key)
     local out = {}
@@ -585,8 +590,8 @@ function M.new(opts)
     return out
   end
 
-  -- scores(id) -> the per-call overall_score values the detail endpoint
-  -- shows now (calls without a score left out), in call order.
+  --- The per-call overall_score values the detail endpoint shows now
+  --- (calls without a score left out), in call order.
   function st.scores(id)
     local e = execs[id:lower()]
     if not e then return nil end

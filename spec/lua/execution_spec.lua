@@ -7,7 +7,6 @@ local kpis = require "kpiwatch.kpis"
 local execution = require "kpiwatch.execution"
 local sandbox = require "kpiwatch.sandbox"
 local fixtures = require "kpiwatch.fixtures"
-local errors = require "kpiwatch.errors"
 local http = require "kpiwatch.http"
 local task = require "kpiwatch.task"
 local json = require "kpiwatch.json"
@@ -17,12 +16,7 @@ local BROKEN = fixtures.run_test_ids["broken-agent"]
 local TREND_NEWEST = "c0ffee00-0000-4000-9003-00000000000c"
 local UNKNOWN = "0b5e7c1d-9a2f-4e8b-8c3d-5f6a7b8c9d0e"
 
-local function raises(fn)
-  local ok, e = pcall(fn)
-  assert(not ok, "expected an error, got success")
-  assert(errors.is(e), "expected an error object, got " .. tostring(e))
-  return e
-end
+local raises = require("spec.lua.helpers.util").raises
 
 -- A one-route server answering `answer(req)`; returns the server.
 local function serve(answer)
@@ -106,6 +100,12 @@ describe("executions client", function()
       local three = kpis.executions("nightly", { limit = 3 })
       assert.are.equal(3, #three)
       assert.are.equal(1, sb:count(NIGHTLY)) -- one page of 3
+      -- stop: the first page only, up to a known execution
+      sb:reset_counts()
+      local known = sb.runs.executions(NIGHTLY)[4]
+      local newer = kpis.executions(NIGHTLY, { stop = function(e) return e.id == known end })
+      assert.are.equal(3, #newer)
+      assert.are.equal(1, sb:count(NIGHTLY))
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { limit = 0 }) end).kind)
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { bogus = 1 }) end).kind)
     end)
