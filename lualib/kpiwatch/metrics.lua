@@ -300,10 +300,9 @@ local function sorted_keys(t)
   return keys
 end
 
----Renders the snapshot and the counters.
----@param om boolean OpenMetrics 1.0.0 (true) or Prometheus text 0.0.4
----@return string
-function Collector:render(om)
+-- The snapshot's families as text (each line ending in a newline). The
+-- snapshot changes once a poll, scrapes come more often: render() caches this.
+function Collector:_render_executions(om)
   local fams = {}
   local kpi_fams = {}
   local scales = {}
@@ -358,7 +357,24 @@ function Collector:render(om)
   fams[#fams + 1] = eval_choice
   fams[#fams + 1] = status
   fams[#fams + 1] = completed
+  local out = {}
+  for _, f in ipairs(fams) do render_family(out, f, om) end
+  out[#out + 1] = ""
+  return #out > 1 and concat(out, "\n") or ""
+end
 
+---Renders the snapshot and the counters.
+---@param om boolean OpenMetrics 1.0.0 (true) or Prometheus text 0.0.4
+---@return string
+function Collector:render(om)
+  local cache = self._cache
+  if not cache or cache.entries ~= self.entries then
+    cache = { entries = self.entries }
+    self._cache = cache
+  end
+  local key = om and "om" or "text"
+  if not cache[key] then cache[key] = self:_render_executions(om) end
+  local fams = {}
   local req = family("kpiwatch_api_requests", "counter",
     "KPI API request attempts by outcome (ok or the error kind)")
   req.always = true
@@ -404,11 +420,12 @@ function Collector:render(om)
   if self.last_poll then sample(last, self.last_poll) end
   fams[#fams + 1] = last
 
-  local out = {}
+  local out = { cache[key] }
   for _, f in ipairs(fams) do render_family(out, f, om) end
   if om then out[#out + 1] = "# EOF" end
   out[#out + 1] = ""
-  return concat(out, "\n")
+  -- the cached part ends with its own newline
+  return out[1] .. concat(out, "\n", 2)
 end
 
 -- ---- polling -------------------------------------------------------------------------
