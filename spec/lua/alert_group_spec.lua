@@ -186,6 +186,18 @@ describe("grouped notifications", function()
     assert.truthy(msg.blocks[1].text.text:find("2 alerts", 1, true))
   end)
 
+  it("a Slack group message stays within Slack's 50 blocks", function()
+    local alerts = {}
+    for i = 1, 30 do
+      alerts[i] = { id = "msg_" .. i, rule = "eval-" .. i, state = "firing", severity = "warning",
+        execution_id = "exec-a", metric = "e" .. i, value = i, summary = "e" .. i .. " is low" }
+    end
+    local group = require "kpiwatch.alert.group"
+    local msg = notify.slack_payload(group.make(alerts, { "execution_id" }))
+    assert.is_true(#msg.blocks <= 50)
+    assert.truthy(json.encode(msg):find("and 10 more", 1, true))
+  end)
+
   it("refuses bad hook options", function()
     local reg = registry()
     for _, o in ipairs({ { group_by = 3 }, { group_wait = "soon" }, { nope = 1 }, { group_by = { "" } }, "x" }) do
