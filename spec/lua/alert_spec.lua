@@ -760,7 +760,11 @@ describe("alert.watch", function()
       on_cycle = function(rep, n) cycles[n] = rep end,
     }
     assert.are.equal(2, s.cycles)
-    assert.are.equal(5, #sent) -- fired once, not re-sent on cycle 2
+    -- one notification: the five alerts of the failing execution, grouped;
+    -- fired once, not re-sent on cycle 2
+    assert.are.equal(1, #sent)
+    assert.are.equal(5, #sent[1].alerts)
+    assert.are.equal("kpiwatch.alert.group", sent[1].type)
     assert.are.equal(5, #cycles[2].firing)
     assert.are.equal(1, #cycles[1].errors) -- the 500 fixture
     assert.are.equal(fixtures.ids["fault-500"], cycles[1].errors[1].execution_id)
