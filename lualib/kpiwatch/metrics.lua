@@ -29,43 +29,28 @@ M.LATENCY_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 -- ---- text of the exposition formats ------------------------------------------------
 
--- Bytes that are not valid UTF-8 become U+FFFD (both formats require
--- UTF-8), and control characters other than newline (escaped by the
--- format) become U+FFFD too: label values carry server text.
-local REPLACEMENT = "\239\191\189"
-local function clean_utf8(s)
-  if utf8.len(s) and not s:find("[%z\1-\9\11-\31\127]") then return s end
-  local out, i, n = {}, 1, #s
-  while i <= n do
-    local len = utf8.len(s, i, i) and #utf8.char(utf8.codepoint(s, i)) or nil
-    -- utf8.len on one start byte accepts a sequence running past i: check it whole
-    if len and utf8.len(s:sub(i, i + len - 1)) == 1 then
-      local ch = s:sub(i, i + len - 1)
-      if len == 1 and ch:find("[%z\1-\9\11-\31\127]") then ch = REPLACEMENT end
-      out[#out + 1] = ch
-      i = i + len
-    else
-      out[#out + 1] = REPLACEMENT
-      i = i + 1
-    end
-  end
-  return concat(out)
+-- Label values carry server text: shared.clean, the one escape of server
+-- text, makes it valid UTF-8 (both formats require it) without control
+-- characters.
+local shared_clean = require("kpiwatch.shared").clean
+-- Newlines stay: the formats escape them as \n.
+local function clean(s)
+  return (s:gsub("[^\n]+", shared_clean))
 end
-M._clean_utf8 = clean_utf8
 
 ---Escapes a label value for both exposition formats: backslash, double
----quote and newline escaped as the formats define, invalid UTF-8 and other
----control characters replaced by U+FFFD.
+---quote and newline escaped as the formats define, other control
+---characters and invalid UTF-8 neutralised by `shared.clean`.
 ---@param v any the value (converted with tostring)
 ---@return string
 function M.escape_label(v)
-  local s = clean_utf8(tostring(v))
+  local s = clean(tostring(v))
   return (s:gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
 end
 
 -- HELP text: OpenMetrics escapes the double quote too, 0.0.4 does not.
 local function escape_help(s, om)
-  s = clean_utf8(s)
+  s = clean(s)
   if om then return (s:gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })) end
   return (s:gsub("[\\\n]", { ["\\"] = "\\\\", ["\n"] = "\\n" }))
 end

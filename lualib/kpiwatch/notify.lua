@@ -339,8 +339,7 @@ local SLACK_MAX_ALERTS = 20
 function M.slack_group_payload(event, opts)
   opts = opts or {}
   local firing = event.state ~= "resolved"
-  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.summary)
-  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.summary), 150)
   local blocks = { { type = "header", text = { type = "plain_text", text = title } } }
   for i, a in ipairs(event.alerts) do
     if i > SLACK_MAX_ALERTS then

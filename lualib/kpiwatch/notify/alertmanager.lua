@@ -33,9 +33,9 @@ local function config_error(msg)
 end
 
 -- Server text reaches Alertmanager in labels and annotations: valid UTF-8
--- without control characters, as in the metrics exposition.
+-- without control characters (shared.clean, as in the metrics exposition).
 local function clean(v)
-  return require("kpiwatch.metrics")._clean_utf8(tostring(v)):gsub("\n", " ")
+  return (require("kpiwatch.shared").clean(tostring(v)))
 end
 
 local function label_name(k)
