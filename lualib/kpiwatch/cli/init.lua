@@ -16,6 +16,7 @@ M.commands = {
   run = "kpiwatch.cli.run",
   sandbox = "kpiwatch.cli.sandbox",
   compare = "kpiwatch.cli.compare",
+  exporter = "kpiwatch.cli.exporter",
   executions = "kpiwatch.cli.executions",
 }
 
@@ -26,6 +27,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] run RUN_TEST_ID|--name NAME --require ... [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
        kpiwatch [options] compare A B [--format text|json|markdown]
+       kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
 
 Lua options (as lua):
@@ -60,6 +62,7 @@ Commands:
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
                         (--list: the fixtures and what each is for)
   compare A B           two executions side by side, with deltas
+  exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
   executions RUN_TEST   list a run test's executions (id or name), newest first
 
 Environment:
