@@ -148,6 +148,8 @@ local DEFAULT_CONFIG = {
   spool = false,          -- spool file; false: spool.default_path()
   exit_on_lost = true,    -- check(): raise kind "lost" (exit 3) when a notification is lost
   quiet = false,          -- no no-data / rule-error lines on stderr
+  spool_max_age = spool.DEFAULTS.max_age,           -- seconds; older entries go to PATH.dead
+  spool_max_attempts = spool.DEFAULTS.max_attempts, -- attempts; then PATH.dead
 }
 
 local CONFIG_CHECK = {
@@ -159,6 +161,8 @@ local CONFIG_CHECK = {
   spool = function(v) return v == false or (type(v) == "string" and v ~= "") end,
   exit_on_lost = function(v) return type(v) == "boolean" end,
   quiet = function(v) return type(v) == "boolean" end,
+  spool_max_age = function(v) return rule.parse_duration(v) ~= nil and rule.parse_duration(v) > 0 end,
+  spool_max_attempts = function(v) return math_type(v) == "integer" and v >= 1 end,
 }
 
 --- A fresh, empty registry.
@@ -172,7 +176,13 @@ end
 
 --- Set delivery options. `exit_on_lost`: `check` raises a `lost` error when a
 --- notification could be neither delivered nor spooled (else it only counts it).
----@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean} defaults 3, 0.5, 30, 60, 8, the default spool, true, false
+--- Spool retention: an entry spooled longer than `spool_max_age` (a duration,
+--- default 7 days) or tried `spool_max_attempts` times (default 100, the first
+--- run's retries included) moves to the dead-letter file `<spool>.dead`, with a
+--- warning. The spool is shared by concurrent runs: every change is a locked
+--- read-modify-write (flock of `<spool>.lock`), and a replayed entry leaves the
+--- file as soon as it is delivered, so it is delivered once.
+---@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean, spool_max_age?: string|number, spool_max_attempts?: integer} defaults 3, 0.5, 30, 60, 8, the default spool, true, false, "7d", 100
 ---@return kpiwatch.alert.Registry self
 function Registry:configure(t)
   if type(t) ~= "table" then config_error(caller_where(), "alert.configure expects a table") end
@@ -182,6 +192,7 @@ function Registry:configure(t)
     if not check(v) then
       config_error(caller_where(), "alert.configure: bad value for '" .. k .. "': " .. tostring(v))
     end
+    if k == "spool_max_age" then v = rule.parse_duration(v) end
     self.config[k] = v
   end
   return self
@@ -335,7 +346,7 @@ function Registry:check(x, opts)
   report.finish(rep)
   report.print_problems(self, rep)
 
-  local sp = spool.open(self:_spool_path(opts))
+  local sp = deliver.open_spool(self, self:_spool_path(opts))
   rep.spool = sp.path
   self:_replay(sp, nil, rep)
   local now = os.time()

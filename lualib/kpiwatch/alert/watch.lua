@@ -33,15 +33,24 @@ rule.internal(debug.getinfo(1, "S").source)
 ---@return integer lost notifications (only when neither file can be written)
 function M.flush_outbox(self, st, sp, ctx, rep, state_path)
   if #st.outbox == 0 then return 0 end
-  local jobs = {}
+  local jobs, unregistered = {}, {}
   for _, o in ipairs(st.outbox) do
     if self.hooks[o.hook] then
       jobs[#jobs + 1] = { hook = o.hook, event = o.event }
     else
-      sp:add(o.hook, o.event, { attempts = 0, last_error = "hook not registered" })
+      unregistered[#unregistered + 1] = { hook = o.hook, event = o.event, attempts = 0,
+        last_error = "hook not registered" }
     end
   end
   local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
+  if #unregistered > 0 then
+    local ok, err = sp:add_all(unregistered)
+    if not ok then
+      self:_log("cannot spool notifications for unregistered hooks (" .. tostring(err)
+        .. "); kept in " .. tostring(state_path or "memory"), true)
+      for _, u in ipairs(unregistered) do unspooled[#unspooled + 1] = u end
+    end
+  end
   st.outbox = {}
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
   if not state_path then return #unspooled end
@@ -98,7 +107,7 @@ function M.watch(self, opts)
   local clock = opts.clock or os.time
   local state_path = opts.state
   local st = state_path and load_state(state_path) or state.new()
-  local sp = spool.open(opts.spool or self.config.spool or
+  local sp = deliver.open_spool(self, opts.spool or self.config.spool or
     (state_path and (state_path .. ".spool")) or spool.default_path())
   local T = require "kpiwatch.task"
   local ctx = { stopping = false, sleepers = {} }
