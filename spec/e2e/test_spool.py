@@ -2,14 +2,18 @@
 `alert.check` processes with the webhook down and one KPIWATCH_SPOOL keep
 all 48 notifications (6 each); eight runs replaying it with the webhook up
 deliver each exactly once and empty it. A foreign file named as the spool is
-left as it is, and the run says so."""
+left as it is, and the run says so. SIGTERM or SIGHUP while a webhook hangs
+(issue 13 item 2): the deliveries are cancelled and spooled, exit 143 / 129."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -25,7 +29,7 @@ SCRIPT = r"""
 local alert = require "kpiwatch.alert"
 local notify = require "kpiwatch.notify"
 alert.configure { retries = 1, backoff = 0.01, quiet = true }
-alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 5 })
+alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 20 })
 alert.rule { name = "score-floor", metric = "avg_score", below = 0.8 }
 alert.rule { name = "eval-floor", evals = "*", below = 70 }
 local rep = alert.check(arg[1])
@@ -40,6 +44,33 @@ def closed_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+class Hanging:
+    """Accepts connections and never answers: a webhook that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = "http://127.0.0.1:%d/hook" % self.sock.getsockname()[1]
+        self.conns = []
+        self.first = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            self.first.set()
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
 
 
 class Spool(unittest.TestCase):
@@ -92,6 +123,26 @@ class Spool(unittest.TestCase):
         self.assertEqual(len(set(ids)), 48, "a spooled notification was delivered twice")
         self.assertEqual(sum(int(o.split("replayed=")[1].split()[0]) for o in outs), 48)
         self.assertEqual(self.entries(), [])
+
+    def test_a_signal_during_delivery_spools_what_was_in_flight(self):
+        for sig, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+            if os.path.exists(self.spool):
+                os.remove(self.spool)
+            hang = Hanging()
+            try:
+                p = subprocess.Popen([KW, "--sandbox", self.script, FAILING], env=self.env(hang.url),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                self.assertTrue(hang.first.wait(30), "no delivery started")
+                time.sleep(0.3)  # the six deliveries are in flight
+                t0 = time.time()
+                p.send_signal(sig)
+                out, err = p.communicate(timeout=30)
+            finally:
+                hang.close()
+            self.assertEqual(p.returncode, code, "%s: exit %d\n%s" % (sig, p.returncode, err))
+            self.assertLess(time.time() - t0, 5, "the hanging deliveries were not cancelled")
+            self.assertIn("interrupted: SIG", err)
+            self.assertEqual(len(self.entries()), 6, err)
 
     def test_a_foreign_file_named_as_the_spool_is_left_alone(self):
         os.makedirs(os.path.dirname(self.spool))

@@ -48,6 +48,38 @@ local function ctx_sleep(ctx, secs)
 end
 M.sleep = ctx_sleep
 
+--- A stop context for deliveries: tasks wait for the given signals (taking
+--- over their default action); the first to arrive sets ctx.stopping and
+--- ctx.signal and cancels the sleeps and the deliveries in flight, whose
+--- failures are then spooled. End it with stop_end.
+---@param signals table list of "int", "term", "hup"
+---@return table ctx {stopping=, signal=, sleepers={}, tasks={}}
+function M.stop_context(signals)
+  local T = tasks()
+  local ctx = { stopping = false, sleepers = {}, tasks = {}, sigtasks = {} }
+  for _, sig in ipairs(signals) do
+    ctx.sigtasks[#ctx.sigtasks + 1] = T.spawn(function()
+      -- A caller that never yielded ends before this task first runs, and
+      -- cancelling a task that has not started is not reliable: check.
+      if ctx.done then return end
+      T.wait_signal(sig)
+      ctx.stopping, ctx.signal = true, sig
+      for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
+      for t in pairs(ctx.tasks) do pcall(T.cancel, t, "stopping") end
+    end)
+  end
+  return ctx
+end
+
+--- Ends a stop context: its signals get their default action back.
+---@param ctx table
+function M.stop_end(ctx)
+  local T = tasks()
+  ctx.done = true
+  for _, t in ipairs(ctx.sigtasks) do pcall(T.cancel, t) end
+  for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
+end
+
 -- deliver_one(reg, job, opts) -> {status = delivered|failed|skipped,
 -- attempts=, error=}. Never raises.
 local function deliver_one(reg, job, opts)
@@ -79,8 +111,11 @@ local function run_jobs(reg, jobs, opts)
   local n = #jobs
   if n == 0 then return results end
   local nexti = 0
+  local ctx = opts.ctx
   local function worker()
     while true do
+      -- stopping: what is left is not tried, and is spooled as interrupted
+      if ctx and ctx.stopping then return end
       nexti = nexti + 1
       local i = nexti
       if i > n then return end
@@ -91,8 +126,14 @@ local function run_jobs(reg, jobs, opts)
   end
   local T = tasks()
   local workers = {}
-  for w = 1, math.min(reg.config.concurrency, n) do workers[w] = T.spawn(worker) end
-  for _, w in ipairs(workers) do pcall(T.wait, w) end
+  for w = 1, math.min(reg.config.concurrency, n) do
+    workers[w] = T.spawn(worker)
+    if ctx and ctx.tasks then ctx.tasks[workers[w]] = true end
+  end
+  for _, w in ipairs(workers) do
+    pcall(T.wait, w)
+    if ctx and ctx.tasks then ctx.tasks[w] = nil end
+  end
   for i = 1, n do
     results[i] = results[i] or { status = "failed", attempts = 0, error = "delivery was interrupted" }
   end

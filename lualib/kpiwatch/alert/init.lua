@@ -330,6 +330,9 @@ end
 --- be neither delivered nor spooled is lost: with `exit_on_lost` (the default)
 --- `check` then raises an error of kind `lost` whose `report` field is the
 --- report (the command line exits 3); the library never ends the process.
+--- SIGTERM or SIGHUP during the deliveries cancels them, spools them, and
+--- raises an error of kind `interrupted` with `signal` ("term", "hup") and
+--- `report` (the command line exits 143 or 129).
 ---@async
 ---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
 ---@param opts? {spool?: string} another spool path
@@ -348,17 +351,30 @@ function Registry:check(x, opts)
 
   local sp = deliver.open_spool(self, self:_spool_path(opts))
   rep.spool = sp.path
-  self:_replay(sp, nil, rep)
-  local now = os.time()
-  local jobs = {}
-  for _, a in ipairs(rep.firing) do
-    local src = report.SOURCES[a]
-    local ev = report.make_event(a, "firing", now, src[2])
-    for _, h in ipairs(self:_hooks_of(src[1])) do
-      jobs[#jobs + 1] = { hook = h, event = ev }
+  -- SIGTERM or SIGHUP (a CI job cancelled while a webhook is down) cancels
+  -- the deliveries, which then spool, and check raises kind "interrupted":
+  -- the CLI exits 143 or 129. SIGINT keeps its own path (the interrupt).
+  local ctx = deliver.stop_context({ "term", "hup" })
+  local ok, err = pcall(function()
+    self:_replay(sp, ctx, rep)
+    local now = os.time()
+    local jobs = {}
+    for _, a in ipairs(rep.firing) do
+      local src = report.SOURCES[a]
+      local ev = report.make_event(a, "firing", now, src[2])
+      for _, h in ipairs(self:_hooks_of(src[1])) do
+        jobs[#jobs + 1] = { hook = h, event = ev }
+      end
     end
+    self:_deliver(jobs, sp, ctx, rep)
+  end)
+  deliver.stop_end(ctx)
+  if not ok then error(err, 0) end
+  if ctx.signal then
+    errors.raise("interrupted", format("SIG%s during delivery: %d notification%s spooled to %s, %d lost",
+      ctx.signal:upper(), rep.spooled, rep.spooled == 1 and "" or "s", sp.path, rep.lost),
+      { signal = ctx.signal, report = rep })
   end
-  self:_deliver(jobs, sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",

@@ -109,21 +109,8 @@ function M.watch(self, opts)
   local st = state_path and load_state(state_path) or state.new()
   local sp = deliver.open_spool(self, opts.spool or self.config.spool or
     (state_path and (state_path .. ".spool")) or spool.default_path())
-  local T = require "kpiwatch.task"
-  local ctx = { stopping = false, sleepers = {} }
+  local ctx = deliver.stop_context({ "int", "term" })
   local summary = { cycles = 0, delivered = 0, spooled = 0, lost = 0, spool = sp.path }
-
-  local sigtasks = {}
-  for _, sig in ipairs({ "int", "term" }) do
-    sigtasks[#sigtasks + 1] = T.spawn(function()
-      -- A watch that never yielded ends before this task first runs, and
-      -- cancelling a task that has not started is not reliable: check.
-      if ctx.done then return end
-      T.wait_signal(sig)
-      ctx.stopping, ctx.signal = true, sig
-      for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
-    end)
-  end
 
   local function add(rep)
     summary.delivered = summary.delivered + rep.delivered
@@ -174,9 +161,7 @@ function M.watch(self, opts)
       ctx_sleep(ctx, every)
     end
   end)
-  ctx.done = true
-  for _, t in ipairs(sigtasks) do pcall(T.cancel, t) end
-  for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
+  deliver.stop_end(ctx)
   if state_path then
     local saved, serr = save_state(state_path, st)
     if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end

@@ -176,6 +176,9 @@ M.API_KINDS = {
   lost = true, -- alert.check: a notification could be neither delivered nor spooled
 }
 
+-- The exit status of a stop by a signal (alert.check's "interrupted").
+local SIGNAL_STATUS = { int = 130, term = 143, hup = 129 }
+
 -- Run a user chunk. A kpiwatch error object that escapes it is one line
 -- on stderr (the message says what and where) and exit 3 or 2; any other
 -- error is its message and traceback, and exit 2. Returns nil on success.
@@ -188,6 +191,7 @@ local function run_user(chunk, ...)
   if ok then return nil end
   if errors.is(e) then
     io.stderr:write("kpiwatch: ", tostring(e), "\n")
+    if e.kind == "interrupted" then return SIGNAL_STATUS[e.signal] or 130 end
     return M.API_KINDS[e.kind] and 3 or 2
   end
   -- the frames below the chunk are the driver's, not the script's
