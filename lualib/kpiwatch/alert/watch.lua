@@ -112,6 +112,8 @@ function M.watch(self, opts)
   local ctx = deliver.stop_context({ "int", "term" })
   local summary = { cycles = 0, delivered = 0, spooled = 0, lost = 0, spool = sp.path }
 
+  local said -- the problem lines of the previous cycle
+
   local function add(rep)
     summary.delivered = summary.delivered + rep.delivered
     summary.spooled = summary.spooled + rep.spooled
@@ -143,7 +145,8 @@ function M.watch(self, opts)
         end
       end
       local rep = self:step(st, list, clock(), { failed = failed })
-      print_problems(self, rep)
+      -- the same no-data or error line once per change, not every cycle
+      said = print_problems(self, rep, said)
       self:_replay(sp, ctx, rep)
       for _, e in ipairs(rep.events) do
         for _, h in ipairs(e.hooks) do st.outbox[#st.outbox + 1] = { hook = h, event = e.event } end
