@@ -446,10 +446,9 @@ function M._drop_response(req)
   return { status = 502, headers = { ["content-type"] = "text/plain", connection = "close" }, body = "" }
 end
 
---- Start the sandbox in the background (it never keeps the process alive),
---- for this process's own client: point the client there with
---- `kpis.point_at(sb)` (what `kpiwatch --sandbox` does). The sandbox never
---- touches the client's configuration itself.
+--- Start the sandbox on a free loopback port in the background (it never
+--- keeps the process alive), for this process's own client: point it there
+--- with `kpis.point_at(sb)` (what `kpiwatch --sandbox` does).
 ---@param opts? table options of `sandbox.start`
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start_for_client(opts)
