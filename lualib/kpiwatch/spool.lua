@@ -42,7 +42,7 @@ local errors = require "kpiwatch.errors"
 
 local M = {}
 
-local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
+local type, ipairs, tostring, pcall, error = type, ipairs, tostring, pcall, error
 local format = string.format
 
 --- The spool file format this version writes; a newer one is refused.

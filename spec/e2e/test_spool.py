@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mockserver import MockServer  # noqa: E402
+from mockserver import MockServer, closed_port  # noqa: E402
 
 KW = os.path.abspath(os.environ.get(
     "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
@@ -36,14 +36,6 @@ local rep = alert.check(arg[1])
 print(string.format("spooled=%d delivered=%d replayed=%d lost=%d", rep.spooled, rep.delivered,
   rep.replayed and rep.replayed.delivered or 0, rep.lost))
 """
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Hanging:

@@ -11,18 +11,7 @@ local task = require "kpiwatch.task"
 local alert = require "kpiwatch.alert"
 local util = require "spec.lua.helpers.util"
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local slurp, write = util.read, util.write
 
 local function ev(id) return { id = id, rule = "r", state = "firing" } end
 

@@ -86,7 +86,7 @@ local function deliver_one(reg, job, opts)
   local cfg = reg.config
   local fn = reg.hooks[job.hook]
   local retries = opts.retries or cfg.retries
-  local attempts, last = 0, nil
+  local attempts, last = 0
   while true do
     attempts = attempts + 1
     local ok, e = pcall(fn, job.event)
