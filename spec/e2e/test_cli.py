@@ -193,8 +193,12 @@ class ExitCodes(unittest.TestCase):
 
 class Signals(unittest.TestCase):
     def start(self, code):
-        p = subprocess.Popen([KW, "-e", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.3)
+        # Signalled once it runs Lua (its handlers are in place), not after a
+        # fixed delay: a sanitized binary alone takes longer than 0.3 s to start.
+        p = subprocess.Popen([KW, "-e", "io.stderr:write('started\\n') io.stderr:flush()", "-e", code],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(p.stderr.readline(), "started\n")
+        time.sleep(0.2)
         return p
 
     def test_sigint_while_waiting_interrupts(self):
