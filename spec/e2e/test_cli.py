@@ -193,12 +193,13 @@ class ExitCodes(unittest.TestCase):
 
 class Signals(unittest.TestCase):
     def start(self, code):
-        # Signalled once it runs Lua (its handlers are in place), not after a
-        # fixed delay: a sanitized binary alone takes longer than 0.3 s to start.
-        p = subprocess.Popen([KW, "-e", "io.stderr:write('started\\n') io.stderr:flush()", "-e", code],
+        # The signal must land once the script runs, however loaded the
+        # machine: wait for its first line, then give it a moment to reach
+        # the statement under test.
+        p = subprocess.Popen([KW, "-e", "print('started') io.stdout:flush() " + code],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.assertEqual(p.stderr.readline(), "started\n")
-        time.sleep(0.2)
+        self.assertEqual(p.stdout.readline(), "started\n")
+        time.sleep(0.3)
         return p
 
     def test_sigint_while_waiting_interrupts(self):

@@ -29,7 +29,7 @@ SCRIPT = r"""
 local alert = require "kpiwatch.alert"
 local notify = require "kpiwatch.notify"
 alert.configure { retries = 1, backoff = 0.01, quiet = true }
-alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 20 })
+alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 20 }, { group_by = false })
 alert.rule { name = "score-floor", metric = "avg_score", below = 0.8 }
 alert.rule { name = "eval-floor", evals = "*", below = 70 }
 local rep = alert.check(arg[1])
