@@ -13,6 +13,12 @@
  *   mkdirs(path [, mode=0700]) -> true | nil, "io", message   (mkdir -p)
  *   stat(path) -> {mode=, size=, type=} | nil, "io", message
  *   getpid() -> integer
+ *   lock(path) -> lock | nil, message, errno
+ *       An exclusive flock(2) on path (created 0600), never waiting: held
+ *       elsewhere gives errno EWOULDBLOCK (the module's field of that name)
+ *       and the caller decides how to wait (the spool sleeps in its task,
+ *       so the loop keeps turning). lock:unlock() (also at garbage
+ *       collection, or for a <close> variable) releases it.
  *
  * These are blocking calls on the loop thread: the files are small and the
  * durability point is the whole purpose of the call.
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -170,14 +177,55 @@ static int l_getpid(lua_State *L) {
   return 1;
 }
 
+#define LOCK_MT "kpiwatch.fs.lock"
+
+static int l_lock(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int *fd = (int *)lua_newuserdatauv(L, sizeof *fd, 0);
+  *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (*fd < 0) return luaL_fileresult(L, 0, path);
+  luaL_setmetatable(L, LOCK_MT);
+  while (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+    if (errno == EINTR) continue;
+    int err = errno;
+    close(*fd);
+    *fd = -1;
+    errno = err;
+    return luaL_fileresult(L, 0, path);
+  }
+  return 1;
+}
+
+/* Closing the descriptor drops the flock. */
+static int l_unlock(lua_State *L) {
+  int *fd = (int *)luaL_checkudata(L, 1, LOCK_MT);
+  if (*fd >= 0) {
+    close(*fd);
+    *fd = -1;
+  }
+  return 0;
+}
+
+static const luaL_Reg lock_meta[] = {
+    {"unlock", l_unlock}, {"__gc", l_unlock}, {"__close", l_unlock}, {NULL, NULL}};
+
 static const luaL_Reg funcs[] = {{"write_atomic", l_write_atomic},
                                  {"append", l_append},
                                  {"mkdirs", l_mkdirs},
                                  {"stat", l_stat},
                                  {"getpid", l_getpid},
+                                 {"lock", l_lock},
                                  {NULL, NULL}};
 
 int luaopen_kpiwatch__fs(lua_State *L) {
+  if (luaL_newmetatable(L, LOCK_MT)) {
+    luaL_setfuncs(L, lock_meta, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  lua_pushinteger(L, EWOULDBLOCK);
+  lua_setfield(L, -2, "EWOULDBLOCK");
   return 1;
 }

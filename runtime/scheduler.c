@@ -59,9 +59,11 @@ static struct {
   volatile sig_atomic_t sigint_waiters;
   int end_with_main;       /* kw_sched_end_with_main: the REPL ended */
   int sigterm;
+  int sighup;              /* the stop was a SIGHUP (sigterm is set too) */
   int in_uv_run;           /* kw_sched_step is inside uv_run */
   uv_async_t wake;         /* SIGINT wakes the loop through this */
   uv_signal_t term;
+  uv_signal_t hup;
 } S;
 
 /* ---- job queue ------------------------------------------------------------ */
@@ -482,11 +484,16 @@ static sig_op *sig_list;
  * purpose, like a server); with no waiter the handles are unref'd so they
  * never hold the loop open. */
 static void sig_refresh(void) {
-  int term = 0;
+  int term = 0, hup = 0;
   sig_op *s;
-  for (s = sig_list; s; s = s->next) term |= s->signum == SIGTERM;
+  for (s = sig_list; s; s = s->next) {
+    term |= s->signum == SIGTERM;
+    hup |= s->signum == SIGHUP;
+  }
   if (term) uv_ref((uv_handle_t *)&S.term);
   else uv_unref((uv_handle_t *)&S.term);
+  if (hup) uv_ref((uv_handle_t *)&S.hup);
+  else uv_unref((uv_handle_t *)&S.hup);
   if (S.sigint_waiters) uv_ref((uv_handle_t *)&S.wake);
   else uv_unref((uv_handle_t *)&S.wake);
 }
@@ -503,7 +510,8 @@ static void sig_unlink(sig_op *s) {
 }
 
 static int sig_push(kw_op *op, lua_State *L) {
-  lua_pushstring(L, ((sig_op *)op)->signum == SIGINT ? "int" : "term");
+  int signum = ((sig_op *)op)->signum;
+  lua_pushstring(L, signum == SIGINT ? "int" : signum == SIGHUP ? "hup" : "term");
   return 1;
 }
 
@@ -539,12 +547,13 @@ static int deliver_signal(int signum) {
 }
 
 static int l_wait_signal(lua_State *L) {
-  static const char *const names[] = {"int", "term", NULL};
+  static const char *const names[] = {"int", "term", "hup", NULL};
+  static const int signums[] = {SIGINT, SIGTERM, SIGHUP};
   int which = luaL_checkoption(L, 1, NULL, names);
   sig_op *s = (sig_op *)malloc(sizeof *s);
   if (!s) return luaL_error(L, "out of memory");
   kw_op_init(&s->op, &sig_class);
-  s->signum = which == 0 ? SIGINT : SIGTERM;
+  s->signum = signums[which];
   s->next = sig_list;
   sig_list = s;
   if (s->signum == SIGINT) S.sigint_waiters++;
@@ -593,6 +602,7 @@ static void on_sigterm(uv_signal_t *h, int signum) {
   (void)h;
   if (deliver_signal(signum)) return;
   S.sigterm = 1;
+  S.sighup = signum == SIGHUP;
   uv_stop(&S.loop);
 }
 
@@ -636,7 +646,7 @@ int kw_sched_run_main(lua_State *L, int nargs) {
     if (S.sigint && !S.sigint_waiters && main_task->state >= TASK_DONE) break;
     if (S.end_with_main && main_task->state >= TASK_DONE) break;
   }
-  if (S.sigterm) return 143;
+  if (S.sigterm) return S.sighup ? 129 : 143;
   if (S.sigint && main_task->state < TASK_DONE) {
     fprintf(stderr, "kpiwatch: interrupted!\n");
     return 130;
@@ -703,6 +713,10 @@ int kw_sched_open(lua_State *L) {
   uv_signal_init(&S.loop, &S.term);
   uv_signal_start(&S.term, on_sigterm, SIGTERM);
   uv_unref((uv_handle_t *)&S.term);
+  /* SIGHUP (a closed terminal, a runner hanging up) stops as SIGTERM does. */
+  uv_signal_init(&S.loop, &S.hup);
+  uv_signal_start(&S.hup, on_sigterm, SIGHUP);
+  uv_unref((uv_handle_t *)&S.hup);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);

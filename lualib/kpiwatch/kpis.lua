@@ -215,11 +215,10 @@ function M._set_flags(t)
   cache = nil
 end
 
---- Points the client at an API endpoint (the sandbox, a proxy, a staging
---- server): its base URL and credentials, in the command line's layer (the
---- CLI calls it for --sandbox), so a script's kpis.configure still wins.
----@param endpoint table {base_url= (or url=), api_key=, secret_key=}: a sandbox
---- object (kpiwatch.sandbox.start) has these fields
+--- Point the client at an API endpoint (the sandbox, a staging server): its base
+--- URL and credentials, at the level of command-line flags (a script's
+--- `kpis.configure` still wins). `kpiwatch --sandbox` does it with the sandbox.
+---@param endpoint {base_url?: string, url?: string, api_key?: string, secret_key?: string} a sandbox object (`sandbox.start`) fits
 function M.point_at(endpoint)
   if type(endpoint) ~= "table" then
     errors.raise("config", "kpis.point_at: expected {base_url=, api_key=, secret_key=}, got "
