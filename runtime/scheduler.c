@@ -51,7 +51,7 @@ static struct {
   kw_task *main_task;
   int main_status;         /* exit status decided by the main task */
   int failed_tasks;        /* tasks that ended in an unobserved error */
-  kw_atclose_fn atclose[8];
+  kw_atclose_fn atclose[KW_ATCLOSE_MAX];
   int natclose;
   lua_State *running;      /* thread whose Lua code runs now (for SIGINT) */
   lua_State *L;            /* main thread */
@@ -456,12 +456,12 @@ static int l_sleep(lua_State *L) {
   s = (sleep_op *)malloc(sizeof *s);
   if (!s) return luaL_error(L, "out of memory");
   kw_op_init(&s->op, &sleep_class);
-  uv_timer_init(&S.loop, &s->timer);
+  KW_CHECK(uv_timer_init(&S.loop, &s->timer) == 0);
   s->timer.data = s;
   /* The loop's clock is cached at the start of each turn; Lua may have run
    * for a while since, and a sleep must not end early. */
   uv_update_time(&S.loop);
-  uv_timer_start(&s->timer, sleep_fired, (uint64_t)(secs * 1000.0 + 0.5), 0);
+  KW_CHECK(uv_timer_start(&s->timer, sleep_fired, (uint64_t)(secs * 1000.0 + 0.5), 0) == 0);
   return kw_await(L, &s->op);
 }
 
@@ -567,7 +567,7 @@ static void on_sigint(int sig) {
     S.sigint = 1;
     if (S.running) lua_sethook(S.running, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   }
-  uv_async_send(&S.wake);
+  (void)uv_async_send(&S.wake); /* cannot fail on an initialised handle */
 }
 
 static void on_wake(uv_async_t *h) {
@@ -661,11 +661,18 @@ int kw_sched_main_result(lua_State *L) {
   return (int)lua_tointeger(t->co, 1);
 }
 
-void kw_sched_atclose(kw_atclose_fn fn) {
+int kw_sched_atclose(kw_atclose_fn fn) {
   int i;
   for (i = 0; i < S.natclose; i++)
-    if (S.atclose[i] == fn) return;
-  if (S.natclose < (int)(sizeof S.atclose / sizeof S.atclose[0])) S.atclose[S.natclose++] = fn;
+    if (S.atclose[i] == fn) return 0;
+  if (S.natclose >= KW_ATCLOSE_MAX) return -1;
+  S.atclose[S.natclose++] = fn;
+  return 0;
+}
+
+_Noreturn void kw_check_failed(const char *expr, const char *file, int line) {
+  fprintf(stderr, "kpiwatch: internal error: %s:%d: check failed: %s\n", file, line, expr);
+  abort();
 }
 
 static const luaL_Reg task_funcs[] = {
@@ -698,10 +705,14 @@ int kw_sched_open(lua_State *L) {
   if (uv_loop_init(&S.loop) != 0) return -1;
   S.open = 1;
   S.L = L;
-  uv_async_init(&S.loop, &S.wake, on_wake);
+  /* These fail when the process is out of descriptors or memory: then
+   * there is no loop to run (kw_sched_close closes what was opened). */
+  if (uv_async_init(&S.loop, &S.wake, on_wake) != 0 || uv_signal_init(&S.loop, &S.term) != 0 ||
+      uv_signal_start(&S.term, on_sigterm, SIGTERM) != 0) {
+    kw_sched_close();
+    return -1;
+  }
   uv_unref((uv_handle_t *)&S.wake);
-  uv_signal_init(&S.loop, &S.term);
-  uv_signal_start(&S.term, on_sigterm, SIGTERM);
   uv_unref((uv_handle_t *)&S.term);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
@@ -744,6 +755,8 @@ void kw_sched_close(void) {
   }
   uv_walk(&S.loop, close_any, NULL);
   uv_run(&S.loop, UV_RUN_DEFAULT);
-  uv_loop_close(&S.loop);
+  /* every handle was closed and the loop drained just above: EBUSY here is
+   * a handle leaked by a module */
+  KW_CHECK(uv_loop_close(&S.loop) == 0);
   S.open = 0;
 }

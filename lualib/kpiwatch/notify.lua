@@ -369,7 +369,7 @@ function M.exec(spec)
     set("KPIWATCH_ALERT_RULE", event.rule or "")
     local envlist = {}
     for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
-    local r, _, msg = process.spawn(args, {
+    local r, msg = process.spawn(args, {
       stdin = json.encode(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
     })
     if not r then errors.raise("exec", msg, { retryable = false }) end
@@ -398,7 +398,7 @@ function M.file(opts)
   local sync = opts.sync ~= false
   return function(event)
     local fs = require "kpiwatch._fs"
-    local ok, _, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
+    local ok, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
     if not ok then errors.raise("io", msg, { retryable = true }) end
   end
 end

@@ -73,10 +73,10 @@ function M.write(path, doc)
   end
   local dir = dirname(path)
   if dir and dir ~= "" then
-    local made, _, msg = fs.mkdirs(dir, tonumber("700", 8))
+    local made, msg = fs.mkdirs(dir, tonumber("700", 8))
     if not made then return nil, errors.new("io", msg, { path = path }) end
   end
-  local done, _, msg = fs.write_atomic(path, text .. "\n", tonumber("600", 8))
+  local done, msg = fs.write_atomic(path, text .. "\n", tonumber("600", 8))
   if not done then return nil, errors.new("io", msg, { path = path }) end
   return true
 end
