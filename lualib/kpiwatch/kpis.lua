@@ -210,6 +210,7 @@ local function check_base_url(url, allow_insecure)
   if host == "" or (port ~= "" and port:sub(1, 1) ~= ":") then
     bad("invalid character in the host (expected a host name, an IP address or [IPv6]; an international domain name in its xn-- form)")
   end
+  if #host > 253 then bad(format("the host name is %d characters long (DNS allows 253)", #host)) end
   if port ~= "" then
     local p = port:match("^:(%d+)$")
     if not p or tonumber(p) < 1 or tonumber(p) > 65535 then bad("bad port") end
@@ -270,6 +271,13 @@ local function prepare(c)
     end
     errors.raise("config", msg .. " (or call kpis.configure{api_key=..., secret_key=...})",
       { retryable = false })
+  end
+  for field, var in pairs({ api_key = "FI_API_KEY", secret_key = "FI_SECRET_KEY" }) do
+    -- a header value cannot hold CR, LF or NUL: say which setting, never the value
+    if c[field]:find("%c") then
+      errors.raise("config", format("%s contains a control character (CR, LF, ...): not a valid credential",
+        c[field] == getenv(var) and var or field), { retryable = false })
+    end
   end
   c.root = check_base_url(c.base_url, c.allow_insecure_http) .. "/simulate/test-executions/"
   if c.ca_file then
