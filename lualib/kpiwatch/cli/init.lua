@@ -14,13 +14,15 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  compare = "kpiwatch.cli.compare",
 }
 
 M.usage = [==[
 usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
-       kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
+       kpiwatch [options] compare A B [--format text|json|markdown]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -43,6 +45,7 @@ kpiwatch options:
   --ca-file FILE        trust the CA certificates of FILE (PEM) for TLS
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
+  --allow-insecure-http allow plain http:// to a host other than loopback
   -h, --help            show this help
   --version             show the version
 
@@ -50,6 +53,8 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+                        (--list: the fixtures and what each is for)
+  compare A B           two executions side by side, with deltas
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
@@ -59,7 +64,8 @@ Environment:
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
-             3 API or network error, 130 interrupted (Ctrl-C).
+             3 API or network error, 129 hangup (SIGHUP),
+             130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM).
 ]==]
 
 local function fail(msg)
