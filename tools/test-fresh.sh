@@ -17,7 +17,7 @@ src=$(pwd)
 dir=$(realpath -m "${1:-build-fresh}")
 FRESH_TEST=${FRESH_TEST:-test}
 MIRROR=${FRESH_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*debian\)\/*$/\1/p; s/^deb \(http[^ ]*debian\)\/* bookworm .*/\1/p' \
-  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1)}
+  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1 || true)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 
 say() { echo "test-fresh: $*" >&2; }
