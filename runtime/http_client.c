@@ -38,6 +38,7 @@
 #endif
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -70,6 +71,29 @@ static struct {
   long timeout_ms;
   char *ca_file;
 } cfg = {HTTP_DEFAULT_MAX_CONCURRENT, HTTP_DEFAULT_MAX_BODY, HTTP_DEFAULT_TIMEOUT_MS, NULL};
+
+/* Loopback never goes through a proxy (http_proxy set on a CI runner
+ * would otherwise get the sandbox's requests, credentials included):
+ * CURLOPT_NOPROXY replaces the no_proxy variable libcurl would read, so
+ * the user's list is kept after ours. "*" alone (no proxy at all) stays
+ * alone: libcurl reads it as "every host" only then. */
+#define KW_NOPROXY_LOOPBACK "localhost,127.0.0.0/8,::1"
+static char *noproxy;
+
+static void noproxy_init(void) {
+  const char *user = getenv("no_proxy");
+  size_t n;
+  if (!user || !*user) user = getenv("NO_PROXY");
+  if (!user) user = "";
+  if (strcmp(user, "*") == 0) {
+    noproxy = strdup("*");
+    return;
+  }
+  n = sizeof KW_NOPROXY_LOOPBACK + 1 + strlen(user);
+  /* out of memory: NULL, libcurl's default (the user's list alone) */
+  if ((noproxy = malloc(n)) != NULL)
+    snprintf(noproxy, n, "%s%s%s", KW_NOPROXY_LOOPBACK, *user ? "," : "", user);
+}
 
 typedef struct sock_ctx sock_ctx;
 struct sock_ctx {
@@ -484,6 +508,7 @@ static void base_options(http_req *r) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  if (noproxy) curl_easy_setopt(e, CURLOPT_NOPROXY, noproxy);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
 }
@@ -702,6 +727,8 @@ static void http_atclose(void) {
   uv_close((uv_handle_t *)&G.timer, NULL);
   G.closed = 1;
   pool_trim(0);
+  free(noproxy);
+  noproxy = NULL;
   curl_global_cleanup();
   G.inited = 0;
 }
@@ -716,8 +743,11 @@ static const char *http_init(void) {
   /* First: http_atclose does nothing until G.inited, so nothing to undo. */
   if (kw_sched_atclose(http_atclose) != 0) return "too many kw_sched_atclose hooks";
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return "curl_global_init failed";
+  noproxy_init();
   G.multi = curl_multi_init();
   if (!G.multi) {
+    free(noproxy);
+    noproxy = NULL;
     curl_global_cleanup();
     return "curl_multi_init failed";
   }

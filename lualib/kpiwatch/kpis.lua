@@ -232,6 +232,21 @@ local function is_loopback(host)
     or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
+-- Whether libcurl would send a plain http:// request for host through a
+-- proxy: http_proxy or all_proxy set (libcurl ignores HTTP_PROXY), host
+-- not in no_proxy. Loopback never is (runtime/http_client.c).
+local function proxied(host)
+  if not (getenv("http_proxy") or getenv("all_proxy") or getenv("ALL_PROXY")) then return false end
+  local skip = getenv("no_proxy") or getenv("NO_PROXY") or ""
+  if skip == "*" or is_loopback(host) then return false end
+  host = host:lower():gsub("^%[(.*)%]$", "%1")
+  for entry in skip:lower():gmatch("[^,%s]+") do
+    entry = entry:gsub("^%.", "")
+    if host == entry or host:sub(-#entry - 1) == "." .. entry then return false end
+  end
+  return true
+end
+
 -- Split and check a base URL; returns the URL without trailing slashes, or
 -- raises a config error. No userinfo (a password in a URL would end up in
 -- traces), no query or fragment.
@@ -264,6 +279,11 @@ local function check_base_url(url, allow_insecure)
   if scheme == "http" and not allow_insecure and not is_loopback(host) then
     errors.raise("config", format(
       "refusing plain http:// to %s: the credentials would travel unencrypted; use https://, or set allow_insecure_http (--allow-insecure-http) if you mean it",
+      host))
+  end
+  if scheme == "http" and proxied(host) then
+    errors.raise("config", format(
+      "refusing plain http:// to %s through the proxy of http_proxy/all_proxy: it would read the credentials; use https://, or add the host to no_proxy",
       host))
   end
   return scheme .. "://" .. authority .. path:gsub("/+$", "")
