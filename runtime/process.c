@@ -11,7 +11,9 @@
  * it, so spaces, quotes and `; rm -rf /` in an argument stay one literal
  * argument. env, when given, is the child's whole environment ("K=V"
  * strings; merging with environ() is the Lua side's business). timeout is
- * in seconds: the child gets SIGTERM, then SIGKILL KILL_GRACE_MS later.
+ * in seconds: the child's process group (the child and what it started)
+ * gets SIGTERM, then SIGKILL KILL_GRACE_MS later; the child runs in a
+ * session of its own, away from the terminal's signals.
  * Output beyond max_output bytes per stream (default 1 MiB) is dropped and
  * `truncated` is set.
  *
@@ -104,6 +106,14 @@ static void finish(proc_op *p) {
 
 static void check_done(proc_op *p);
 
+/* The child leads its own process group (UV_PROCESS_DETACHED: setsid), so
+ * what it started (`sh -c 'a | b'`, a daemonising script) goes with it.
+ * Only called while the child has not been reaped: its pid is still the
+ * group's id, never reused. ESRCH (all gone meanwhile) needs nothing. */
+static void kill_group(proc_op *p, int sig) {
+  if (uv_kill(-p->proc.pid, sig) != 0) (void)uv_process_kill(&p->proc, sig);
+}
+
 static void on_timer(uv_timer_t *t) {
   proc_op *p = (proc_op *)t->data;
   if (p->exited) {
@@ -112,11 +122,10 @@ static void on_timer(uv_timer_t *t) {
   } else if (!p->killed) {
     p->timed_out = 1;
     p->killed = 1;
-    /* ESRCH (it exited meanwhile) is the only failure: nothing to do */
-    (void)uv_process_kill(&p->proc, SIGTERM);
+    kill_group(p, SIGTERM);
     KW_CHECK(uv_timer_start(&p->timer, on_timer, KILL_GRACE_MS, 0) == 0);
   } else {
-    (void)uv_process_kill(&p->proc, SIGKILL);
+    kill_group(p, SIGKILL);
   }
 }
 
@@ -136,6 +145,10 @@ static void proc_exited(uv_process_t *proc, int64_t status, int sig) {
   p->exit_status = status;
   p->term_signal = sig;
   uv_timer_stop(&p->timer);
+  /* Killed (timeout, cancel): what it started and what ignored SIGTERM
+   * goes too. The group outlives its leader while a member lives, so its
+   * id cannot have been reused yet. */
+  if (p->killed) (void)uv_kill(-proc->pid, SIGKILL);
   check_done(p);
 }
 
@@ -219,7 +232,7 @@ static void proc_cancel(kw_op *op) {
   if (!p->exited) {
     /* on_exit follows and completes the op */
     p->killed = 1;
-    (void)uv_process_kill(&p->proc, SIGKILL); /* ESRCH: it is exiting anyway */
+    kill_group(p, SIGKILL);
   } else {
     finish(p);
   }
@@ -327,6 +340,8 @@ static int l_spawn(lua_State *L) {
   opts.cwd = cwd;
   opts.stdio_count = 3;
   opts.stdio = stdio;
+  /* its own session and process group: see kill_group */
+  opts.flags = UV_PROCESS_DETACHED;
 
   rc = uv_spawn(kw_loop(), &p->proc, &opts);
   if (rc != 0) {

@@ -404,6 +404,16 @@ local ConfigView = {
   end,
 }
 
+-- The configured secrets' values (for the library's own use: notify.exec
+-- keeps them out of a hook's environment).
+function M._secrets()
+  local c, out = resolve_base(), {}
+  for k in pairs(SECRET) do
+    if type(c[k]) == "string" and c[k] ~= "" then out[#out + 1] = c[k] end
+  end
+  return out
+end
+
 --- The effective options; `tostring` of the result prints them, with the
 --- secrets as `[REDACTED]`.
 ---@param opts? kpiwatch.kpis.Options options of a call to overlay

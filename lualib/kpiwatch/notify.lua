@@ -400,10 +400,23 @@ function M.exec(spec)
     local args = {}
     for i, a in ipairs(argv) do args[i] = i == 1 and a or template.render(a, lookup) end
     local vars, order = {}, {}
+    -- The API credentials stay with kpiwatch: by name, and any variable
+    -- holding a configured secret. A hook that needs one gets it in env.
+    local kpis = package.loaded["kpiwatch.kpis"]
+    local secrets = kpis and kpis._secrets() or {}
+    local function secret(k, kv)
+      if k == "FI_API_KEY" or k == "FI_SECRET_KEY" then return true end
+      for _, s in ipairs(secrets) do
+        if kv:find(s, #k + 2, true) then return true end
+      end
+      return false
+    end
     for _, kv in ipairs(process.environ()) do
       local k = kv:match("^([^=]*)=")
-      if k and not vars[k] then order[#order + 1] = k end
-      if k then vars[k] = kv end
+      if k and not secret(k, kv) then
+        if not vars[k] then order[#order + 1] = k end
+        vars[k] = kv
+      end
     end
     local function set(k, v)
       if not vars[k] then order[#order + 1] = k end
