@@ -702,6 +702,9 @@ end
 -- parse(text [, execution_id]) -> KPI object, or nil and a `protocol` error
 -- object when text is not a JSON object carrying KPI fields (an HTML page,
 -- truncated JSON, an array, an error body sent with 200, ...).
+-- The largest KPI body model.parse decodes (a real one: ~100 keys, depth 3).
+M.MAX_KEYS, M.MAX_VALUES, M.MAX_DEPTH = 10000, 50000, 32
+
 --- Decode a response body into a KPI object.
 ---@param text string the body
 ---@param execution_id? string
@@ -711,6 +714,18 @@ function M.parse(text, execution_id)
   if type(text) ~= "string" then
     return nil, errors.new("protocol", "expected a response body, got " .. type(text),
       { execution_id = execution_id, retryable = false })
+  end
+  if json.measure then
+    -- A KPIs object has a few hundred keys; decoding a hostile one would
+    -- cost ~1.4 KB of tables per key: refused before decoding.
+    local keys, values, depth = json.measure(text)
+    local too = keys > M.MAX_KEYS and format("%d keys (at most %d)", keys, M.MAX_KEYS)
+      or values > M.MAX_VALUES and format("%d values (at most %d)", values, M.MAX_VALUES)
+      or depth > M.MAX_DEPTH and format("nesting %d deep (at most %d)", depth, M.MAX_DEPTH)
+    if too then
+      return nil, errors.new("protocol", "expected a KPIs object, got a JSON document with " .. too,
+        { execution_id = execution_id, retryable = false })
+    end
   end
   local ok, body = pcall(json.decode, text)
   if not ok then
