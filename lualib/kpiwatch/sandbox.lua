@@ -453,12 +453,9 @@ function M._drop_response(req)
   return { status = 502, headers = { ["content-type"] = "text/plain", connection = "close" }, body = "" }
 end
 
--- start_for_client([opts]): start the sandbox on a free loopback port and
--- point kpis at it (as command-line flags: a script's kpis.configure still
--- wins). Used by `kpiwatch --sandbox`. Returns the sandbox object.
---- Start the sandbox in the background (it never keeps the process alive) and
---- point `kpis` at it, at the level of command-line flags (a script's
---- `kpis.configure` still wins). What `kpiwatch --sandbox` does.
+--- Start the sandbox on a free loopback port in the background (it never
+--- keeps the process alive), for this process's own client: point it there
+--- with `kpis.point_at(sb)` (what `kpiwatch --sandbox` does).
 ---@param opts? table options of `sandbox.start`
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start_for_client(opts)
@@ -466,7 +463,6 @@ function M.start_for_client(opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   local sb = M.start(o)
   M.current = sb -- the REPL completes fixture ids from it
-  require("kpiwatch.kpis")._set_flags { base_url = sb.url, api_key = sb.api_key, secret_key = sb.secret_key }
   return sb
 end
 
