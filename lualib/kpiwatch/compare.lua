@@ -171,8 +171,7 @@ function M.text(a, b, get)
 end
 
 function M.compare(a, b, get)
-  io.stdout:write(M.text(a, b, get), "
-")
+  io.stdout:write(M.text(a, b, get), "\n")
   io.stdout:flush()
 end
 
