@@ -44,6 +44,10 @@ mount_api() {
   mount -t proc proc "$root/proc" && mounted+=("$root/proc")
   mount --rbind /dev "$root/dev" && mounted+=("$root/dev")
   mount -t tmpfs tmpfs "$root/tmp" && mounted+=("$root/tmp")
+  # downloaded .deb files are shared between the copies (installed anew in
+  # each: only the download is saved)
+  mkdir -p "$dir/archives/partial"
+  mount --bind "$dir/archives" "$root/var/cache/apt/archives" && mounted+=("$root/var/cache/apt/archives")
   cp /etc/resolv.conf "$root/etc/resolv.conf"
 }
 
