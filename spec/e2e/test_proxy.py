@@ -12,11 +12,13 @@ answers 502). With http_proxy and all_proxy pointing at it:
 - with that host in no_proxy, or no proxy set, it is not refused (checked
   on the base URL check alone: no request, nothing resolved).
 """
-import http.server
 import os
 import subprocess
-import threading
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import MockServer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.environ.get("KPIWATCH_SRC", os.path.join(HERE, "../..")))
@@ -24,43 +26,18 @@ KW = os.path.abspath(os.environ.get("KPIWATCH", os.path.join(SRC, "build/kpiwatc
 GOOD = "c0ffee00-0000-4000-8000-000000000001"
 
 
-class Proxy:
-    def __init__(self):
-        self.seen = []
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def _any(self):
-                outer.seen.append((self.command, self.path, dict(self.headers)))
-                self.send_response(502)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_POST = do_CONNECT = do_HEAD = _any
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = "http://127.0.0.1:%d" % self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 class ProxyTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.proxy = Proxy()
+        # the proxy stand-in: records every request, answers 502
+        cls.proxy = MockServer(lambda req: (502, {}, b""))
 
     @classmethod
     def tearDownClass(cls):
         cls.proxy.close()
 
     def setUp(self):
-        self.proxy.seen.clear()
+        self.proxy.requests.clear()
 
     def run_kw(self, *args, **env):
         e = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -73,13 +50,13 @@ class ProxyTest(unittest.TestCase):
     def test_loopback_is_never_proxied(self):
         r = self.run_kw("--sandbox", "gate", GOOD, "--require", "avg_score>=0.8")
         self.assertEqual(0, r.returncode, r.stderr)
-        self.assertEqual([], self.proxy.seen)
+        self.assertEqual([], self.proxy.requests)
 
     def test_loopback_bypass_merges_with_the_users_no_proxy(self):
         r = self.run_kw("--sandbox", "gate", GOOD, "--require", "avg_score>=0.8",
                         no_proxy="internal.example,.corp.invalid")
         self.assertEqual(0, r.returncode, r.stderr)
-        self.assertEqual([], self.proxy.seen)
+        self.assertEqual([], self.proxy.requests)
 
     def test_credentials_never_go_in_clear_text_through_a_proxy(self):
         r = self.run_kw("--allow-insecure-http", "--base-url", "http://kpiwatch-test.invalid:8080",
@@ -87,7 +64,7 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(2, r.returncode, r.stderr)
         self.assertIn("proxy", r.stderr)
         self.assertNotIn("kw-proxy-test", r.stderr + r.stdout)
-        self.assertEqual([], self.proxy.seen)
+        self.assertEqual([], self.proxy.requests)
 
     def test_a_host_in_no_proxy_is_not_refused_for_the_proxy(self):
         # the check alone (kpis._check_base_url): no request, no resolver
