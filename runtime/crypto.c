@@ -23,7 +23,6 @@
 
 #include "fail.h"
 
-
 static int l_hmac_sha256(lua_State *L) {
   size_t klen, mlen;
   const char *key = luaL_checklstring(L, 1, &klen);

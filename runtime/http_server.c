@@ -963,7 +963,8 @@ static const luaL_Reg server_funcs[] = {
 
 int luaopen_kpiwatch__server(lua_State *L) {
   /* At open, not at the first listen: nothing to undo if it fails. */
-  if (kw_sched_atclose(server_atclose) != 0) return luaL_error(L, "too many kw_sched_atclose hooks");
+  if (kw_sched_atclose(server_atclose) != 0)
+    return luaL_error(L, "too many kw_sched_atclose hooks");
   if (luaL_newmetatable(L, SERVER_MT)) {
     lua_pushcfunction(L, server_gc);
     lua_setfield(L, -2, "__gc");

@@ -243,8 +243,8 @@ static int l_array(lua_State *L) {
 
 /* The bytes l_measure stops at: the rest (numbers, literals, spaces) is
  * skipped by a tight loop. */
-static const unsigned char structural[256] = {['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1,
-                                              [']'] = 1, [':'] = 1, [','] = 1};
+static const unsigned char structural[256] = {
+    ['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1, [':'] = 1, [','] = 1};
 
 /* measure(text) -> keys, values, depth: object keys, values (array
  * elements and object members, containers included) and the deepest

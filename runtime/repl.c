@@ -572,7 +572,8 @@ int luaopen_kpiwatch__repl(lua_State *L) {
     R.completer_ref = LUA_NOREF;
     R.co = lua_newthread(L);
     R.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (kw_sched_atclose(repl_atclose) != 0) return luaL_error(L, "too many kw_sched_atclose hooks");
+    if (kw_sched_atclose(repl_atclose) != 0)
+      return luaL_error(L, "too many kw_sched_atclose hooks");
   }
   luaL_newlib(L, funcs);
   return 1;

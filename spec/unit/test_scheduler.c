@@ -66,11 +66,12 @@ static void test_failed_task_does_not_stop_others(void **state) {
 
 static void test_wait_returns_results_and_raises_errors(void **state) {
   (void)state;
-  assert_int_equal(run("local t = task.spawn(function(a, b) task.sleep(0) return a + b, 'x' end, 1, 2)\n"
-                       "local s, x = task.wait(t)\n"
-                       "local ok, e = pcall(task.wait, task.spawn(function() error('bad', 0) end))\n"
-                       "res = s .. x .. tostring(ok) .. e"),
-                   0);
+  assert_int_equal(
+      run("local t = task.spawn(function(a, b) task.sleep(0) return a + b, 'x' end, 1, 2)\n"
+          "local s, x = task.wait(t)\n"
+          "local ok, e = pcall(task.wait, task.spawn(function() error('bad', 0) end))\n"
+          "res = s .. x .. tostring(ok) .. e"),
+      0);
   assert_string_equal(global_string("res"), "3xfalsebad");
 }
 
