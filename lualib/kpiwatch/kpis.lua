@@ -25,6 +25,7 @@
 
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 local retry = require "kpiwatch.http_retry"
 
 local M = {}
@@ -361,7 +362,8 @@ local function prepare(c)
         c[field] == getenv(var) and var or field), { retryable = false })
     end
   end
-  c.root = check_base_url(c.base_url, c.allow_insecure_http) .. "/simulate/test-executions/"
+  c.base = check_base_url(c.base_url, c.allow_insecure_http)
+  c.root = c.base .. "/simulate/test-executions/"
   if c.ca_file then
     -- libcurl would only say "error setting certificate file" on the first
     -- request, and as a tls error at that
@@ -387,21 +389,23 @@ local function prepare(c)
 end
 
 -- Replace every occurrence of a secret in s.
-local function redact(c, s)
-  if type(s) ~= "string" then return s end
+-- The configured secrets, for shared.redact.
+local function secrets_of(c)
+  local list = {}
   for key in pairs(SECRET) do
-    local v = c[key]
-    if type(v) == "string" and #v >= 3 then
-      local i = 1
-      while true do
-        local a, b = s:find(v, i, true)
-        if not a then break end
-        s = s:sub(1, a - 1) .. "[REDACTED]" .. s:sub(b + 1)
-        i = a + 10
-      end
-    end
+    if type(c[key]) == "string" then list[#list + 1] = c[key] end
   end
-  return s
+  return list
+end
+
+local function redact(c, s)
+  return shared.redact(s, secrets_of(c))
+end
+
+-- _secrets() -> the credentials in effect (for the REPL's history filter,
+-- and notify.exec keeps them out of a hook's environment).
+function M._secrets()
+  return secrets_of(resolve())
 end
 
 -- config() -> the effective options, with the secrets shown as
@@ -421,16 +425,6 @@ local ConfigView = {
     return "kpis.config{" .. table.concat(parts, ", ") .. "}"
   end,
 }
-
--- The configured secrets' values (for the library's own use: notify.exec
--- keeps them out of a hook's environment).
-function M._secrets()
-  local c, out = resolve_base(), {}
-  for k in pairs(SECRET) do
-    if type(c[k]) == "string" and c[k] ~= "" then out[#out + 1] = c[k] end
-  end
-  return out
-end
 
 --- The effective options; `tostring` of the result prints them, with the
 --- secrets as `[REDACTED]`.
@@ -616,6 +610,10 @@ end
 
 M._stats = { requests = 0, retries = 0, failures = 0 }
 
+-- _observer(event, ...): set by kpiwatch.metrics to count requests;
+-- ("request", outcome, seconds) per attempt, ("rate_wait", seconds).
+M._observer = nil
+
 --- Counters of this process's KPIs requests.
 ---@return {requests: integer, retries: integer, failures: integer} stats
 function M.stats()
@@ -634,50 +632,65 @@ end
 -- The delay before retry number n (1-based): full jitter over an
 -- exponential ceiling; a 429's Retry-After is a floor.
 local function backoff_delay(c, n, retry_after)
-  local ceiling = c.backoff * 2 ^ (n - 1)
-  if ceiling > c.backoff_max then ceiling = c.backoff_max end
-  local d = M._random() * ceiling
-  if retry_after then d = retry_after + M._random() * c.backoff end
-  return d
+  if retry_after then return retry_after + M._random() * c.backoff end
+  return shared.backoff(n, c.backoff, c.backoff_max, M._random)
 end
 
 local http_request
 
---- Fetch the KPIs of one execution, retrying what is worth a retry. Many
---- `kpis.get` calls in separate tasks run concurrently.
----@async
----@param id string the execution id (a UUID)
----@param opts? kpiwatch.kpis.Options options of this call
----@return kpiwatch.Kpi kpi raises an error object when the request fails
-function M.get(id, opts)
-  local c = prepare(resolve(opts))
-  id = check_id(id)
+-- Transport failures that prove the request never reached the server: the
+-- only ones a request that is not idempotent (POST execute) may retry (and
+-- only those http_retry deems worth a retry: connect, not dns).
+local UNSENT = { connect = true, dns = true }
+
+-- send(c, req, id, parse [, not_idempotent]) -> parse(body, id) of the 2xx
+-- answer, or raises an error object. The client's one request loop: rate
+-- limit, retries with backoff and Retry-After, error classification,
+-- redaction and the verbose trace. parse returns a value, or nil and an
+-- error object. A request that is not idempotent keeps its retries only for
+-- failures that prove it never reached the server (UNSENT), never after a
+-- timeout, a broken connection or an HTTP error.
+local function send(c, req, id, parse, not_idempotent)
   lazy()
   http_request = http_request or http.request
-  local url = c.root .. id .. "/kpis/"
-  local req = { method = "GET", url = url, headers = c.req_headers, timeout = c.timeout, ca_file = c.ca_file }
+  local url, method = req.url, req.method
   local stats = M._stats
   local attempt = 0
   while true do
     attempt = attempt + 1
-    acquire(c)
-    local t0 = c.verbose and now()
+    local waited = acquire(c)
+    local observe = M._observer
+    if observe and waited > 0 then observe("rate_wait", waited) end
+    local t0 = (c.verbose or observe) and now()
     stats.requests = stats.requests + 1
     local ok, resp = pcall(http_request, req)
     local err
     if ok then
       local status = resp.status
       if status >= 200 and status <= 299 then
-        local k, perr = model.parse(resp.body, id)
+        local k, perr = parse(resp.body, id)
         if k then
+          -- a server echoing a credential (as a key or a value, maybe
+          -- written with \u escapes) must not get it into any output
+          local secrets = secrets_of(c)
+          local body = resp.body
+          for _, sec in ipairs(secrets) do
+            if body:find(sec, 1, true) or body:find("\\u") then
+              -- a KPI or execution object keeps its body behind raw();
+              -- a list page is the decoded body itself
+              shared.redact_tree(type(k.raw) == "function" and k:raw() or k, secrets)
+              break
+            end
+          end
+          if observe then observe("request", "ok", now() - t0) end
           if c.verbose then
-            trace(c, format("GET %s -> %d (%s)%s", url, status, ms(resp.time or (now() - t0)),
+            trace(c, format("%s %s -> %d (%s)%s", method, url, status, ms(resp.time or (now() - t0)),
               attempt > 1 and format(" after %d attempts", attempt) or ""))
           end
           return k
         end
         -- the message quotes the body: parse a redacted copy for it (see classify)
-        local _, rerr = model.parse(redact(c, resp.body), id)
+        local _, rerr = parse(redact(c, resp.body), id)
         err = rerr or perr
         err.status, err.url = status, url
         err.message = redact(c, err.message)
@@ -699,6 +712,8 @@ function M.get(id, opts)
       error(resp, 0)
     end
     err.attempts = attempt
+    if observe then observe("request", err.kind, now() - t0) end
+    if not_idempotent and not UNSENT[err.kind] then err.retryable = false end
     local outcome = err.status and tostring(err.status) .. " " .. err.kind or err.kind
     local give_up = not err.retryable or attempt > c.retries
     if not give_up and err.retry_after and err.retry_after > c.max_retry_after then
@@ -709,7 +724,7 @@ function M.get(id, opts)
     if give_up then
       stats.failures = stats.failures + 1
       if c.verbose then
-        trace(c, format("GET %s -> %s (%s)%s", url, outcome, ms(now() - t0),
+        trace(c, format("%s %s -> %s (%s)%s", method, url, outcome, ms(now() - t0),
           attempt > 1 and format("; giving up after %d attempts", attempt) or ""))
       end
       error(err, 0)
@@ -717,12 +732,37 @@ function M.get(id, opts)
     local delay = backoff_delay(c, attempt, err.retry_after)
     stats.retries = stats.retries + 1
     if c.verbose then
-      trace(c, format("GET %s -> %s (%s); retry %d/%d in %.2f s%s", url, outcome, ms(now() - t0),
+      trace(c, format("%s %s -> %s (%s); retry %d/%d in %.2f s%s", method, url, outcome, ms(now() - t0),
         attempt, c.retries, delay,
         err.retry_after and format(" (Retry-After %g)", err.retry_after) or ""))
     end
     if delay > 0 then task.sleep(delay) end
   end
+end
+M._send = send
+
+-- _client([opts]) -> the resolved, checked options of one call (c.base,
+-- c.req_headers, c.timeout, ...) for modules that build their own requests
+-- and send them with kpis._send (kpiwatch.execution).
+function M._client(opts)
+  local c = prepare(resolve(opts))
+  lazy()
+  return c
+end
+
+--- Fetch the KPIs of one execution, retrying what is worth a retry. Many
+--- `kpis.get` calls in separate tasks run concurrently.
+---@async
+---@param id string the execution id (a UUID)
+---@param opts? kpiwatch.kpis.Options options of this call
+---@return kpiwatch.Kpi kpi raises an error object when the request fails
+function M.get(id, opts)
+  local c = prepare(resolve(opts))
+  id = check_id(id)
+  lazy()
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
+    ca_file = c.ca_file }
+  return send(c, req, id, model.parse)
 end
 
 -- Run up to `concurrency` workers over ids; each result (a KPI object or
@@ -743,40 +783,14 @@ local function run_workers(ids, opts, deliver)
   local ok_c, msg = CHECK.concurrency(conc)
   if not ok_c then errors.raise("config", "kpis: " .. msg) end
   lazy()
-  local n = #ids
-  if n == 0 then return end
-  -- A worker never raises: a task that fails unobserved is reported by the
-  -- runtime (and counts against the exit status). The first fatal error
-  -- (not a per-id failure) stops the others and is raised by the caller.
-  local nexti, fatal = 0, nil
+  -- A per-id failure is a result; anything else (a cancellation, a bug,
+  -- an error raised by deliver) stops the pool and is raised here.
   local get = M.get
-  local function worker()
-    while fatal == nil do
-      nexti = nexti + 1
-      local i = nexti
-      if i > n then return end
-      local ok, r = pcall(get, ids[i], call_opts)
-      if not ok and not errors.is(r) then
-        fatal = fatal or { r }
-        return
-      end
-      local okd, derr = pcall(deliver, r, ids[i], i)
-      if not okd then
-        fatal = fatal or { derr }
-        return
-      end
-    end
-  end
-  local workers = {}
-  for w = 1, math.min(conc, n) do workers[w] = task.spawn(worker) end
-  local ok, e = pcall(task.all, workers)
-  if not ok then
-    -- the caller was cancelled (Ctrl-C, task.cancel): so are the workers
-    fatal = fatal or { e }
-    for _, w in ipairs(workers) do pcall(task.cancel, w) end
-    error(e, 0)
-  end
-  if fatal then error(fatal[1], 0) end
+  task.map(ids, function(id, i)
+    local ok, r = pcall(get, id, call_opts)
+    if not ok and not errors.is(r) then error(r, 0) end
+    deliver(r, id, i)
+  end, { concurrency = conc })
 end
 
 --- Fetch many executions with `concurrency` workers. A missing credential, or
@@ -812,6 +826,55 @@ function M.each(ids, fn, opts)
   return fetched, failed
 end
 
+---Execution ids or KPI objects (or decoded bodies), in any mix, as KPI
+---objects: the ids are fetched concurrently (kpis.get_all), the rest is
+---kept as is (a decoded body becomes a KPI object). A single id or object
+---is a list of one.
+---@param x string|table|table[]  an id, a KPI object, or a list of them
+---@param opts? table  options of kpis.get_all
+---@return table[] kpis  the KPI objects, in the order of x, failed ids left out
+---@return {execution_id: string, error: table}[] failed  one per id that could not be fetched
+function M.resolve(x, opts)
+  local list
+  if type(x) == "string" or model.is(x) then
+    list = { x }
+  elseif type(x) == "table" and rawlen(x) == 0 and next(x) ~= nil then
+    list = { x } -- a decoded body
+  elseif type(x) == "table" then
+    list = x
+  else
+    errors.raise("config", "expected execution ids or KPI objects, got " .. type(x))
+  end
+  local ids, pos = {}, {}
+  local out = {}
+  for i, v in ipairs(list) do
+    if type(v) == "string" then
+      ids[#ids + 1] = v
+      pos[#ids] = i
+    elseif type(v) == "table" then
+      out[i] = model.as_kpi(v)
+    else
+      errors.raise("config", "expected an execution id or a KPI object, got " .. type(v))
+    end
+  end
+  local failed = {}
+  if #ids > 0 then
+    for j, r in ipairs(M.get_all(ids, opts)) do
+      if errors.is(r) then
+        failed[#failed + 1] = { execution_id = ids[j], error = r }
+        out[pos[j]] = false
+      else
+        out[pos[j]] = r
+      end
+    end
+  end
+  local kpis = {}
+  for i = 1, #list do
+    if out[i] then kpis[#kpis + 1] = out[i] end
+  end
+  return kpis, failed
+end
+
 --- Print two executions side by side: the core fields, the voice and/or text
 --- fields, the union of their eval metrics and the number of scenario graphs,
 --- with the delta `b - a` and its relative change. Ids are fetched concurrently.
@@ -820,6 +883,12 @@ end
 ---@param b kpiwatch.Kpi|string
 function M.compare(a, b)
   return require("kpiwatch.compare").compare(a, b, M.get)
+end
+
+-- Executions, run tests, runs and calls (kpis.execution, executions,
+-- run_test_id, run, wait, calls, scores): see kpiwatch.execution.
+for _, name in ipairs({ "execution", "executions", "run_test_id", "run", "wait", "calls", "scores" }) do
+  M[name] = function(...) return require("kpiwatch.execution")[name](...) end
 end
 
 return M

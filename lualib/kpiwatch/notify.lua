@@ -26,7 +26,10 @@
 --   notify.file(path | {path=, mode=0600, sync=true})
 --       Appends the event as one JSON line (fsync'ed unless sync=false).
 --   notify.stdout{format = "text" | "json"}
---       One line per event on stdout.
+--       One line per event on stdout (text: one line per alert of a group).
+--   notify.alertmanager{url=, labels=, resend="1m", generator_url=}
+--       POST /api/v2/alerts of a Prometheus Alertmanager
+--       (kpiwatch.notify.alertmanager).
 --
 -- webhook and slack without a url (an unset environment variable) make a
 -- disabled hook: its notifications are reported as skipped, once, on stderr.
@@ -42,6 +45,7 @@
 local errors = require "kpiwatch.errors"
 local json = require "kpiwatch.json"
 local template = require "kpiwatch.template"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -53,18 +57,21 @@ local function C()
   return crypto
 end
 
+-- A configuration error names the user's line (the first frame outside
+-- this file), as alert's do: "rules.lua:12: notify.webhook: ...".
+local SELF = { [debug.getinfo(1, "S").source] = true }
 local function config_error(msg)
-  error(errors.new("config", msg), 3)
+  shared.config_error(shared.caller_where(SELF), msg)
 end
 
 local function check_opts(name, opts, allowed)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(errors.new("config", "notify." .. name .. ": expected a table of options, got " .. type(opts)), 3)
+    config_error("notify." .. name .. ": expected a table of options, got " .. type(opts))
   end
   for k in pairs(opts) do
     if type(k) ~= "number" and not allowed[k] then
-      error(errors.new("config", "notify." .. name .. ": unknown option '" .. tostring(k) .. "'"), 3)
+      config_error("notify." .. name .. ": unknown option '" .. tostring(k) .. "'")
     end
   end
   return opts
@@ -72,11 +79,14 @@ end
 
 local function opt_type(name, opts, field, want)
   local v = opts[field]
-  if v ~= nil and type(v) ~= want then
-    error(errors.new("config", format("notify.%s: '%s' must be a %s, got %s", name, field, want,
-      type(v))), 3)
-  end
+  shared.validate("notify." .. name, { [field] = { v, want, true } }, shared.caller_where(SELF))
   return v
+end
+
+-- An event as JSON that strict parsers accept: invalid UTF-8 (from a
+-- decoded body that did not go through model.parse) replaced.
+local function encode_event(event)
+  return json.encode(shared.fix_utf8_tree(event))
 end
 
 -- ---- Standard Webhooks ----------------------------------------------------------
@@ -148,18 +158,7 @@ local function redact(url)
 end
 M._redact = redact
 
--- Replace every plain occurrence of needle in s.
-local function replace_plain(s, needle, with)
-  local out, i = {}, 1
-  while true do
-    local a, b = s:find(needle, i, true)
-    if not a then break end
-    out[#out + 1] = s:sub(i, a - 1) .. with
-    i = b + 1
-  end
-  out[#out + 1] = s:sub(i)
-  return table.concat(out)
-end
+local replace_plain = shared.replace_plain
 
 -- The start of a response body for an error message. A receiver may echo
 -- the request's path ("Cannot POST /services/T0/B0/token"), and a hook
@@ -172,8 +171,7 @@ local function snippet(body, url)
     local path = tail:match("^([^?#]*)")
     if path and #path > 1 then body = replace_plain(body, path, "/[REDACTED]") end
   end
-  local s = body:sub(1, 120):gsub("%s+", " "):gsub("[%c\128-\255]", "?")
-  return ": " .. s
+  return ": " .. shared.clean(body:sub(1, 120))
 end
 
 local function post(what, url, body, headers, timeout)
@@ -227,7 +225,7 @@ function M.webhook(opts)
   end
   return function(event)
     if not url then disabled("notify.webhook", " (is its URL variable, e.g. ALERT_WEBHOOK_URL, set?)") end
-    local body = json.encode(event)
+    local body = encode_event(event)
     local id = tostring(event.id)
     local ts = tostring(os.time())
     local headers = {}
@@ -243,8 +241,10 @@ end
 
 -- ---- Slack ----------------------------------------------------------------------
 
+-- Slack mrkdwn of event text (server text among it): one clean line,
+-- then Slack's three control characters escaped.
 local function mrkdwn(s)
-  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+  return (shared.clean(s, 2000):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
 end
 
 local function fmt(v)
@@ -258,13 +258,14 @@ end
 ---@param event table
 ---@return string line
 function M.format_text(event)
+  if M.is_group(event) then return M.format_group_text(event) end
   local parts = { (event.state or "firing"):upper() }
   if event.severity then parts[#parts + 1] = "[" .. tostring(event.severity) .. "]" end
   parts[#parts + 1] = tostring(event.rule) .. ":"
   parts[#parts + 1] = tostring(event.summary or "")
   local s = concat(parts, " ")
   if event.execution_id then s = s .. " (execution " .. tostring(event.execution_id) .. ")" end
-  return (s:gsub("[%c]", " "))
+  return shared.clean(s)
 end
 
 --- The Slack incoming-webhook payload for an event: `text` and Block Kit `blocks`.
@@ -272,10 +273,10 @@ end
 ---@param opts? {channel?: string, username?: string, icon_emoji?: string}
 ---@return table payload
 function M.slack_payload(event, opts)
+  if M.is_group(event) then return M.slack_group_payload(event, opts) end
   opts = opts or {}
   local firing = event.state ~= "resolved"
-  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.rule)
-  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.rule), 150)
   local fields = {
     { type = "mrkdwn", text = "*Severity*\n" .. mrkdwn(event.severity or "-") },
     { type = "mrkdwn", text = "*Execution*\n`" .. mrkdwn(event.execution_id or "-") .. "`" },
@@ -300,6 +301,70 @@ function M.slack_payload(event, opts)
       { type = "section", fields = json.array(fields) },
       { type = "context", elements = json.array({ { type = "mrkdwn", text = mrkdwn(context) } }) },
     }),
+  }
+  if opts.channel then payload.channel = opts.channel end
+  if opts.username then payload.username = opts.username end
+  if opts.icon_emoji then payload.icon_emoji = opts.icon_emoji end
+  return payload
+end
+
+-- ---- groups (kpiwatch.alert.group) --------------------------------------------------
+
+---Whether an event is a group of several alerts (a group of one is
+---formatted as its alert).
+---@param event table
+---@return boolean
+function M.is_group(event)
+  return type(event.alerts) == "table" and #event.alerts > 1
+end
+
+---One line for a group: its state, count and execution, then each alert.
+---@param event table a group event
+---@return string
+function M.format_group_text(event)
+  local names = {}
+  for i, a in ipairs(event.alerts) do names[i] = tostring(a.rule) .. (a.state == "resolved" and " (resolved)" or "") end
+  local s = (event.state or "firing"):upper() .. " " .. tostring(event.summary) .. ": " .. concat(names, ", ")
+  return (s:gsub("[%c]", " "))
+end
+
+-- Slack allows 50 blocks a message: header, context, and up to this many
+-- alerts of 2 blocks each (the rest are counted).
+local SLACK_MAX_ALERTS = 20
+
+---The Slack payload of a group: one message, a section per alert.
+---@param event table a group event
+---@param opts table|nil {channel=, username=, icon_emoji=}
+---@return table payload
+function M.slack_group_payload(event, opts)
+  opts = opts or {}
+  local firing = event.state ~= "resolved"
+  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.summary)
+  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local blocks = { { type = "header", text = { type = "plain_text", text = title } } }
+  for i, a in ipairs(event.alerts) do
+    if i > SLACK_MAX_ALERTS then
+      blocks[#blocks + 1] = { type = "section", text = { type = "mrkdwn",
+        text = format("_and %d more_", #event.alerts - SLACK_MAX_ALERTS) } }
+      break
+    end
+    local mark = a.state == "resolved" and ":white_check_mark:" or ":rotating_light:"
+    local line = format("%s *%s* [%s] %s", mark, mrkdwn(a.rule or "?"), mrkdwn(a.severity or "-"),
+      mrkdwn(a.summary or ""))
+    local fields = {}
+    if a.metric then fields[#fields + 1] = { type = "mrkdwn", text = "*Metric*\n" .. mrkdwn(a.metric) } end
+    if a.value ~= nil then fields[#fields + 1] = { type = "mrkdwn", text = "*Value*\n" .. mrkdwn(fmt(a.value)) } end
+    local section = { type = "section", text = { type = "mrkdwn", text = line } }
+    if #fields > 0 then section.fields = json.array(fields) end
+    blocks[#blocks + 1] = section
+    blocks[#blocks + 1] = { type = "divider" }
+  end
+  local exec = event.execution_id and ("execution `" .. mrkdwn(event.execution_id) .. "` · ") or ""
+  local context = "kpiwatch · " .. exec .. tostring(event.id)
+  blocks[#blocks + 1] = { type = "context", elements = json.array({ { type = "mrkdwn", text = context } }) }
+  local payload = {
+    text = (firing and ":rotating_light: " or ":white_check_mark: ") .. mrkdwn(M.format_group_text(event)),
+    blocks = json.array(blocks),
   }
   if opts.channel then payload.channel = opts.channel end
   if opts.username then payload.username = opts.username end
@@ -379,7 +444,22 @@ function M.exec(spec)
     local process = require "kpiwatch._process"
     local lookup = event_lookup(event)
     local args = {}
-    for i, a in ipairs(argv) do args[i] = i == 1 and a or template.render(a, lookup) end
+    local dashdash = false
+    for i, a in ipairs(argv) do
+      if i == 1 then
+        args[i] = a
+      else
+        args[i] = template.render(a, lookup)
+        -- an option from the event's data (a metric or a value the server
+        -- chose) could change what the program does: only after "--"
+        if not dashdash and args[i]:sub(1, 1) == "-" and a:sub(1, 1) ~= "-" then
+          errors.raise("exec", format("%s: argument %d would start with '-' from the event's data "
+            .. "('%s'); put \"--\" before it in argv, or read the event from stdin", argv[1], i - 1,
+            shared.clean(args[i], 40)), { retryable = false })
+        end
+        if a == "--" then dashdash = true end
+      end
+    end
     local vars, order = {}, {}
     -- The API credentials stay with kpiwatch: by name, and any variable
     -- holding a configured secret. A hook that needs one gets it in env.
@@ -388,7 +468,7 @@ function M.exec(spec)
     local function secret(k, kv)
       if k == "FI_API_KEY" or k == "FI_SECRET_KEY" then return true end
       for _, s in ipairs(secrets) do
-        if kv:find(s, #k + 2, true) then return true end
+        if s ~= "" and kv:find(s, #k + 2, true) then return true end
       end
       return false
     end
@@ -415,7 +495,7 @@ function M.exec(spec)
     local envlist = {}
     for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
     local r, msg = process.spawn(args, {
-      stdin = json.encode(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
+      stdin = encode_event(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
     })
     if not r then errors.raise("exec", msg, { retryable = false }) end
     if r.timed_out then
@@ -446,7 +526,7 @@ function M.file(opts)
   local sync = opts.sync ~= false
   return function(event)
     local fs = require "kpiwatch._fs"
-    local ok, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
+    local ok, msg = fs.append(path, encode_event(event) .. "\n", mode, sync)
     if not ok then errors.raise("io", msg, { retryable = true }) end
   end
 end
@@ -459,10 +539,28 @@ function M.stdout(opts)
   local f = opts.format or "text"
   if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
   return function(event)
-    local line = f == "json" and json.encode(event) or M.format_text(event)
+    local line
+    if f == "json" then
+      line = encode_event(event)
+    elseif M.is_group(event) then
+      -- a group prints as its alerts' lines, written at once
+      local lines = {}
+      for i, a in ipairs(event.alerts) do lines[i] = M.format_text(a) end
+      line = concat(lines, "\n")
+    else
+      line = M.format_text(event)
+    end
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end
+end
+
+---A hook posting alerts to a Prometheus Alertmanager (API v2); see
+---kpiwatch.notify.alertmanager.
+---@param opts table {url=, labels=, resend="1m", generator_url=, timeout=10, headers=}
+---@return table notifier
+function M.alertmanager(opts)
+  return require("kpiwatch.notify.alertmanager").new(opts)
 end
 
 return M

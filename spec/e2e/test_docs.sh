@@ -45,11 +45,13 @@ check_help() { # NAME HELPFILE PARSER...
 "$KPIWATCH" get --help >"$tmp/help-get" || fail "kpiwatch get --help exited $?"
 "$KPIWATCH" gate --help >"$tmp/help-gate" || fail "kpiwatch gate --help exited $?"
 "$KPIWATCH" sandbox --help >"$tmp/help-sandbox" || fail "kpiwatch sandbox --help exited $?"
+"$KPIWATCH" exporter --help >"$tmp/help-exporter" || fail "kpiwatch exporter --help exited $?"
 
 check_help kpiwatch "$tmp/help" lualib/kpiwatch/cli/init.lua
 check_help "kpiwatch gate" "$tmp/help-gate" lualib/kpiwatch/cli/gate.lua
 check_help "kpiwatch get" "$tmp/help-get" lualib/kpiwatch/cli/get.lua
 check_help "kpiwatch sandbox" "$tmp/help-sandbox" lualib/kpiwatch/cli/sandbox.lua
+check_help "kpiwatch exporter" "$tmp/help-exporter" lualib/kpiwatch/cli/exporter.lua
 
 for code in 0 1 2 3 129 130 143; do
   for f in help help-gate; do

@@ -35,6 +35,7 @@ local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
 local watch = require "kpiwatch.alert.watch"
 local rules_file = require "kpiwatch.alert.rules_file"
+local group = require "kpiwatch.alert.group"
 
 local M = {}
 
@@ -46,14 +47,15 @@ local kpi_list = rule.kpi_list
 
 rule.internal(debug.getinfo(1, "S").source)
 
+-- msg quotes server text (metric names, reasons): one clean line
 local function warn(msg)
-  io.stderr:write("kpiwatch: alert: ", msg, "\n")
+  io.stderr:write("kpiwatch: alert: ", require("kpiwatch.shared").clean(msg), "\n")
   io.stderr:flush()
 end
 
 -- Helpers for scripts and tests (the names the single-file module had).
 M.rfc3339, M.new_id, M.parse_duration = report.rfc3339, report.new_id, rule.parse_duration
-M._glob_pattern, M._compile, M._eval_rule = rule.glob_pattern, rule.compile, rule.eval_rule
+M._compile, M._eval_rule = rule.compile, rule.eval_rule
 M._lookup_for, M._fingerprint, M._make_event = rule.lookup_for, rule.fingerprint, report.make_event
 M.new_state, M.load_state, M.save_state = state.new, state.load, state.save
 
@@ -134,21 +136,22 @@ function Registry:rule(spec)
   return r
 end
 
---- Registers (or replaces) a notification hook.
+--- Registers (or replaces) a notification hook. By default it gets one
+--- event per execution per check or watch cycle, listing every alert that
+--- fired or resolved (kpiwatch.alert.group); group_by = false: one per alert.
 ---@param name string
 ---@param fn function function(event); raising an error object with retryable = false
 --- stops its retries
+---@param opts table|nil {group_by = {"execution_id"} | false, group_wait = duration}
 ---@return function fn
-function Registry:hook(name, fn)
+function Registry:hook(name, fn, opts)
   local where = caller_where()
   if type(name) ~= "string" or name == "" then
     config_error(where, "alert.hook: the name must be a non-empty string, got " .. type(name))
   end
-  local callable = type(fn) == "function"
-    or (type(fn) == "table" and getmetatable(fn) and getmetatable(fn).__call ~= nil)
-  if not callable then
-    config_error(where, "alert.hook '" .. name .. "': expected a function(event), got " .. type(fn))
-  end
+  require("kpiwatch.shared").validate("alert.hook '" .. name .. "'", { fn = { fn, "callable" } }, where)
+  self.hook_opts = self.hook_opts or {}
+  self.hook_opts[name] = group.options(where, name, opts)
   if not self.hooks[name] then self.hook_names[#self.hook_names + 1] = name end
   self.hooks[name] = fn
   return fn
@@ -180,31 +183,12 @@ Registry._replay = deliver.replay
 Registry._deliver = deliver.deliver
 Registry._flush_outbox = watch.flush_outbox
 
+-- fetch(x) -> KPI objects, failed ids ({execution_id=, error=}); a single
+-- id raises its error.
 local function fetch(x)
   local kpis = require "kpiwatch.kpis"
   if type(x) == "string" then return { kpis.get(x) }, {} end
-  local list, ids, pos = kpi_list(x), {}, {}
-  for i, v in ipairs(list) do
-    if type(v) == "string" then
-      ids[#ids + 1] = v
-      pos[#ids] = i
-    end
-  end
-  local failed = {}
-  if #ids > 0 then
-    local results = kpis.get_all(ids)
-    for j, r in ipairs(results) do
-      if errors.is(r) then
-        failed[#failed + 1] = { execution_id = ids[j], error = r }
-        list[pos[j]] = false
-      else
-        list[pos[j]] = r
-      end
-    end
-  end
-  local out = {}
-  for _, v in ipairs(list) do if v then out[#out + 1] = v end end
-  return out, failed
+  return kpis.resolve(kpi_list(x))
 end
 
 --- Evaluates every rule once, notifies each firing alert's hooks, spools
@@ -238,7 +222,7 @@ function Registry:check(x, opts)
       jobs[#jobs + 1] = { hook = h, event = ev }
     end
   end
-  self:_deliver(jobs, sp, nil, rep)
+  self:_deliver(group.jobs(self, jobs), sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",
