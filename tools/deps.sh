@@ -5,9 +5,9 @@
 set -eu
 
 BUILD_PKGS="cmake make gcc pkg-config liblua5.4-dev libuv1-dev libcurl4-openssl-dev
-lua-cjson-dev libh2o-dev libedit-dev libssl-dev"
+lua-cjson-dev libh2o-dev libedit-dev libssl-dev libsqlite3-dev"
 TEST_PKGS="libcmocka-dev lua5.4 lua-busted python3 curl openssl nghttp2-server clang libclang-rt-14-dev cppcheck clang-tidy
-valgrind"
+valgrind python3-scipy chromium"
 BENCH_PKGS="python3-aiohttp nodejs jq hyperfine"
 
 want="$BUILD_PKGS"
