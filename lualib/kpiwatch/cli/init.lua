@@ -43,6 +43,9 @@ kpiwatch options:
   --ca-file FILE        trust the CA certificates of FILE (PEM) for TLS
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
+  --history FILE        keep completed executions in FILE (default
+                        $KPIWATCH_HISTORY or $XDG_DATA_HOME/kpiwatch/history.db)
+  --no-history          record nothing and read no history
   -h, --help            show this help
   --version             show the version
 
@@ -57,6 +60,7 @@ Environment:
   KPIWATCH_CA_FILE           CA certificates (PEM) to verify the API's TLS with
   LUA_INIT_5_4, LUA_INIT     run before the script (as lua does; not with -E)
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
+  KPIWATCH_HISTORY           history file ('off': none); see kpiwatch history --help
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
              3 API or network error, 130 interrupted (Ctrl-C).
@@ -69,7 +73,7 @@ end
 
 -- Global kpiwatch flags that take a value, and the client option they set.
 local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
-  ["--ca-file"] = "ca_file" }
+  ["--ca-file"] = "ca_file", ["--history"] = "history" }
 
 -- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
 -- plus the kpiwatch long options. Returns a plan or nil, message.
@@ -116,6 +120,8 @@ function M.parse(argv)
       plan.flags.verbose = true
     elseif a == "--allow-insecure-http" then
       plan.flags.allow_insecure_http = true
+    elseif a == "--no-history" then
+      plan.flags.no_history = true
     else
       local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
       name = name or a
@@ -128,7 +134,7 @@ function M.parse(argv)
         val = argv[i]
         if val == nil then return nil, "option '" .. name .. "' needs a value" end
       end
-      if key ~= "base_url" and key ~= "ca_file" then
+      if key ~= "base_url" and key ~= "ca_file" and key ~= "history" then
         local num = tonumber(val)
         if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
           return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
@@ -211,6 +217,9 @@ end
 
 local function apply_flags(flags)
   if next(flags) == nil then return end
+  if flags.history or flags.no_history then
+    require("kpiwatch.history").configure({ path = flags.history, disabled = flags.no_history })
+  end
   local client = {
     base_url = flags.base_url, timeout = flags.timeout, retries = flags.retries,
     verbose = flags.verbose, allow_insecure_http = flags.allow_insecure_http,
