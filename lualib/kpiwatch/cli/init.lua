@@ -14,6 +14,7 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  history = "kpiwatch.cli.history",
 }
 
 M.usage = [==[
@@ -21,6 +22,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -53,6 +55,8 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+  history RUN_TEST      trends of a run test's completed executions, as a
+                        table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)

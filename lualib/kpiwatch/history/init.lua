@@ -313,18 +313,27 @@ function Store:has(id)
 end
 
 -- The stored name of a metric as users write it: "avg_score",
--- "task_completion" or "evals.task_completion" (an eval's avg_ key),
+-- "task_completion", "eval:task_completion" or "evals.task_completion"
+-- (an eval's avg_ key),
 -- camelCase documented names.
 local function metric_key(name)
   local f = model.FIELDS[name]
   if f then return f.snake end
   if M.DERIVED[name] then return name end
-  local ev = name:match("^evals%.(.+)$")
+  local ev = name:match("^evals?[%.:](.+)$")
   if ev then return "avg_" .. ev end
   if name:sub(1, 4) ~= "avg_" and not model.FIELDS["avg_" .. name] then return "avg_" .. name, name end
   return name
 end
 M.metric_key = metric_key
+
+---How a stored metric key is shown: eval averages as eval:NAME (as --require writes them), others as they are.
+---@param key string
+---@return string
+function M.display_name(key)
+  if key:sub(1, 4) == "avg_" and not model.FIELDS[key] then return "eval:" .. key:sub(5) end
+  return key
+end
 
 -- ---- series ----------------------------------------------------------------
 
