@@ -142,7 +142,8 @@ local function pick_metrics(store, run_test, wanted)
 end
 
 local function csv_field(s)
-  s = tostring(s)
+  -- server text (eval names): no control bytes, not even in quotes
+  s = tostring(s):gsub("%c", "?")
   -- a cell a spreadsheet would run as a formula is quoted with a leading '
   if s:match("^[=+%-@\t\r]") and not tonumber(s) then s = "'" .. s end
   if s:find('[",\n\r]') then s = '"' .. s:gsub('"', '""') .. '"' end
@@ -183,7 +184,7 @@ local function render_table(series, tty)
       lo = lo and math.min(lo, s.values[i]) or s.values[i]
       hi = hi and math.max(hi, s.values[i]) or s.values[i]
     end
-    local r = { s.display, model.format_value(s.values[s.n]), model.format_value(s:median()), model.format_value(lo),
+    local r = { show(s.display), model.format_value(s.values[s.n]), model.format_value(s:median()), model.format_value(lo),
       model.format_value(hi), tostring(s.n) }
     if tty then r[#r + 1] = history.sparkline(s.values, s.n) end
     rows[#rows + 1] = r
