@@ -11,7 +11,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX     ?= /usr/local
 CTEST_ARGS ?=
 
-.PHONY: all deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format clean
+.PHONY: all deb deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format doc clean
 
 all: $(BUILD)/kpiwatch
 
@@ -81,9 +81,21 @@ test-valgrind:
 install: $(BUILD)/kpiwatch
 	cmake --install $(BUILD)
 
+# A Debian package of the release build in $(BUILD) (CPack; Depends from
+# dpkg-shlibdeps): $(BUILD)/kpiwatch_<version>_<arch>.deb
+deb: $(BUILD)/kpiwatch
+	@tools/deps.sh package
+	cd $(BUILD) && cpack -G DEB
+
 bench: $(BUILD)/kpiwatch
 	@tools/deps.sh bench
 	spec/bench/run.sh $(BUILD)/kpiwatch
+
+# doc/lua-api.md from the LuaCATS annotations of lualib/ (e2e/test_docs
+# fails when it is stale).
+doc: $(BUILD)/kpiwatch
+	$(BUILD)/kpiwatch tools/gen_lua_api.lua lualib > doc/lua-api.md.tmp
+	mv doc/lua-api.md.tmp doc/lua-api.md
 
 format:
 	clang-format -i runtime/*.c runtime/*.h spec/unit/*.c

@@ -21,7 +21,6 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include "dynload.h"
 
 static int l_hmac_sha256(lua_State *L) {
   size_t klen, mlen;
@@ -137,8 +136,6 @@ static const luaL_Reg funcs[] = {{"hmac_sha256", l_hmac_sha256},
                                  {NULL, NULL}};
 
 int luaopen_kpiwatch__crypto(lua_State *L) {
-  /* libcrypto is opened here, on first use, not at start (dynload.h) */
-  kw_dynlib_require(L, &kw_libcrypto);
   luaL_newlib(L, funcs);
   return 1;
 }

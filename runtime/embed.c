@@ -56,7 +56,7 @@ static int searcher(lua_State *L) {
     lua_pushfstring(L, "no module '%s' built into kpiwatch", name);
     return 1;
   }
-  if (luaL_loadbufferx(L, (const char *)m->data, m->len, m->chunkname, "t") != LUA_OK)
+  if (luaL_loadbufferx(L, (const char *)m->data, m->len, m->chunkname, "b") != LUA_OK)
     return luaL_error(L, "error loading built-in module '%s':\n\t%s", name, lua_tostring(L, -1));
   lua_pushstring(L, m->chunkname + 1);
   return 2;

@@ -48,7 +48,6 @@
 #include <lua.h>
 #include <uv.h>
 
-#include "dynload.h"
 #include "scheduler.h"
 
 #ifndef KW_VERSION
@@ -1181,8 +1180,6 @@ int luaopen_kpiwatch__http(lua_State *L) {
                                  {"header_table", l_header_table},
                                  {"header_list", l_header_list},
                                  {NULL, NULL}};
-  /* libcurl is opened here, on first use, not at start (dynload.h) */
-  kw_dynlib_require(L, &kw_libcurl);
   luaL_newlib(L, fns);
   luaL_newmetatable(L, RESPONSE_MT);
   lua_setfield(L, -2, "response_mt");

@@ -59,7 +59,6 @@
 #include <lua.h>
 #include <uv.h>
 
-#include "dynload.h"
 #include "scheduler.h"
 
 #ifndef KW_VERSION
@@ -965,8 +964,6 @@ static const luaL_Reg server_funcs[] = {
     {"wait", l_wait},     {"drop", l_drop},       {NULL, NULL}};
 
 int luaopen_kpiwatch__server(lua_State *L) {
-  /* libh2o is opened here, on first use, not at start (dynload.h) */
-  kw_dynlib_require(L, &kw_libh2o);
   if (luaL_newmetatable(L, SERVER_MT)) {
     lua_pushcfunction(L, server_gc);
     lua_setfield(L, -2, "__gc");

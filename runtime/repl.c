@@ -53,8 +53,6 @@
 #include <lua.h>
 #include <uv.h>
 
-#include "dynload.h"
-#include "lazy_edit.h"
 #include "scheduler.h"
 
 typedef struct {
@@ -557,8 +555,6 @@ int luaopen_kpiwatch__repl(lua_State *L) {
                                    {"end_session", l_end_session},
                                    {"isatty", l_isatty},
                                    {NULL, NULL}};
-  /* libedit is opened here, on first use, not at start (dynload.h) */
-  kw_dynlib_require(L, &kw_libedit);
   if (!R.opened) {
     R.opened = 1;
     R.tty = isatty(0) && isatty(1);

@@ -1,21 +1,23 @@
 #!/bin/sh
-# tools/deps.sh [build|test|bench]: make sure the Debian packages kpiwatch
+# tools/deps.sh [build|test|bench|package]: make sure the Debian packages kpiwatch
 # needs are installed. As root with apt-get it installs what is missing;
 # otherwise it stops with the exact list to install.
 set -eu
 
-BUILD_PKGS="cmake make gcc pkg-config liblua5.4-dev libuv1-dev libcurl4-openssl-dev
+BUILD_PKGS="cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev
 lua-cjson-dev libh2o-dev libedit-dev libssl-dev libsqlite3-dev"
-TEST_PKGS="libcmocka-dev lua5.4 lua-busted python3 curl openssl nghttp2-server clang libclang-rt-14-dev cppcheck clang-tidy
-valgrind python3-scipy chromium"
+TEST_PKGS="libcmocka-dev lua-busted python3 python3-yaml curl openssl nghttp2-server clang libclang-rt-14-dev cppcheck clang-tidy
+valgrind mandoc python3-scipy chromium"
 BENCH_PKGS="python3-aiohttp nodejs jq hyperfine"
+PACKAGE_PKGS="dpkg-dev file"
 
 want="$BUILD_PKGS"
 case "${1:-build}" in
   build) ;;
-  test) want="$want $TEST_PKGS" ;;
+  test) want="$want $TEST_PKGS $PACKAGE_PKGS" ;;
+  package) want="$want $PACKAGE_PKGS" ;;
   bench) want="$want $TEST_PKGS $BENCH_PKGS" ;;
-  *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|bench|package]" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -23,6 +23,31 @@
 -- delivered nor spooled is "lost": check() then exits the process with
 -- status 3 (unless configure{exit_on_lost = false}), watch() counts it.
 
+---@brief
+--- Alert rules over KPI objects, notification hooks, one-shot checks and watch
+--- mode. Rules say when an execution is bad; hooks say who hears about it.
+--- The module functions `alert.rule`, `alert.hook`, `alert.configure`,
+--- `alert.evaluate`, `alert.check`, `alert.watch` and `alert.step` act on the
+--- default registry: they are the `registry:` methods below.
+---
+--- `x` (what `evaluate`, `check` and `step` take) is an execution id (fetched
+--- with `kpis.get`), a KPI object, a plain decoded body, or a list of those, so
+--- rules can be unit-tested with no server.
+---
+--- No data: a missing or null field, a listed eval the execution does not have,
+--- or a glob matching nothing is reported as `no_data`, never as a pass; so is a
+--- predicate that read a missing field and did not fire. Both make `report.ok`
+--- false.
+---
+--- Templates (`summary`, `labels`): `{field}` or `{field:%.1f}`, looked up in the
+--- alert (`rule`, `metric`, `value`, `threshold`, `op`, `severity`,
+--- `execution_id`, `state`, `labels.x`), then the KPI fields, then the evals.
+---
+--- Delivery: each hook runs in its own task; retryable failures are retried with
+--- exponential backoff and full jitter; what still fails is appended to the spool
+--- (`$KPIWATCH_SPOOL`, else `$XDG_STATE_HOME/kpiwatch/spool.json`) and re-sent
+--- on the next run or cycle.
+
 local model = require "kpiwatch.model"
 local errors = require "kpiwatch.errors"
 local json = require "kpiwatch.json"
@@ -104,6 +129,10 @@ local function parse_duration(v)
   end
   return total
 end
+--- Parse a duration: `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2d"`, or seconds.
+---@param v string|number
+---@return number|nil seconds
+---@return string? err why it is not a duration
 M.parse_duration = parse_duration
 
 -- glob ("customer_*", "is_?olite") -> anchored Lua pattern
@@ -580,6 +609,48 @@ end
 
 -- ---- the registry ---------------------------------------------------------------
 
+--- A rule, as given to `alert.rule`. Exactly one of `metric`, `evals` or `when`;
+--- `metric` and `evals` rules take one threshold. Unknown fields and wrong types
+--- raise a `config` error naming the file, line and field.
+---@class kpiwatch.alert.Rule
+---@field name string unique
+---@field metric? string any KPI field in either casing, or an eval name
+---@field evals? string|string[] `"*"`, a glob, or a list of eval names: one alert per matching eval (globs skip choice evals)
+---@field when? fun(k: kpiwatch.Kpi): (boolean, any) a predicate over a read-only KPI view, and optionally the value to report
+---@field below? number
+---@field above? number
+---@field at_most? number
+---@field at_least? number
+---@field equals? number|string|boolean
+---@field severity? string default `"warning"`
+---@field labels? table<string, string> templates
+---@field summary? string template
+---@field resolved_summary? string template
+---@field description? string
+---@field notify? string|string[] hook names (default: every hook)
+---@field no_data? "report"|"ok"|"alert" default `"report"`
+---@field after? integer|string watch: consecutive evaluations, or a duration (`"5m"`) the condition must hold (also `["for"]`)
+---@field keep_firing_for? string|number watch: how long a cleared alert keeps firing
+---@field repeat_interval? string|number watch: re-send a still-firing alert after this (default `"4h"`)
+
+--- What `evaluate`, `check` and `step` return.
+---@class kpiwatch.alert.Report
+---@field ok boolean no alert firing, no data missing, no error
+---@field firing table[] `{rule, execution_id, metric, value, threshold, op, severity, labels, summary}`
+---@field no_data table[] `{rule, execution_id, metric, reason}`
+---@field errors table[] rule errors and executions that failed to fetch
+---@field passed table[]
+---@field deliveries table[] `check`: `{hook, event_id, status = "delivered"|"spooled"|"skipped"|"lost", attempts, error}`
+---@field delivered integer
+---@field spooled integer
+---@field skipped integer
+---@field lost integer
+---@field spool? string `check`: the spool's path
+
+--- A set of rules and hooks with its delivery options. `alert.registry()` and
+--- `alert.load_rules()` make one; the module functions use the default one.
+---@class kpiwatch.alert.Registry
+---@field rules kpiwatch.alert.Rule[] the compiled rules, in order
 local Registry = {}
 Registry.__index = Registry
 
@@ -605,6 +676,8 @@ local CONFIG_CHECK = {
   quiet = function(v) return type(v) == "boolean" end,
 }
 
+--- A fresh, empty registry.
+---@return kpiwatch.alert.Registry registry
 function M.registry()
   local config = {}
   for k, v in pairs(DEFAULT_CONFIG) do config[k] = v end
@@ -612,6 +685,9 @@ function M.registry()
     Registry)
 end
 
+--- Set delivery options.
+---@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean} defaults 3, 0.5, 30, 60, 8, the default spool, true, false
+---@return kpiwatch.alert.Registry self
 function Registry:configure(t)
   if type(t) ~= "table" then config_error(caller_where(), "alert.configure expects a table") end
   for k, v in pairs(t) do
@@ -631,6 +707,9 @@ function Registry:_log(msg, force)
   if force or not self.config.quiet then warn(msg) end
 end
 
+--- Register a rule.
+---@param spec kpiwatch.alert.Rule
+---@return table rule the compiled rule
 function Registry:rule(spec)
   local where = caller_where()
   local r = compile(spec, where)
@@ -643,6 +722,14 @@ function Registry:rule(spec)
   return r
 end
 
+--- Register a notification hook. A hook reports failure by raising (ideally a
+--- `kpiwatch.errors` object with `retryable` and `retry_after`). The event has
+--- the alert's fields plus `id` (`msg_...`), `type`
+--- (`kpiwatch.alert.firing|resolved`), `state`, `fired_at`, `resolved_at`,
+--- `kpis` (the normalized values) and `source`.
+---@param name string
+---@param fn fun(event: table) e.g. one of `kpiwatch.notify`'s
+---@return fun(event: table) fn
 function Registry:hook(name, fn)
   local where = caller_where()
   if type(name) ~= "string" or name == "" then
@@ -706,6 +793,11 @@ end
 
 -- evaluate(x) -> report. No notification, no state: every rule once
 -- against each KPI object. A "firing" entry means the condition holds now.
+--- Evaluate every rule once against each execution: no notification, no state
+--- (what `gate --rules` uses). A firing entry means the condition holds now.
+---@async
+---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@return kpiwatch.alert.Report report
 function Registry:evaluate(x)
   local rep = new_report()
   for _, item in ipairs(kpi_list(x)) do
@@ -1010,6 +1102,12 @@ end
 -- check(x [, opts]) -> report. Evaluates every rule once, notifies each
 -- firing alert's hooks, spools what cannot be delivered. opts.spool
 -- overrides the spool path.
+--- Evaluate every rule once, notify the hooks of what fires (re-sending what is
+--- spooled first), and spool what cannot be delivered.
+---@async
+---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@param opts? {spool?: string} another spool path
+---@return kpiwatch.alert.Report report with `deliveries` and their counts
 function Registry:check(x, opts)
   opts = opts or {}
   self:_check_hooks()
@@ -1047,6 +1145,8 @@ end
 -- ---- the state machine (watch) --------------------------------------------------
 
 -- new_state() -> {alerts = {[fingerprint] = record}, outbox = {}}
+--- An empty watch state, for `alert.step`.
+---@return table state `{alerts = {}, outbox = {}}`
 function M.new_state()
   return { alerts = {}, outbox = {} }
 end
@@ -1072,6 +1172,14 @@ end
 -- (every alert firing after this evaluation). Advances state in place;
 -- sends nothing. opts.failed = {[execution_id] = error}: executions that
 -- could not be fetched this time keep their alerts unchanged.
+--- One watch evaluation without sending anything (for tests): alerts go pending,
+--- then firing (after `after`), then resolved (after `keep_firing_for`); a
+--- still-firing alert is re-sent after `repeat_interval`. Advances `st` in place.
+---@param st table a state from `alert.new_state()`
+---@param kpis_in string|kpiwatch.Kpi|table what `evaluate` takes
+---@param now? number epoch seconds (default `os.time()`)
+---@param opts? {failed?: table<string, table>} executions that could not be fetched keep their alerts unchanged
+---@return kpiwatch.alert.Report report with `events` (each `{event, hooks}`), `pending`, `resolved` and `firing`
 function Registry:step(st, kpis_in, now, opts)
   opts = opts or {}
   now = now or os.time()
@@ -1278,6 +1386,14 @@ end
 
 -- watch{ids=, every=60, state=, spool=, max_cycles=, on_cycle=, concurrency=,
 --       clock=} -> {cycles=, delivered=, spooled=, lost=, interrupted=, last=}
+--- Poll through `kpis.get_all` every `every` until SIGINT or SIGTERM, then stop
+--- cleanly. With `state`, alert states and not-yet-sent events persist across
+--- restarts (written atomically, mode 0600): a restart neither re-fires nor
+--- forgets. An execution that fails to fetch keeps its alerts; one no longer in
+--- `ids`, or a removed rule, resolves its alerts.
+---@async
+---@param opts {ids: string[]|fun(): string[], every?: string|number, state?: string, spool?: string, max_cycles?: integer, on_cycle?: fun(report: kpiwatch.alert.Report, n: integer), concurrency?: integer} `every` defaults to 60 s; `spool` to `<state>.spool`, else the default spool
+---@return {cycles: integer, delivered: integer, spooled: integer, lost: integer, spool: string, interrupted?: "int"|"term", last?: kpiwatch.alert.Report} result
 function Registry:watch(opts)
   local where = caller_where()
   if type(opts) ~= "table" then config_error(where, "alert.watch expects a table of options") end
@@ -1386,6 +1502,12 @@ local default = M.registry()
 -- load_rules(path) -> registry. The file runs with `alert` functions bound
 -- to a fresh registry (alert.rule{...} calls register there), or returns
 -- a list of rule tables. Errors name the file, the line and the field.
+--- A fresh registry holding a file's rules. The file calls `alert.rule{}` or
+--- returns a list of rule tables; it sees `alert` and `notify` without a
+--- `require`, and its globals stay its own. Errors name the file, the line and
+--- the field.
+---@param path string
+---@return kpiwatch.alert.Registry registry
 function M.load_rules(path)
   if type(path) ~= "string" then
     error(errors.new("config", "alert.load_rules: expected a file path, got " .. type(path)), 2)
@@ -1439,11 +1561,15 @@ end
 
 -- ---- module-level API (the default registry) -------------------------------------
 
+--- Empty the default registry.
+---@return kpiwatch.alert.Registry registry the new default registry
 function M.reset()
   default = M.registry()
   return default
 end
 
+--- The default registry (what the module functions act on).
+---@return kpiwatch.alert.Registry registry
 function M.default()
   return default
 end
@@ -1452,6 +1578,8 @@ for _, name in ipairs({ "rule", "hook", "configure", "evaluate", "check", "watch
   M[name] = function(...) return default[name](default, ...) end
 end
 
+--- The default registry's rules.
+---@return kpiwatch.alert.Rule[] rules
 function M.rules()
   return default.rules
 end

@@ -95,6 +95,7 @@ function M.rows(a, b)
   return rows, a, b
 end
 
+-- The text of one value of a row ("-" when the execution lacks the field).
 local function cell(v, present)
   if not present then return "-" end
   return model.format_value(v)
@@ -127,9 +128,10 @@ local function title(k, letter)
   return format("%s: %s (%s)", letter, id and tostring(id) or "(unknown id)", what)
 end
 
-function M.text(a, b)
-  local rows
-  rows, a, b = M.rows(a, b)
+M.cell, M.delta_text = cell, delta_text
+
+-- format_rows(rows, a, b) -> the aligned text of rows() (a, b: KPI objects).
+function M.format_rows(rows, a, b)
   local wname, wa, wb = 0, 1, 1
   local cells = {}
   for i, r in ipairs(rows) do
@@ -157,6 +159,10 @@ function M.text(a, b)
     line(r.name, cells[i][1], cells[i][2], cells[i][3])
   end
   return concat(lines, "\n")
+end
+
+function M.text(a, b)
+  return M.format_rows(M.rows(a, b))
 end
 
 function M.compare(a, b)

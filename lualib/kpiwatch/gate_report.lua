@@ -334,6 +334,8 @@ local function md_code(s)
   return "`" .. s .. "`"
 end
 
+M.md, M.md_code = md, md_code
+
 local STATUS_MD = {
   pass = "✅ pass", fail = "❌ fail", no_data = "❌ no data", skipped = "⚠️ skipped", error = "❌ error",
 }

@@ -37,6 +37,10 @@ C.response_mt.__index = function(resp, key)
 end
 C.response_mt.__name = "kpiwatch.http.response"
 
+--- Make an HTTP request; an HTTP error status is returned, not raised.
+---@async
+---@param opts kpiwatch.http.RequestOptions|string the options, or a URL to GET
+---@return kpiwatch.http.Response response
 function M.request(opts)
   if type(opts) == "string" then opts = { url = opts } end
   if type(opts) ~= "table" then
@@ -48,6 +52,11 @@ function M.request(opts)
 end
 
 -- http.get(url [, opts]): request with method GET.
+--- `http.request` with method GET.
+---@async
+---@param url string
+---@param opts? kpiwatch.http.RequestOptions the other options
+---@return kpiwatch.http.Response response
 function M.get(url, opts)
   local o = { url = url, method = "GET" }
   if opts then
@@ -61,6 +70,9 @@ end
 -- configure{max_concurrent=, max_body=, timeout=, ca_file=}: process-wide
 -- defaults. max_concurrent caps transfers in flight; further requests wait
 -- in a queue (their timeout starts when their transfer starts).
+--- Set the process-wide defaults. Requests beyond `max_concurrent` wait in a
+--- queue (their timeout starts when their transfer starts).
+---@param opts {max_concurrent?: integer, max_body?: integer, timeout?: number, ca_file?: string|false} defaults 64, 8 MiB, 30 s, the system's CAs
 function M.configure(opts)
   if type(opts) ~= "table" then
     error("http.configure: expected a table of options, got " .. type(opts), 2)
@@ -69,16 +81,28 @@ function M.configure(opts)
 end
 
 -- config() -> the current process-wide settings.
+--- The process-wide settings `http.configure` sets.
+---@return {max_concurrent: integer, max_body: integer, timeout: number, ca_file?: string} config
 M.config = C.config
 
 -- stats() -> {connections=, requests=, active=, queued=}: connections is
 -- the number of connections libcurl opened so far (reuse keeps it low).
+--- Client counters: connections opened so far (reuse keeps it low), requests
+--- made, transfers active and queued.
+---@return {connections: integer, requests: integer, active: integer, queued: integer} stats
 M.stats = C.stats
 
+--- The User-Agent sent unless a request sets one.
+---@type string
 M.user_agent = C.user_agent
 
 -- The server lives in its own module; loaded on first use so that the
 -- client works (and starts fast) without it.
+--- Serve HTTP/1.1 (keep-alive) and HTTP/2 over plain HTTP (prior knowledge or
+--- `Upgrade: h2c`) on loopback unless given another host. A port in use raises
+--- kind `bind`; an unresolvable host kind `dns`.
+---@param opts kpiwatch.http.ServeOptions
+---@return kpiwatch.http.Server server
 function M.serve(opts)
   return require("kpiwatch.http_server").serve(opts)
 end

@@ -34,6 +34,29 @@ local math_type = math.type
 local http -- loaded on first request, so `kpis.configure` costs no libcurl
 local task
 
+---@brief
+--- The Future AGI KPIs client (global `kpis`): `GET
+--- {base}/simulate/test-executions/{id}/kpis/` with the headers `X-Api-Key` and
+--- `X-Secret-Key`, retries with exponential backoff and full jitter
+--- (`random(0, min(backoff_max, backoff*2^(n-1)))`; after a 429, `Retry-After`
+--- plus `random(0, backoff)`), an optional client-side rate limit, and errors
+--- classified by kind.
+---
+--- Configuration, strongest first: the options of a call, `kpis.configure{}`,
+--- the command line (`--base-url`, `--timeout`, `--retries`, `--verbose`,
+--- `--allow-insecure-http`, `--ca-file`, `--sandbox`), the environment
+--- (`FI_BASE_URL`, `FI_API_KEY`, `FI_SECRET_KEY`, `KPIWATCH_CA_FILE`), the defaults.
+---
+--- Errors are `kpiwatch.errors` objects with `kind`, `message`, `status`,
+--- `execution_id`, `retryable`, `attempts`, `url` (sometimes `code`,
+--- `retry_after`); `tostring(e)` is `kind: message`. Kinds: `invalid_id` and
+--- `config` (no request sent); `auth` (401, 403), `not_found` (404), `request`
+--- (other 4xx), `protocol` (a 2xx body that is not a KPIs object, or a redirect),
+--- not retried; `rate_limited` (429), `server` (5xx), `timeout`, `connect`,
+--- `network`, retried; `dns`, `tls`, `too_large`, not retried. Secrets only go
+--- into request headers and are removed from every message, trace and printed
+--- config, even when a server echoes them.
+
 local function lazy()
   if not http then
     http = require "kpiwatch.http"
@@ -79,6 +102,24 @@ local function string_opt(name)
   end
 end
 
+--- The options of `kpis.configure` and of a call. Unknown or wrongly typed
+--- options raise a `config` error.
+---@class kpiwatch.kpis.Options
+---@field base_url? string API base URL (default `https://api.futureagi.com`)
+---@field api_key? string default `$FI_API_KEY`
+---@field secret_key? string default `$FI_SECRET_KEY`
+---@field timeout? number seconds per attempt (default 30; at most 1000000)
+---@field retries? integer retries after the first attempt (default 3; at most 100)
+---@field backoff? number base of one backoff delay, seconds (default 0.5)
+---@field backoff_max? number cap of one backoff delay, seconds (default 10)
+---@field max_retry_after? number a 429 asking to wait longer is not retried (default 60)
+---@field rate? string|false client-side limit for the whole script: `"100/min"`, `"10/s"`, `"5000/hour"` (default off)
+---@field burst? integer requests the rate limit lets through at once (default 1)
+---@field concurrency? integer workers of `get_all` and `each` (default 16)
+---@field allow_insecure_http? boolean allow plain `http://` to a host other than loopback (default false)
+---@field verbose? boolean trace each request on stderr, never a secret (default false)
+---@field ca_file? string CA certificates (PEM) to verify TLS with (default `$KPIWATCH_CA_FILE`)
+---@field headers? table<string, string> extra request headers
 local CHECK = {
   base_url = string_opt("base_url"),
   api_key = string_opt("api_key"),
@@ -148,6 +189,9 @@ end
 
 -- configure{...}: options for every later call of this script. A key set
 -- to false (rate, verbose, ...) turns it off; kpis.configure{} keeps all.
+--- Set options for the whole script (they override the command line and the
+--- environment). Setting an option to `false` turns it off.
+---@param t kpiwatch.kpis.Options
 function M.configure(t)
   if type(t) ~= "table" then
     errors.raise("config", "kpis.configure: expected a table of options, got " .. type(t))
@@ -332,6 +376,10 @@ local ConfigView = {
   end,
 }
 
+--- The effective options; `tostring` of the result prints them, with the
+--- secrets as `[REDACTED]`.
+---@param opts? kpiwatch.kpis.Options options of a call to overlay
+---@return table config
 function M.config(opts)
   local c = resolve(opts)
   local out = {}
@@ -379,8 +427,14 @@ local function check_id(id)
   end
   return id:lower()
 end
+--- Check an execution id without a request.
+---@param id string
+---@return string id the id in lower case; raises `invalid_id` when it is not a UUID
 M.check_id = check_id
 
+--- Whether `id` is a canonical UUID string.
+---@param id any
+---@return boolean
 function M.is_uuid(id)
   return type(id) == "string" and #id == 36 and id:match(UUID) ~= nil
 end
@@ -574,6 +628,8 @@ end
 
 M._stats = { requests = 0, retries = 0, failures = 0 }
 
+--- Counters of this process's KPIs requests.
+---@return {requests: integer, retries: integer, failures: integer} stats
 function M.stats()
   local s = M._stats
   return { requests = s.requests, retries = s.retries, failures = s.failures }
@@ -599,7 +655,12 @@ end
 
 local http_request
 
--- get(id [, opts]) -> KPI object; raises an error object (see README).
+--- Fetch the KPIs of one execution, retrying what is worth a retry. Many
+--- `kpis.get` calls in separate tasks run concurrently.
+---@async
+---@param id string the execution id (a UUID)
+---@param opts? kpiwatch.kpis.Options options of this call
+---@return kpiwatch.Kpi kpi raises an error object when the request fails
 function M.get(id, opts)
   local c = prepare(resolve(opts))
   id = check_id(id)
@@ -730,20 +791,27 @@ local function run_workers(ids, opts, deliver)
   if fatal then error(fatal[1], 0) end
 end
 
--- get_all(ids [, opts]) -> array, in the order of ids, of KPI objects and
--- error objects (one per failed id). opts: concurrency (default 16) and any
--- option of kpis.get. A missing credential raises at once (it is not a
--- per-id failure); so does a cancellation of the calling task.
+--- Fetch many executions with `concurrency` workers. A missing credential, or
+--- the cancellation of the calling task, raises at once.
+---@async
+---@param ids string[]
+---@param opts? kpiwatch.kpis.Options `concurrency` (default 16) and any option of `kpis.get`
+---@return (kpiwatch.Kpi|table)[] results in the order of `ids`: a KPI object, or an error object in place of each failure
 function M.get_all(ids, opts)
   local results = {}
   run_workers(ids, opts, function(r, _, i) results[i] = r end)
   return results
 end
 
--- each(ids, fn [, opts]) -> fetched, failed: like get_all, but hands each
--- result to fn(result, id, index) as it arrives (in completion order) and
--- keeps none, so memory stays flat over any number of ids. An error raised
--- by fn stops the run and is raised here.
+--- Like `get_all`, but hands each result to `fn` as it arrives (in completion
+--- order) and keeps none, so memory stays flat over any number of ids. An
+--- error raised by `fn` stops the run and is raised here.
+---@async
+---@param ids string[]
+---@param fn fun(result: kpiwatch.Kpi|table, id: string, index: integer) result is a KPI object or an error object
+---@param opts? kpiwatch.kpis.Options
+---@return integer fetched
+---@return integer failed
 function M.each(ids, fn, opts)
   if type(fn) ~= "function" then
     errors.raise("config", "kpis.each: expected a function, got " .. type(fn))
@@ -756,8 +824,12 @@ function M.each(ids, fn, opts)
   return fetched, failed
 end
 
--- compare(a, b): print two executions side by side with deltas (KPI
--- objects or ids; ids are fetched concurrently). See kpiwatch.compare.
+--- Print two executions side by side: the core fields, the voice and/or text
+--- fields, the union of their eval metrics and the number of scenario graphs,
+--- with the delta `b - a` and its relative change. Ids are fetched concurrently.
+---@async
+---@param a kpiwatch.Kpi|string a KPI object or an execution id
+---@param b kpiwatch.Kpi|string
 function M.compare(a, b)
   return require("kpiwatch.compare").compare(a, b)
 end

@@ -21,6 +21,23 @@
 
 local M = {}
 
+---@brief
+--- The KPI object (`kpiwatch.Kpi`): a read-only view over one decoded body of
+--- `GET /simulate/test-executions/{id}/kpis/`, what `kpis.get` returns.
+---
+--- - Every documented field reads under both casings (`callsAttempted` /
+---   `calls_attempted`, `scenarioGraphs` / `scenario_graphs`, ...), whichever the
+---   server sent (snake_case wins when a body has both); other keys too.
+--- - `total_calls`, `calls_attempted`, `connected_calls`, `failed_calls`,
+---   `total_duration` are Lua integers. JSON `null` reads as `nil`.
+--- - The other agent type's fields come back as 0 and mean nothing: `agent_type`
+---   says which set applies.
+--- - `tostring(k)` is an aligned summary; `pairs(k)` walks the normalized view.
+--- - Units: `avg_response`, `avg_agent_latency` and
+---   `avg_stop_time_after_interruption` are passed through unchanged (the
+---   reference page says seconds, the server computes milliseconds); the
+---   summary marks them "(server units)".
+
 local type, next, pairs, rawget, rawset = type, next, pairs, rawget, rawset
 local math_type, tointeger = math.type, math.tointeger
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -40,6 +57,8 @@ do
   end
 end
 local NULL = json.null
+--- The value JSON `null` decodes to (`json.null`).
+---@type lightuserdata
 M.null = NULL
 
 -- The documented fields of the reference page: canonical snake_case name,
@@ -89,6 +108,9 @@ M.FIELDS = FIELDS
 
 -- Documented field names, snake_case, in the order of the reference page
 -- grouped as core, voice, text.
+--- The documented field names, snake_case, in the order of the reference page.
+---@param group? "core"|"voice"|"text" only this group (default: all)
+---@return string[] names
 function M.field_names(group)
   local out = {}
   for _, rec in ipairs(FIELD_ORDER) do
@@ -97,6 +119,9 @@ function M.field_names(group)
   return out
 end
 
+--- Whether `name` is a documented field (in either casing).
+---@param name string
+---@return boolean
 function M.is_documented(name)
   return FIELDS[name] ~= nil
 end
@@ -174,6 +199,11 @@ M.unwrap = unwrap
 local RAW = setmetatable({}, { __name = "kpiwatch.model.raw" })
 
 local KPI = {}
+--- A KPI object. Fields read as `k.avg_score`, `k.calls_attempted` or
+--- `k.callsAttempted`; `k.execution_id` is the id it was fetched with.
+--- Assigning a field raises an error.
+---@class kpiwatch.Kpi
+---@field execution_id? string
 local methods = {}
 KPI.__name = "kpiwatch.kpi"
 
@@ -196,6 +226,11 @@ end
 
 -- new(body [, execution_id]) -> KPI object
 -- body is the decoded JSON table (enveloped or not). No copy is made.
+--- Make a KPI object from a decoded body (enveloped in
+--- `{"status": true, "result": {...}}` or not). No copy is made.
+---@param body table
+---@param execution_id? string
+---@return kpiwatch.Kpi kpi
 function M.new(body, execution_id)
   if type(body) ~= "table" then
     error("kpiwatch.model.new: expected a table, got " .. type(body), 2)
@@ -207,6 +242,9 @@ function M.new(body, execution_id)
   return setmetatable({ [RAW] = unwrap(body), execution_id = execution_id }, KPI)
 end
 
+--- Whether `v` is a KPI object.
+---@param v any
+---@return boolean
 function M.is(v)
   return getmetatable(v) == KPI
 end
@@ -215,6 +253,12 @@ end
 -- Works on a KPI object or a plain table (decoded body, enveloped or not),
 -- so rule engines treat both alike. value is nil for null; present tells a
 -- field that is null (true) from one the execution does not have (false).
+--- Read a field of a KPI object or of a plain decoded body alike, telling a
+--- null field from a missing one.
+---@param k kpiwatch.Kpi|table
+---@param name string a field in either casing
+---@return any value `nil` for null or missing
+---@return boolean present `true` for a null field, `false` for one the execution does not have
 function M.get(k, name)
   local body = body_of(k)
   local v, present = lookup(body, name)
@@ -228,6 +272,12 @@ end
 
 -- eval(k, name) -> value, present: one dynamic eval metric by its name
 -- (the avg_<name> number, or the <name> choice object).
+--- Read one dynamic eval metric by its name: the `avg_<name>` number, or the
+--- `<name>` choice object.
+---@param k kpiwatch.Kpi|table
+---@param name string e.g. `"task_completion"`, `"tone"`
+---@return number|table|nil value
+---@return boolean present
 function M.eval(k, name)
   local body = body_of(k)
   local v = body["avg_" .. name]
@@ -264,10 +314,18 @@ local function evals_of(body)
   return out, names
 end
 
+--- The dynamic eval metrics: every `avg_<name>` number that is not a
+--- documented field, and choice evals as tables
+--- (`tone = {friendly = 96, neutral = 14, rude = 2, choices = {...}}`).
+---@param k kpiwatch.Kpi|table
+---@return table<string, number|table> evals null ones left out
 function M.evals(k)
   return (evals_of(body_of(k)))
 end
 
+--- Every eval name, null ones included, sorted.
+---@param k kpiwatch.Kpi|table
+---@return string[] names
 function M.eval_names(k)
   local _, names = evals_of(body_of(k))
   return names
@@ -284,6 +342,11 @@ end
 -- fields as integers, nulls kept as json.null so they survive encoding, and
 -- `execution_id` when known. Nested values (scenario graphs, choice
 -- objects) are shared with the body, not copied.
+--- A plain table for JSON output (what `kpiwatch get --json` prints): snake_case
+--- keys, integer fields as integers, nulls kept as `json.null`, and
+--- `execution_id` when known. Nested values are shared with the body.
+---@param k kpiwatch.Kpi|table
+---@return table normalized
 function M.normalize(k)
   local body = body_of(k)
   local out = {}
@@ -308,6 +371,12 @@ end
 -- with a stable key order: execution_id, the documented fields in the
 -- order of the reference page, then every other key sorted. Each key and
 -- value is encoded by the json module (encode defaults to json.encode).
+--- The normalized object as one line of JSON with a stable key order:
+--- `execution_id`, the documented fields in the order of the reference page,
+--- then every other key sorted.
+---@param k kpiwatch.Kpi|table
+---@param encode? fun(v: any): string the encoder (default `json.encode`)
+---@return string json
 function M.encode_json(k, encode)
   encode = encode or json.encode
   local n = M.normalize(k)
@@ -330,46 +399,72 @@ end
 
 -- ---- methods ----------------------------------------------------------------
 
+--- The decoded body, unwrapped from its envelope, nulls and all.
+---@return table body
 function methods.raw(self)
   return rawget(self, RAW)
 end
 
+--- `model.evals(k)`: the eval metrics by name.
+---@return table<string, number|table> evals
 function methods.evals(self)
   return (evals_of(rawget(self, RAW)))
 end
 
+--- `model.eval_names(k)`: every eval name, null ones included.
+---@return string[] names
 function methods.eval_names(self)
   local _, names = evals_of(rawget(self, RAW))
   return names
 end
 
+--- `model.eval(k, name)`: one eval metric.
+---@param name string
+---@return number|table|nil value
+---@return boolean present
 function methods.eval(self, name)
   return M.eval(self, name)
 end
 
+--- `model.get(k, name)`: a field, and whether the execution has it.
+---@param name string
+---@return any value
+---@return boolean present
 function methods.get(self, name)
   return M.get(self, name)
 end
 
+--- Whether the execution has the field (even if null).
+---@param name string
+---@return boolean
 function methods.has(self, name)
   local _, present = M.get(self, name)
   return present
 end
 
+--- Whether `agent_type` is voice.
+---@return boolean
 function methods.is_voice(self)
   return agent_type(rawget(self, RAW)) == "voice"
 end
 
+--- Whether `agent_type` is text.
+---@return boolean
 function methods.is_text(self)
   return agent_type(rawget(self, RAW)) == "text"
 end
 
+--- `model.normalize(k)`.
+---@return table normalized
 function methods.normalize(self)
   return M.normalize(self)
 end
 
 -- Every name readable on the object (documented fields in both casings,
 -- the body's keys, methods), sorted: for completion in the REPL.
+--- Every name readable on the object (documented fields in both casings, the
+--- body's keys, methods), sorted.
+---@return string[] names
 function methods.fields(self)
   local seen, out = {}, {}
   local function add(n)
@@ -391,6 +486,8 @@ function methods.fields(self)
   return out
 end
 
+--- The aligned multi-line summary `tostring(k)` gives.
+---@return string text
 function methods.summary(self)
   return M.summary(self)
 end
@@ -470,6 +567,10 @@ local function duration_text(secs)
 end
 
 -- summary(k) -> the readable, aligned multi-line text tostring(k) gives.
+--- The aligned summary of a KPI object or body: agent type and direction, call
+--- counts, scores, the agent type's own fields, the eval metrics, the scenario count.
+---@param k kpiwatch.Kpi|table
+---@return string text
 function M.summary(k)
   local body = body_of(k)
   local get = function(name)
@@ -601,6 +702,11 @@ end
 -- parse(text [, execution_id]) -> KPI object, or nil and a `protocol` error
 -- object when text is not a JSON object carrying KPI fields (an HTML page,
 -- truncated JSON, an array, an error body sent with 200, ...).
+--- Decode a response body into a KPI object.
+---@param text string the body
+---@param execution_id? string
+---@return kpiwatch.Kpi|nil kpi
+---@return table? err a `protocol` error object when the text is not a JSON object carrying KPI fields
 function M.parse(text, execution_id)
   if type(text) ~= "string" then
     return nil, errors.new("protocol", "expected a response body, got " .. type(text),

@@ -30,6 +30,14 @@
 -- webhook and slack without a url (an unset environment variable) make a
 -- disabled hook: its notifications are reported as skipped, once, on stderr.
 
+---@brief
+--- Built-in notification hooks for `kpiwatch.alert`. Each makes one attempt;
+--- the alert engine does the retrying, the backoff and the spooling. A hook
+--- reports failure by raising an error object whose `retryable` says whether
+--- trying again can help and `retry_after` (seconds) when. `webhook` and
+--- `slack` without a URL (an unset environment variable) make a disabled hook:
+--- its notifications are reported as skipped, once, on stderr.
+
 local errors = require "kpiwatch.errors"
 local json = require "kpiwatch.json"
 local template = require "kpiwatch.template"
@@ -74,6 +82,10 @@ end
 
 -- decode_secret("whsec_<base64>" | "<base64>") -> key bytes, or nil, message.
 -- The message never contains the secret.
+--- The key bytes of a Standard Webhooks secret.
+---@param secret string `whsec_<base64>` or `<base64>`
+---@return string|nil key
+---@return string? err why not (never containing the secret)
 function M.decode_secret(secret)
   if type(secret) ~= "string" or secret == "" then return nil, "the secret is empty" end
   local b64 = secret:gsub("^whsec_", "")
@@ -85,6 +97,12 @@ function M.decode_secret(secret)
 end
 
 -- sign(key, id, timestamp, body) -> "v1,<base64>"
+--- A Standard Webhooks signature.
+---@param key string the key bytes (`notify.decode_secret`)
+---@param id string the `webhook-id`
+---@param timestamp integer|string the `webhook-timestamp`
+---@param body string
+---@return string signature `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`
 function M.sign(key, id, timestamp, body)
   local c = C()
   return "v1," .. c.base64_encode(c.hmac_sha256(key, id .. "." .. tostring(timestamp) .. "." .. body))
@@ -92,6 +110,14 @@ end
 
 -- verify(secret, headers, body [, tolerance=300 [, now]]) -> true | nil, reason
 -- For receivers written with kpiwatch (headers with lowercase names).
+--- Check a Standard Webhooks signature, for receivers written with kpiwatch.
+---@param secret string
+---@param headers table<string, string> with lower-case names (as `http.serve` gives them)
+---@param body string
+---@param tolerance? number seconds the timestamp may differ from now (default 300)
+---@param now? number epoch seconds (default the current time)
+---@return true|nil ok
+---@return string? reason why it does not verify
 function M.verify(secret, headers, body, tolerance, now)
   local key, msg = M.decode_secret(secret)
   if not key then return nil, msg end
@@ -198,6 +224,13 @@ end
 
 local WEBHOOK_OPTS = { url = true, secret = true, headers = true, timeout = true }
 
+--- A hook that POSTs the event as JSON. With a secret, it is signed per
+--- Standard Webhooks: `webhook-id` (the event id, also sent as
+--- `Idempotency-Key`), `webhook-timestamp`, `webhook-signature`. 2xx is
+--- delivered; 408, 429 (Retry-After honoured), 5xx and transport errors are
+--- retryable; other statuses are not.
+---@param opts {url: string?, secret?: string, headers?: table<string, string>, timeout?: number} timeout defaults to 10 s
+---@return fun(event: table) hook for `alert.hook`
 function M.webhook(opts)
   opts = check_opts("webhook", opts, WEBHOOK_OPTS)
   local url = opt_type("webhook", opts, "url", "string")
@@ -239,6 +272,10 @@ end
 
 -- One line for people: "FIRING [critical] score-floor: avg_score is 0.62,
 -- below 0.8 (execution c0ffee00-...)".
+--- One line for people: `FIRING [critical] score-floor: avg_score is 0.62,
+--- below 0.8 (execution ...)`, control characters replaced.
+---@param event table
+---@return string line
 function M.format_text(event)
   local parts = { (event.state or "firing"):upper() }
   if event.severity then parts[#parts + 1] = "[" .. tostring(event.severity) .. "]" end
@@ -249,6 +286,10 @@ function M.format_text(event)
   return (s:gsub("[%c]", " "))
 end
 
+--- The Slack incoming-webhook payload for an event: `text` and Block Kit `blocks`.
+---@param event table
+---@param opts? {channel?: string, username?: string, icon_emoji?: string}
+---@return table payload
 function M.slack_payload(event, opts)
   opts = opts or {}
   local firing = event.state ~= "resolved"
@@ -287,6 +328,9 @@ end
 
 local SLACK_OPTS = { url = true, channel = true, username = true, icon_emoji = true, timeout = true }
 
+--- A hook that posts to a Slack incoming webhook.
+---@param opts {url: string?, channel?: string, username?: string, icon_emoji?: string, timeout?: number}
+---@return fun(event: table) hook for `alert.hook`
 function M.slack(opts)
   opts = check_opts("slack", opts, SLACK_OPTS)
   local url = opt_type("slack", opts, "url", "string")
@@ -320,6 +364,13 @@ local function event_lookup(event)
 end
 M._event_lookup = event_lookup
 
+--- A hook that runs a program directly (never through a shell) with the event as
+--- JSON on stdin. Arguments are templates (`"{summary}"`, `"{value:%.2f}"`);
+--- `KPIWATCH_EVENT_ID`, `KPIWATCH_ALERT_STATE` and `KPIWATCH_ALERT_RULE` are
+--- added to its environment. Exit 0 is delivered; 75 (EX_TEMPFAIL) and a
+--- timeout are retryable; any other status is a failure.
+---@param spec {[integer]: string, argv?: string[], timeout?: number, env?: table<string, string>, cwd?: string} the program and its arguments (or `argv`); timeout defaults to 30 s
+---@return fun(event: table) hook for `alert.hook`
 function M.exec(spec)
   spec = check_opts("exec", spec, EXEC_OPTS)
   local argv = {}
@@ -389,6 +440,9 @@ end
 
 -- ---- file, stdout ------------------------------------------------------------------
 
+--- A hook that appends each event as one JSON line (fsync'ed unless `sync = false`).
+---@param opts string|{path: string, mode?: integer, sync?: boolean} the path, or options (mode defaults to 0600)
+---@return fun(event: table) hook for `alert.hook`
 function M.file(opts)
   if type(opts) == "string" then opts = { path = opts } end
   opts = check_opts("file", opts, { path = true, mode = true, sync = true })
@@ -403,6 +457,9 @@ function M.file(opts)
   end
 end
 
+--- A hook that prints one line per event on stdout (`notify.format_text`, or JSON).
+---@param opts? {format?: "text"|"json"}
+---@return fun(event: table) hook for `alert.hook`
 function M.stdout(opts)
   opts = check_opts("stdout", opts, { format = true })
   local f = opts.format or "text"

@@ -23,6 +23,18 @@
 
 local M = {}
 
+---@brief
+--- The interactive prompt: `kpiwatch` with no script on a terminal, or
+--- `kpiwatch -i`. A line is tried as an expression first (its value is
+--- printed), then as a statement; an unfinished chunk continues at the `>>`
+--- prompt. Each chunk runs in its own task, so `kpis.get` just works and tasks
+--- you start keep running while you type; `_` holds the last value. Locals do
+--- not survive from one line to the next (use globals). TAB completes globals,
+--- fields and methods (and fixture ids with `--sandbox`). Ctrl-C cancels the
+--- running line, Ctrl-D exits with status 0. The history is kept in
+--- `$XDG_STATE_HOME/kpiwatch/history`, without lines that name a credential.
+--- The settings below (`repl.prompt`, ...) may be changed from the prompt.
+
 local rl = require "kpiwatch._repl"
 local task = require "kpiwatch.task"
 
@@ -30,11 +42,23 @@ local type, tostring, pairs, next, select = type, tostring, pairs, next, select
 local getmetatable, rawget, pcall = getmetatable, rawget, pcall
 local format, concat, sort = string.format, table.concat, table.sort
 
+--- The prompt.
+---@type string
 M.prompt = "> "
+--- The prompt of a continued chunk.
+---@type string
 M.prompt2 = ">> "
+--- Tables nested deeper than this print as `{...}`.
+---@type integer
 M.max_depth = 4      -- nested tables deeper than this print as {...}
+--- Entries shown per table.
+---@type integer
 M.max_items = 100    -- entries shown per table
+--- A table that fits in this many columns prints on one line.
+---@type integer
 M.width = 78         -- a table fitting in this many columns prints on one line
+--- Lines kept in the history file.
+---@type integer
 M.history_size = 1000
 M.last_traceback = nil
 
@@ -171,12 +195,17 @@ function format_value(v, depth, indent, path)
   return tostring(v)
 end
 
--- format(v) -> the text the REPL prints for a value.
+--- The text the REPL prints for a value: KPI objects as their summary, tables
+--- sorted and indented (cycles shown as `<cycle>`), strings quoted.
+---@param v any
+---@return string text
 function M.format(v)
   return format_value(v, 0, "", {})
 end
 
--- format_results(n, ...) -> the values on one line, tab-separated.
+--- Several values on one line, as the REPL prints a chunk's results.
+---@param ... any
+---@return string text
 function M.format_results(...)
   local out = {}
   for i = 1, select("#", ...) do out[i] = M.format((select(i, ...))) end
@@ -227,6 +256,7 @@ local function write_error(e)
   io.stderr:flush()
 end
 
+--- Print where the last error happened (also `.traceback` at the prompt).
 function M.traceback()
   io.stdout:write((M.last_traceback or "no error yet"), "\n")
 end
@@ -382,6 +412,10 @@ end
 -- complete(before, word) -> sorted list of replacements for word.
 -- before is the line up to the word; word runs back from the cursor to the
 -- previous separator and keeps '.' and ':' (`kpis.ge`, `k:ev`, `k.avg_`).
+--- Completions for the word before the cursor (`kpis.ge`, `k:ev`, `k.avg_`).
+---@param before string the line up to the word
+---@param word string the word, with its `.` and `:`
+---@return string[] replacements sorted
 function M.complete(before, word)
   local out = {}
   local str = open_string(before)
@@ -447,6 +481,7 @@ At the prompt:
   .traceback or traceback()  where the last error happened
   help()                    this text]]
 
+--- Print what kpiwatch adds to the Lua prompt.
 function M.help()
   io.stdout:write(M.help_text, "\n")
 end
@@ -458,6 +493,9 @@ end
 -- credentials is not written to it.
 local SECRET_WORDS = { "secret", "api_key", "apikey", "api%-key", "token", "password", "passwd" }
 
+--- Whether a line must stay out of the history because it may hold a secret.
+---@param line string
+---@return boolean
 function M.mentions_secret(line)
   local lower = line:lower()
   for _, w in ipairs(SECRET_WORDS) do
@@ -470,6 +508,9 @@ function M.mentions_secret(line)
   return false
 end
 
+--- Where the history is kept.
+---@return string|nil path `nil` without `HOME` or `XDG_STATE_HOME`
+---@return string? dir its folder
 function M.history_path()
   local dir = os.getenv("XDG_STATE_HOME")
   -- the XDG spec: a relative path is invalid and is to be ignored
@@ -503,6 +544,8 @@ local function repl_print(...)
   end
 end
 
+--- Run the prompt until Ctrl-D (what `kpiwatch -i` does).
+---@return integer status 0
 function M.run()
   local tty = rl.isatty()
   local hist

@@ -31,9 +31,27 @@
 --   flaky                odd-numbered requests for the id get 500
 --   ok | none            no fault (overrides the id's own fault)
 
+---@brief
+--- A faithful local stand-in of the KPIs endpoint on loopback, built on
+--- `http.serve`: `GET /simulate/test-executions/{id}/kpis/` for the built-in
+--- fixtures (`kpiwatch.fixtures`) and any `<uuid>.json` of a fixtures folder,
+--- answering as the real API does (401 with its error body and
+--- `WWW-Authenticate: ApiKey`, 404 with its not-found body, 405 for other
+--- methods). Credentials are checked before faults.
+---
+--- Faults, per request (header `X-Sandbox-Fault: SPEC` or query `?fault=SPEC`),
+--- per id (`faults.ids`, `sb:set_fault`, `sb:inject`) or at random from a seeded
+--- PRNG (`faults.rates`). SPEC is one of `500`, `502`/`503`/`504` (HTML gateway
+--- pages), `429[:N]`, `429-date[:N]`, `delay:S`, `broken`, `html`, `drop`,
+--- `flaky`, `401`, `404`, `ok`, or several joined with `+` (`delay:2+500`).
+
 local M = {}
 
+--- The API key the sandbox accepts by default.
+---@type string
 M.API_KEY = "kw-sandbox-api-key"
+--- The secret key the sandbox accepts by default.
+---@type string
 M.SECRET_KEY = "kw-sandbox-secret-key"
 
 local format = string.format
@@ -143,12 +161,26 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   fixtures_dir: a folder of <uuid>.json bodies (served byte for byte)
 --   faults: {ids = {[id] = SPEC}, rates = {[SPEC] = probability}, seed = n}
 --   log: true (stderr) or function(line): one line per request
+--- Start a sandbox server.
+---@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
+---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}
   local http = require "kpiwatch.http"
   local task = require "kpiwatch.task"
   local fixtures = require "kpiwatch.fixtures"
 
+  --- A running sandbox, as `sandbox.start` returns it. `tostring(sb)` names its
+  --- URL and fixture count.
+  ---@class kpiwatch.sandbox.Sandbox
+  ---@field url string `http://127.0.0.1:<port>`
+  ---@field host string
+  ---@field port integer
+  ---@field api_key string the credentials it accepts
+  ---@field secret_key string
+  ---@field requests integer requests served so far
+  ---@field in_flight integer
+  ---@field max_in_flight integer
   local sb = {
     api_key = opts.api_key or M.API_KEY,
     secret_key = opts.secret_key or M.SECRET_KEY,
@@ -186,11 +218,18 @@ function M.start(opts)
     return first, ...
   end
 
+  --- Give every request for `id` the fault `spec` (`nil` removes it).
+  ---@param id string
+  ---@param spec? string
   function sb.set_fault(...)
     local id, spec = args(...)
     always[id:lower()] = spec and must_fault(spec) or nil
   end
 
+  --- Give the next `times` requests for `id` the fault `spec`.
+  ---@param id string
+  ---@param spec string
+  ---@param times? integer default 1
   function sb.inject(...)
     local id, spec, times = args(...)
     id = id:lower()
@@ -200,6 +239,10 @@ function M.start(opts)
     queue[id] = q
   end
 
+  --- Inject faults at random: `rates[spec]` is the probability of each (their
+  --- sum at most 1), drawn from a PRNG seeded with `seed`.
+  ---@param rates? table<string, number>
+  ---@param seed? integer default 1
   function sb.set_rates(...)
     local r, seed = args(...)
     rates = nil
@@ -231,25 +274,33 @@ function M.start(opts)
   end
   if faults.rates then sb.set_rates(faults.rates, faults.seed) end
 
+  --- Requests served for `id`, or in all.
+  ---@param id? string
+  ---@return integer count
   function sb.count(...)
     local id = args(...)
     if id == nil then return sb.requests end
     return counts[id:lower()] or 0
   end
 
+  --- Set the request counts back to 0.
   function sb.reset_counts()
     counts = {}
     sb.requests = 0
     sb.max_in_flight = sb.in_flight
   end
 
-  -- ids of the fixtures served, in order (builtin first)
+    --- The ids of the fixtures served, in order (built-in first).
+  ---@return string[] ids
   function sb.ids()
     local out = {}
     for i, id in ipairs(order) do out[i] = id end
     return out
   end
 
+  --- The fixture served for `id`.
+  ---@param id string
+  ---@return {body: string, name?: string, description?: string}|nil fixture
   function sb.fixture(...)
     local id = args(...)
     return store[id and id:lower()]
@@ -372,6 +423,7 @@ function M.start(opts)
   sb.url = format("http://%s:%d", host, server.port)
 
   local closed = false
+  --- Stop serving and free the port.
   function sb.close()
     if closed then return end
     closed = true
@@ -397,6 +449,11 @@ end
 -- start_for_client([opts]): start the sandbox on a free loopback port and
 -- point kpis at it (as command-line flags: a script's kpis.configure still
 -- wins). Used by `kpiwatch --sandbox`. Returns the sandbox object.
+--- Start the sandbox in the background (it never keeps the process alive) and
+--- point `kpis` at it, at the level of command-line flags (a script's
+--- `kpis.configure` still wins). What `kpiwatch --sandbox` does.
+---@param opts? table options of `sandbox.start`
+---@return kpiwatch.sandbox.Sandbox sb
 function M.start_for_client(opts)
   local o = { background = true }
   for k, v in pairs(opts or {}) do o[k] = v end

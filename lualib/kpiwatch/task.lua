@@ -19,6 +19,11 @@ local M = {
 -- all(tasks) -> { {results of 1}, {results of 2}, ... }: waits for every
 -- task; raises the first error met (in list order) after all have ended,
 -- so that no task is left running behind the caller's back.
+--- Wait for every task. Raises the first error met (in list order) once all
+--- have ended, so no task is left running behind the caller's back.
+---@async
+---@param tasks kpiwatch.Task[]
+---@return table[] results `{ {results of tasks[1]}, {results of tasks[2]}, ... }`
 function M.all(tasks)
   local results, first_err, failed = {}, nil, false
   for i, t in ipairs(tasks) do

@@ -56,11 +56,23 @@ Reports:
         --format, stdout keeps the default (text or github).
   The github format prints ::error annotations and appends the markdown
   table to $GITHUB_STEP_SUMMARY when that is set.
+  --comment github|gitlab
+        also post the markdown report as one sticky comment on the pull
+        (merge) request of the CI job, edited in place on the next run.
+        GitHub: GITHUB_TOKEN, GITHUB_REPOSITORY, GITHUB_EVENT_PATH,
+        GITHUB_API_URL. GitLab: CI_API_V4_URL, CI_PROJECT_ID,
+        CI_MERGE_REQUEST_IID, GITLAB_TOKEN or CI_JOB_TOKEN. Outside a
+        pull request, or when posting fails, a note on stderr: the exit
+        status is the gate's either way.
+  --comment-key KEY
+        which sticky comment (default gate): one comment per key, for
+        several gates in one pull request.
 
 Connection options go before 'gate' (they are accepted after it too):
   --sandbox, --base-url URL, --timeout S, --retries N, --ca-file FILE,
-  --verbose.
+  --verbose, --allow-insecure-http.
   Credentials: FI_API_KEY and FI_SECRET_KEY.
+  -h, --help shows this help.
 
 Exit status:
   0  every check passed (skipped checks allowed)
@@ -68,6 +80,7 @@ Exit status:
   2  usage error: bad requirement, invalid id, no credentials, bad rules
      file, nothing to check, report file not writable
   3  the API or the network failed (after retries)
+  129, 130, 143  stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM
 
 Examples:
   kpiwatch gate "$EXECUTION_ID" --require 'avg_score>=0.8' --require 'eval:*>=70'
@@ -92,7 +105,7 @@ end
 local VALUE_OPTS = {
   ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
   ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
-  ["--output"] = "output",
+  ["--output"] = "output", ["--comment"] = "comment", ["--comment-key"] = "comment_key",
   -- global flags, also accepted after `gate`
   ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
   ["--ca-file"] = "ca_file",
@@ -373,6 +386,7 @@ end
 
 -- Emit every report. Returns the exit code adjusted for write failures.
 local function emit(result, stdout_format, files, code, env)
+  if env.comment then require("kpiwatch.comment").report(env.comment, result, env) end
   local color = stdout_format == "text" and env.color
   local out = env.stdout
   if result.verdict == "error" then
@@ -470,6 +484,12 @@ function M.run(args, flags, env)
   end
   local stdout_format, files = M.plan_outputs(o, env.getenv)
   if not stdout_format then return usage_error(files) end
+  if o.comment then
+    if o.comment ~= "github" and o.comment ~= "gitlab" then
+      return usage_error("unknown --comment '" .. show(o.comment) .. "' (github or gitlab)")
+    end
+    env.comment = { provider = o.comment, key = o.comment_key }
+  end
   if env.color == nil then env.color = stdout_format == "text" and is_tty() and not env.getenv("NO_COLOR") end
 
   local kpis = require "kpiwatch.kpis"

@@ -12,8 +12,8 @@ usage: kpiwatch [options] get ID [--json]
 Print the KPIs of the test execution ID (a UUID).
   --json      print the normalized JSON object instead of the summary
   -h, --help  show this help
-Global options (--base-url, --timeout, --retries, --ca-file, --verbose, --sandbox)
-go before 'get'. Credentials: FI_API_KEY and FI_SECRET_KEY.
+Global options (--base-url, --timeout, --retries, --ca-file, --verbose,
+--sandbox, --allow-insecure-http) go before 'get'. Credentials: FI_API_KEY and FI_SECRET_KEY.
 Exit status: 0 ok, 2 bad id / usage / missing credentials, 3 API or network error.
 ]]
 

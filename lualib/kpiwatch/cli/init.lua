@@ -14,6 +14,7 @@ M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
+  compare = "kpiwatch.cli.compare",
   history = "kpiwatch.cli.history",
 }
 
@@ -21,7 +22,8 @@ M.usage = [==[
 usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
-       kpiwatch [options] sandbox [--port N] [--fixtures DIR]
+       kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
+       kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
@@ -45,6 +47,7 @@ kpiwatch options:
   --ca-file FILE        trust the CA certificates of FILE (PEM) for TLS
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
+  --allow-insecure-http allow plain http:// to a host other than loopback
   --history FILE        keep completed executions in FILE (default
                         $KPIWATCH_HISTORY or $XDG_DATA_HOME/kpiwatch/history.db)
   --no-history          record nothing and read no history
@@ -55,6 +58,8 @@ Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
+                        (--list: the fixtures and what each is for)
+  compare A B           two executions side by side, with deltas
   history RUN_TEST      trends of a run test's completed executions, as a
                         table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
@@ -67,7 +72,8 @@ Environment:
   KPIWATCH_HISTORY           history file ('off': none); see kpiwatch history --help
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
-             3 API or network error, 130 interrupted (Ctrl-C).
+             3 API or network error, 129 hangup (SIGHUP),
+             130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM).
 ]==]
 
 local function fail(msg)

@@ -5,6 +5,7 @@ local USAGE = [[
 usage: kpiwatch sandbox [--port N] [--host H] [--fixtures DIR]
                         [--fault-rate SPEC=P ...] [--seed N] [--fault ID=SPEC ...]
                         [--api-key K] [--secret-key S] [--log]
+       kpiwatch sandbox --list
 
 Serve a stand-in of GET /simulate/test-executions/{id}/kpis/ with the
 built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
@@ -16,7 +17,10 @@ built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
   --seed N             seed of the fault draws (default 1)
   --fault ID=SPEC      every request for ID gets fault SPEC
   --api-key K, --secret-key S   credentials to accept (default: the sandbox's)
-  --log                one line per request on stderr
+  --log, --verbose     one line per request on stderr
+  --list               print the built-in fixtures (id, name, what each is
+                       for) and exit, serving nothing
+  -h, --help           show this help
 Per request, a client may ask for a fault with the header X-Sandbox-Fault: SPEC
 or the query ?fault=SPEC. SPECs: 500 502 503 504 429[:N] 429-date[:N]
 delay:S broken html drop flaky 401 404 ok, joined with + (delay:1+500).
@@ -71,6 +75,8 @@ return function(args)
         opts.api_key = value(a)
       elseif a == "--secret-key" then
         opts.secret_key = value(a)
+      elseif a == "--list" then
+        opts.list = true
       elseif a == "--log" or a == "--verbose" then
         opts.log = true
       elseif a == "-h" or a == "--help" then
@@ -88,6 +94,16 @@ return function(args)
     end
     if type(perr) == "table" and perr.usage then return usage_error(perr.usage) end
     error(perr, 0)
+  end
+
+  if opts.list then
+    local fixtures = require "kpiwatch.fixtures"
+    local out = { string.format("%-36s  %-18s %s", "ID", "NAME", "WHAT IT IS FOR") }
+    for _, f in ipairs(fixtures.list()) do
+      out[#out + 1] = string.format("%-36s  %-18s %s", f.id, f.name, f.description or "")
+    end
+    io.stdout:write(table.concat(out, "\n"), "\n")
+    return 0
   end
 
   local okc, sb = pcall(sandbox.start, opts)

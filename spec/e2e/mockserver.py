@@ -1,0 +1,90 @@
+"""One stand-in HTTP server for the e2e tests: webhook receivers, hostile
+APIs, GitHub/GitLab stand-ins. A test gives a function of the request that
+returns (status, headers, body); every request is recorded.
+
+    with MockServer(lambda req: (200, {}, b"ok")) as srv:
+        ... srv.url ... srv.requests ...
+
+`respond(req)` may also return a dict or list (sent as JSON), or None for
+an empty 200. `req` has method, path (before '?'), query (dict of first
+values), headers (an email.message.Message: case-insensitive), body (bytes)
+and json() (the body decoded, or None)."""
+import http.server
+import json
+import threading
+import urllib.parse
+
+
+class Request:
+    def __init__(self, handler, body):
+        url = urllib.parse.urlsplit(handler.path)
+        self.method = handler.command
+        self.path = url.path
+        self.raw_query = url.query
+        self.query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        self.headers = handler.headers
+        self.body = body
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class MockServer:
+    def __init__(self, respond):
+        self.respond = respond
+        self.requests = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def handle_any(self):
+                n = int(self.headers.get("Content-Length") or "0")
+                req = Request(self, self.rfile.read(n) if n else b"")
+                with outer.lock:
+                    outer.requests.append(req)
+                got = outer.respond(req)
+                status, headers, body = 200, {}, b""
+                if isinstance(got, tuple):
+                    status, headers, body = got
+                elif got is not None:
+                    body = got
+                if isinstance(body, (dict, list)):
+                    body = json.dumps(body).encode()
+                    headers = {"Content-Type": "application/json", **headers}
+                elif isinstance(body, str):
+                    body = body.encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+        class Server(http.server.ThreadingHTTPServer):
+            # the default listen backlog (5) drops SYNs of parallel clients
+            request_queue_size = 64
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), H)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
