@@ -44,6 +44,19 @@ M.DERIVED = {
   end,
 }
 
+---A KPI object that also reads the derived metrics (failure_rate), so requirement checks can name them.
+---@param k table KPI object
+---@return table KPI object (a shallow copy of the body plus the derived values)
+function M.with_derived(k)
+  if not model.is(k) then k = model.new(k) end
+  local body = {}
+  for key, v in pairs(k:raw()) do body[key] = v end
+  for name, f in pairs(M.DERIVED) do
+    if body[name] == nil then body[name] = f(k) end
+  end
+  return model.new(body, k.execution_id)
+end
+
 local MIGRATIONS = {
   [1] = {
     [[CREATE TABLE executions(
