@@ -15,6 +15,7 @@ M.commands = {
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
   compare = "kpiwatch.cli.compare",
+  executions = "kpiwatch.cli.executions",
   history = "kpiwatch.cli.history",
 }
 
@@ -24,6 +25,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
        kpiwatch [options] compare A B [--format text|json|markdown]
+       kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
        kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
@@ -60,6 +62,7 @@ Commands:
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
                         (--list: the fixtures and what each is for)
   compare A B           two executions side by side, with deltas
+  executions RUN_TEST   list a run test's executions (id or name), newest first
   history RUN_TEST      trends of a run test's completed executions, as a
                         table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
@@ -183,6 +186,7 @@ M.API_KINDS = {
   auth = true, not_found = true, request = true, rate_limited = true, server = true,
   protocol = true, timeout = true, connect = true, network = true, dns = true, tls = true,
   too_large = true, invalid_url = true,
+  lost = true, -- alert.check: a notification could be neither delivered nor spooled
 }
 
 -- Run a user chunk. A kpiwatch error object that escapes it is one line
@@ -272,7 +276,9 @@ function M.main(argv)
 
   -- The in-process sandbox serves in the background: tasks the script
   -- leaves running can still use it, and it never keeps the process alive.
-  if plan.flags.sandbox then require("kpiwatch.sandbox").start_for_client() end
+  if plan.flags.sandbox then
+    require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
+  end
 
   if not plan.noenv then
     local ok, e = run_luainit()
