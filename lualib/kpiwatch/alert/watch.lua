@@ -9,6 +9,7 @@ local rule = require "kpiwatch.alert.rule"
 local report = require "kpiwatch.alert.report"
 local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
+local runs = require "kpiwatch.alert.runs"
 
 local M = {}
 
@@ -71,8 +72,12 @@ end
 
 --- Polls executions and notifies alerts as they fire and resolve, until
 --- SIGINT/SIGTERM, max_cycles or on_cycle returning false (Registry:watch).
+--- With run_tests, follows each run test's executions (alert/runs.lua):
+--- only the newest page of its list, status reads for those in flight,
+--- KPIs once per completed execution; on_status and stale rules apply.
 ---@param self table the registry
----@param opts table {ids = list or function returning one, every = duration (60),
+---@param opts table {ids = list or function returning one, run_tests = list of run
+--- test ids or names (ids, run_tests or both), every = duration (60),
 --- state = file, spool = file, max_cycles = n, on_cycle = function(report, n),
 --- concurrency = n, clock = function}
 ---@return table summary {cycles=, delivered=, spooled=, lost=, interrupted=, last=, spool=}
@@ -81,11 +86,25 @@ function M.watch(self, opts)
   if type(opts) ~= "table" then config_error(where, "alert.watch expects a table of options") end
   for k in pairs(opts) do
     if not ({ ids = 1, every = 1, state = 1, spool = 1, max_cycles = 1, on_cycle = 1,
-      concurrency = 1, clock = 1 })[k] then
+      concurrency = 1, clock = 1, run_tests = 1 })[k] then
       config_error(where, "alert.watch: unknown option '" .. tostring(k) .. "'")
     end
   end
-  if opts.ids == nil then config_error(where, "alert.watch: 'ids' is required") end
+  if opts.ids == nil and opts.run_tests == nil then
+    config_error(where, "alert.watch: 'ids' or 'run_tests' is required")
+  end
+  local run_tests = opts.run_tests
+  if run_tests ~= nil then
+    if type(run_tests) == "string" then run_tests = { run_tests } end
+    if type(run_tests) ~= "table" or #run_tests == 0 then
+      config_error(where, "alert.watch: 'run_tests' must be a list of run test ids or names")
+    end
+    for i, rt in ipairs(run_tests) do
+      if type(rt) ~= "string" or rt == "" or rt:find("%c") then
+        config_error(where, "alert.watch: run_tests entry " .. i .. " must be a run test id or name")
+      end
+    end
+  end
   local every, msg = parse_duration(opts.every or 60)
   if not every then config_error(where, "alert.watch: 'every' " .. msg) end
   if opts.state ~= nil and (type(opts.state) ~= "string" or opts.state == "") then
@@ -129,8 +148,16 @@ function M.watch(self, opts)
     end
     while not ctx.stopping do
       summary.cycles = summary.cycles + 1
-      local ids = resolve_ids(opts.ids)
-      local list, failed = {}, {}
+      local ids = opts.ids ~= nil and resolve_ids(opts.ids) or {}
+      local list, failed, keep = {}, {}, nil
+      local now = clock()
+      if run_tests then
+        -- first: the run tests' executions that ended, judged once each
+        local items, kept, rfailed = runs.cycle(st, run_tests, now)
+        for _, it in ipairs(items) do list[#list + 1] = it end
+        for id, e in pairs(rfailed) do failed[id] = e end
+        keep = kept
+      end
       local strings = {}
       for _, v in ipairs(ids) do
         if type(v) == "string" then strings[#strings + 1] = v else list[#list + 1] = v end
@@ -146,7 +173,7 @@ function M.watch(self, opts)
           end
         end
       end
-      local rep = self:step(st, list, clock(), { failed = failed })
+      local rep = self:step(st, list, now, { failed = failed, keep = keep })
       print_problems(self, rep)
       self:_replay(sp, ctx, rep)
       for _, e in ipairs(rep.events) do

@@ -78,12 +78,12 @@ return function(args)
         opts.api_key = value(a)
       elseif a == "--secret-key" then
         opts.secret_key = value(a)
+      elseif a == "--list" then
+        opts.list = true
       elseif a == "--speed" then
         local x = tonumber(value(a))
         if not x or not (x > 0 and x < math.huge) then error({ usage = "--speed needs a positive number" }) end
         opts.speed = x
-      elseif a == "--list" then
-        opts.list = true
       elseif a == "--log" or a == "--verbose" then
         opts.log = true
       elseif a == "-h" or a == "--help" then
