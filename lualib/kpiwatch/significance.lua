@@ -121,6 +121,7 @@ end
 
 local function insufficient(c, why)
   c.status = "no_data"
+  c.stats_text = nil
   c.insufficient = true
   c.message = "insufficient data: " .. why
   return c
@@ -138,6 +139,8 @@ local function verdict(c, limit, r, alpha)
   c.significant = significant
   local stat = format("p=%s, %d%% CI of the change [%s, %s]", pct(r.p), math.floor((1 - alpha) * 100 + 0.5),
     fmt(tonumber(format("%.4g", r.ci[1]))), fmt(tonumber(format("%.4g", r.ci[2]))))
+  c.stats_text = (c.stats_text and (c.stats_text .. "; ") or "") .. stat
+    .. (moved_too_far and (significant and ", significant" or ", not significant: noise") or "")
   if moved_too_far and not significant then
     c.status = "pass"
     c.message = c.message .. format("; not significant at %s (%s): noise", fmt(alpha), stat)
@@ -204,8 +207,12 @@ function M.refine(c, limit, cur, base, opts)
     rejudge(c, limit, mean(b), mean(a))
     c.message = c.message .. format(" (exact per-call means; the server says %s and %s)", fmt(c.server_baseline),
       fmt(c.server_value))
+    c.stats_text = format("exact means of %d and %d calls (server %s -> %s)", #a, #b, fmt(c.server_baseline),
+      fmt(c.server_value))
     if not alpha then return c end
-    local r = stats.welch(a, b, { alternative = alternative, confidence = 1 - alpha })
+    local r = stats.welch(a, b, { alternative = alternative })
+    -- one-sided p (did it move the bad way?), two-sided interval
+    r.ci = stats.welch(a, b, { confidence = 1 - alpha }).ci
     return verdict(c, limit, r, alpha)
   end
   local rate = M.RATES[metric]
@@ -222,9 +229,10 @@ function M.refine(c, limit, cur, base, opts)
     end
     if not alpha then return c end
     if na < 1 or nb < 1 then return insufficient(c, "no calls on one side") end
-    local r = stats.two_proportions(xa, na, xb, nb, { alternative = alternative, confidence = 1 - alpha })
-    -- the interval in the metric's own unit
-    r.ci = { r.ci[1] * rate.scale, r.ci[2] * rate.scale }
+    local r = stats.two_proportions(xa, na, xb, nb, { alternative = alternative })
+    -- one-sided p, two-sided interval, in the metric's own unit
+    local ci = stats.two_proportions(xa, na, xb, nb, { confidence = 1 - alpha }).ci
+    r.ci = { ci[1] * rate.scale, ci[2] * rate.scale }
     return verdict(c, limit, r, alpha)
   end
   if alpha then c.message = c.message .. " (no per-call sample for this metric: significance not tested)" end

@@ -14,6 +14,7 @@ usage: kpiwatch [options] history RUN_TEST|--name NAME [--metric M]... [--last N
 
 Show how the KPIs of a run test's completed executions moved over time, from
 the history file every get, gate, run, watch and script records into.
+RUN_TEST is the run test's id, or its name (as --name; one request).
   --name NAME       the run test by its name (one request)
   --metric M        a metric to show: a KPI field (avg_score, failed_calls, ...),
                     failure_rate (failed_calls / total_calls), eval:NAME, or a
@@ -272,7 +273,7 @@ local function import(store, run_test, o, env)
   local kpis = require "kpiwatch.kpis"
   local ok, err = pcall(function()
     local added, known, skipped = 0, 0, 0
-    for _, e in ipairs(kpis.executions(run_test, { all = true })) do
+    for _, e in ipairs(kpis.executions(run_test)) do
       local status = type(e.status) == "string" and e.status:lower() or nil
       if status ~= "completed" then
         skipped = skipped + 1
@@ -341,10 +342,16 @@ function M.run(args, flags, env)
   end
 
   local run_test = o.positional[1]
-  if o.name then
-    local ok, id = pcall(require("kpiwatch.kpis").run_test_id, o.name)
+  local kpis = require "kpiwatch.kpis"
+  -- the history is keyed by run test id: a name (with --name, or a
+  -- RUN_TEST that is no UUID) costs one request
+  local name = o.name or (not kpis.is_uuid(run_test) and run_test) or nil
+  if name then
+    local ok, id = pcall(kpis.run_test_id, name)
     if not ok then return api_error(id, env.stderr) end
     run_test = id
+  else
+    run_test = run_test:lower()
   end
   if importing then return import(store, run_test, o, env) end
 
@@ -356,10 +363,10 @@ function M.run(args, flags, env)
     s.display = history.display_name(s.key)
     series[#series + 1] = s
   end
-  local title = o.name or run_test
+  local title = name or run_test
   if store:count(run_test) == 0 then
     env.stderr:write("kpiwatch history: nothing stored for run test '", show(title),
-      "' yet (back-fill it with: kpiwatch history import ", o.name and ("--name '" .. show(o.name) .. "'") or show(run_test),
+      "' yet (back-fill it with: kpiwatch history import ", o.name and ("--name '" .. show(o.name) .. "'") or show(title),
       ")\n")
   end
   local fmt = o.format or "table"

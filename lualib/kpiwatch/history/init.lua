@@ -98,13 +98,14 @@ M.SCHEMA_VERSION = #MIGRATIONS
 
 -- ---- where ----------------------------------------------------------------
 
-local config = { path = nil, disabled = false }
+local config = { path = nil, disabled = false, sandbox = false }
 
----Sets where history goes for this process (the CLI's --history and --no-history).
----@param t {path?: string, disabled?: boolean}
+---Sets where history goes for this process (the CLI's --history and --no-history; sandbox: true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to the next, so only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions).
+---@param t {path?: string|false, disabled?: boolean, sandbox?: boolean}
 function M.configure(t)
-  if t.path ~= nil then config.path = t.path end
+  if t.path ~= nil then config.path = t.path or nil end
   if t.disabled ~= nil then config.disabled = t.disabled end
+  if t.sandbox ~= nil then config.sandbox = t.sandbox end
   if M._default then
     M._default:close()
     M._default = nil
@@ -119,6 +120,7 @@ function M.path()
   local env = os.getenv("KPIWATCH_HISTORY")
   if env == "off" then return nil end
   if env and env ~= "" then return env end
+  if config.sandbox then return nil end
   local base = os.getenv("XDG_DATA_HOME")
   if not base or base == "" or base:sub(1, 1) ~= "/" then
     local home = os.getenv("HOME")
@@ -297,7 +299,7 @@ local function lower(s)
   return type(s) == "string" and s:lower() or nil
 end
 
----Records one execution's KPIs if it is completed and not yet stored (fills in a missing run test or calls otherwise).
+---Records one execution's KPIs if it is completed and not yet stored (fills in a missing run test, start time or calls otherwise).
 ---@param k table KPI object (kpiwatch.model) or decoded body
 ---@param info {execution_id?: string, run_test?: string, status: string, start_time?: string, calls?: table[]}
 ---@return boolean recorded true when the execution was new
@@ -309,7 +311,7 @@ function Store:record(k, info)
   if lower(info.status) ~= "completed" then return false end
   local start = type(info.start_time) == "string" and info.start_time or nil
   return transaction(self, function()
-    local n, run_test = self:run("SELECT n, run_test FROM executions WHERE id = ?", id)
+    local n, run_test, known_start = self:run("SELECT n, run_test, start_time FROM executions WHERE id = ?", id)
     local new = not n
     if new then
       local now = iso_now()
@@ -320,8 +322,15 @@ function Store:record(k, info)
       for name, v in pairs(metrics_of(k)) do
         self:run("INSERT INTO metrics(n, name, value) VALUES (?, ?, ?)", n, name, v)
       end
-    elseif run_test == nil and info.run_test then
-      self:run("UPDATE executions SET run_test = ? WHERE n = ?", info.run_test, n)
+    else
+      if run_test == nil and info.run_test then
+        self:run("UPDATE executions SET run_test = ? WHERE n = ?", info.run_test, n)
+      end
+      -- recorded from a status read that had no start time (the detail
+      -- endpoint): the list's start time puts it in its place
+      if known_start == nil and start then
+        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, start, n)
+      end
     end
     if info.calls then
       for _, c in ipairs(info.calls) do
@@ -489,6 +498,15 @@ function Store:executions(run_test, opts)
     meta[n - i + 1] = { execution_id = r[1], start_time = r[3], fetched_at = r[4] }
   end
   return out, meta
+end
+
+---One stored execution as a KPI object (nil when it is not stored).
+---@param id string
+---@return table|nil
+function Store:kpi(id)
+  local body = self:run("SELECT b.kpis FROM bodies b JOIN executions e ON e.n = b.n WHERE e.id = ?", id)
+  if not body then return nil end
+  return model.new(json.decode(body), id)
 end
 
 ---The stored per-call overall scores of an execution (nil when none were recorded).
