@@ -150,4 +150,22 @@ function M.median_baseline(run_test, id, n, opts)
   return model.new(body), info
 end
 
+---The baseline of an alert rule's `vs = "median:N"`: the median of the metric over the run test's last N stored executions, the judged one left out.
+---@param n integer
+---@param name string the metric (a field, or an eval name when is_eval)
+---@param is_eval boolean
+---@param run_test? string the run test id (watch{run_tests=} knows it)
+---@param exclude? string the judged execution's id
+---@return number|nil median, string|nil why there is none
+function M.rule_baseline(n, name, is_eval, run_test, exclude)
+  if not run_test then return nil, "vs = \"median:" .. n .. "\" needs the run test (watch{run_tests=...})" end
+  local store = store_or_nil()
+  if not store then return nil, "vs = \"median:" .. n .. "\" needs the history file (history is off)" end
+  local key = is_eval and ("avg_" .. name) or (history.metric_key(name))
+  local ok, med, s = pcall(store.median, store, run_test, key, n, exclude)
+  if not ok then return nil, etext(med) end
+  if not med then return nil, "no earlier execution of the run test in the history" end
+  return med, s
+end
+
 return M
