@@ -132,7 +132,7 @@ local function pct(p)
   return format("%.4f", p):gsub("0+$", ""):gsub("%.$", "")
 end
 
-local function verdict(c, limit, r, alpha)
+local function verdict(c, r, alpha)
   c.p, c.ci, c.test, c.alpha = r.p, r.ci, r.test, alpha
   local moved_too_far = c.status == "fail"
   local significant = r.p < alpha
@@ -213,7 +213,7 @@ function M.refine(c, limit, cur, base, opts)
     local r = stats.welch(a, b, { alternative = alternative })
     -- one-sided p (did it move the bad way?), two-sided interval
     r.ci = stats.welch(a, b, { confidence = 1 - alpha }).ci
-    return verdict(c, limit, r, alpha)
+    return verdict(c, r, alpha)
   end
   local rate = M.RATES[metric]
   if rate then
@@ -233,7 +233,7 @@ function M.refine(c, limit, cur, base, opts)
     -- one-sided p, two-sided interval, in the metric's own unit
     local ci = stats.two_proportions(xa, na, xb, nb, { confidence = 1 - alpha }).ci
     r.ci = { ci[1] * rate.scale, ci[2] * rate.scale }
-    return verdict(c, limit, r, alpha)
+    return verdict(c, r, alpha)
   end
   if alpha then c.message = c.message .. " (no per-call sample for this metric: significance not tested)" end
   if opts.min_calls then

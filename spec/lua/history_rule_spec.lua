@@ -20,7 +20,8 @@ describe("alert.rule{drop=, vs='median:N'}", function()
     local s = assert(history.default())
     for i, score in ipairs({ 0.5, 0.9, 0.88, 0.92, 0.9, 0.86 }) do
       s:record(model.new({ avg_score = score, total_calls = 10, failed_calls = 0, avg_task_completion = 80 + i }),
-        { execution_id = uuid(i), run_test = RT, status = "completed", start_time = ("2026-01-%02dT00:00:00Z"):format(i) })
+        { execution_id = uuid(i), run_test = RT, status = "completed",
+          start_time = ("2026-01-%02dT00:00:00Z"):format(i) })
     end
   end)
   teardown(function()
@@ -70,7 +71,9 @@ describe("alert.rule{drop=, vs='median:N'}", function()
 
   it("refuses bad drop rules with the field named", function()
     assert.error_matches(function() rule.compile({ name = "x", metric = "avg_score", drop = 0.1 }, "f") end, "median:N")
-    assert.error_matches(function() rule.compile({ name = "x", metric = "avg_score", drop = -1, vs = "median:5" }, "f") end,
+    assert.error_matches(function()
+      rule.compile({ name = "x", metric = "avg_score", drop = -1, vs = "median:5" }, "f")
+    end,
       "drop")
     assert.error_matches(function()
       rule.compile({ name = "x", metric = "avg_score", drop = 0.1, below = 0.5, vs = "median:5" }, "f")

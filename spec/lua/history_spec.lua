@@ -7,7 +7,7 @@ local fs = require "kpiwatch._fs"
 local json = require "kpiwatch.json"
 local model = require "kpiwatch.model"
 local util = require "spec.lua.helpers.util"
-local KPIWATCH = KPIWATCH or "build/kpiwatch"
+local KPIWATCH = os.getenv("KPIWATCH") or "build/kpiwatch"
 
 local function uuid(i)
   return ("00000000-0000-4000-8000-%012d"):format(i)
@@ -89,7 +89,8 @@ describe("kpiwatch.history", function()
   it("gives series oldest first, the last N, medians and a sparkline", function()
     local scores = { 0.5, 0.9, 0.7, 0.6, 0.8 }
     for i, s in ipairs(scores) do
-      store:record(kpi(s), { execution_id = uuid(10 + i), run_test = "rt", status = "completed", start_time = start(i) })
+      store:record(kpi(s), { execution_id = uuid(10 + i), run_test = "rt", status = "completed",
+        start_time = start(i) })
     end
     local s = store:series("rt", "avg_score")
     assert.same(scores, s.values)
@@ -124,15 +125,17 @@ describe("kpiwatch.history", function()
     assert.equal("/x/h.db", history.path())
     history.configure({ disabled = true })
     assert.is_nil(history.path())
-    assert.same({ false, "history is off" }, { history.record(kpi(1), { execution_id = uuid(1), status = "completed" }) })
+    assert.same({ false, "history is off" },
+      { history.record(kpi(1), { execution_id = uuid(1), status = "completed" }) })
     history.configure({ disabled = false })
     history.configure({ path = false })
     local out = util.tmpdir() .. "/out"
-    local cmd = ("env -u KPIWATCH_HISTORY XDG_DATA_HOME=/data %q -e 'print(require(\"kpiwatch.history\").path())' > %q"):format(
+    local PRINT = "-e 'print(require(\"kpiwatch.history\").path())'"
+    local cmd = ("env -u KPIWATCH_HISTORY XDG_DATA_HOME=/data %q " .. PRINT .. " > %q"):format(
       KPIWATCH, out)
     assert(os.execute(cmd))
     assert.equal("/data/kpiwatch/history.db\n", assert(io.open(out)):read("a"))
-    cmd = ("env -u KPIWATCH_HISTORY -u XDG_DATA_HOME HOME=/home/u %q -e 'print(require(\"kpiwatch.history\").path())' > %q"):format(
+    cmd = ("env -u KPIWATCH_HISTORY -u XDG_DATA_HOME HOME=/home/u %q " .. PRINT .. " > %q"):format(
       KPIWATCH, out)
     assert(os.execute(cmd))
     assert.equal("/home/u/.local/share/kpiwatch/history.db\n", assert(io.open(out)):read("a"))

@@ -91,14 +91,16 @@ describe("kpiwatch.significance", function()
   it("warns about thresholds finer than the server's rounding", function()
     local w = sig.precision_warnings({ assert(requirement.parse("avg_score>=0.85")),
       assert(requirement.parse("avg_score>=0.8")), assert(requirement.parse("eval:task_completion>=80.25")) },
-      { assert(requirement.parse_limit("avg_score=0.03")), assert(requirement.parse_limit("avg_user_interruption_rate=0.005", "rise")) })
+      { assert(requirement.parse_limit("avg_score=0.03")),
+        assert(requirement.parse_limit("avg_user_interruption_rate=0.005", "rise")) })
     assert.equal(4, #w)
     assert.matches("avg_score >= 0.85: the server rounds avg_score to one decimal", w[1])
     assert.matches("eval averages", w[2])
     assert.matches("%-%-max%-drop avg_score=0.03.*add %-%-significance", w[3])
     assert.matches("2 decimals", w[4])
     -- with per-call scores the avg_score amount is judged exactly: no warning
-    assert.equal(0, #sig.precision_warnings({}, { assert(requirement.parse_limit("avg_score=0.03")) }, { per_call = true }))
+    local exact = sig.precision_warnings({}, { assert(requirement.parse_limit("avg_score=0.03")) }, { per_call = true })
+    assert.equal(0, #exact)
   end)
 
   it("parses --significance", function()

@@ -79,7 +79,9 @@ local function parse_args(args)
       v, err = val()
       if v then
         local n = tonumber(v)
-        if not n or math.type(n) ~= "integer" or n < 1 then return nil, "--last needs a positive integer, got '" .. show(v) .. "'" end
+        if not n or math.type(n) ~= "integer" or n < 1 then
+          return nil, "--last needs a positive integer, got '" .. show(v) .. "'"
+        end
         o.last = n
       end
     elseif flag == "--format" then
@@ -185,8 +187,8 @@ local function render_table(series, tty)
       lo = lo and math.min(lo, s.values[i]) or s.values[i]
       hi = hi and math.max(hi, s.values[i]) or s.values[i]
     end
-    local r = { show(s.display), model.format_value(s.values[s.n]), model.format_value(s:median()), model.format_value(lo),
-      model.format_value(hi), tostring(s.n) }
+    local fv = model.format_value
+    local r = { show(s.display), fv(s.values[s.n]), fv(s:median()), fv(lo), fv(hi), tostring(s.n) }
     if tty then r[#r + 1] = history.sparkline(s.values, s.n) end
     rows[#rows + 1] = r
   end
@@ -300,10 +302,10 @@ end
 
 ---Runs `kpiwatch history` with its arguments (after the command name).
 ---@param args string[]
----@param flags? table global flags
+---@param _? table global flags (applied by kpiwatch.cli before the command)
 ---@param env? {stdout?: file*, stderr?: file*, tty?: boolean}
 ---@return integer exit status
-function M.run(args, flags, env)
+function M.run(args, _, env)
   env = env or {}
   env.stdout = env.stdout or io.stdout
   env.stderr = env.stderr or io.stderr
@@ -366,8 +368,8 @@ function M.run(args, flags, env)
   local title = name or run_test
   if store:count(run_test) == 0 then
     env.stderr:write("kpiwatch history: nothing stored for run test '", show(title),
-      "' yet (back-fill it with: kpiwatch history import ", o.name and ("--name '" .. show(o.name) .. "'") or show(title),
-      ")\n")
+      "' yet (back-fill it with: kpiwatch history import ",
+      o.name and ("--name '" .. show(o.name) .. "'") or show(title), ")\n")
   end
   local fmt = o.format or "table"
   if fmt == "table" then

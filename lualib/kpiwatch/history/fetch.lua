@@ -87,7 +87,8 @@ function M.scores(id, run_test, warnings)
   return out
 end
 
----The baseline of `--baseline median:N`: the median of every metric over the N newest completed executions of the run test before `id` (imported into the history when missing).
+---The baseline of `--baseline median:N`: the median of every metric over the N newest
+---completed executions of the run test before `id` (imported into the history when missing).
 ---@param run_test string run test id
 ---@param id string the judged execution (left out)
 ---@param n integer

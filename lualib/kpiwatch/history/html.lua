@@ -170,7 +170,8 @@ function M.render(run_test, series, thresholds, opts)
     '<html lang="en"><head><meta charset="utf-8">',
     '<meta name="viewport" content="width=device-width, initial-scale=1">',
     -- nothing may load from anywhere: the file stands alone
-    [[<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">]],
+    [[<meta http-equiv="Content-Security-Policy"]]
+      .. [[ content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">]],
     "<title>" .. text("kpiwatch trends: " .. run_test) .. "</title>",
     "<style>" .. STYLE .. "</style></head><body>",
     "<h1>" .. text("Trends of run test " .. run_test) .. "</h1>",

@@ -100,7 +100,9 @@ M.SCHEMA_VERSION = #MIGRATIONS
 
 local config = { path = nil, disabled = false, sandbox = false }
 
----Sets where history goes for this process (the CLI's --history and --no-history; sandbox: true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to the next, so only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions).
+---Sets where history goes for this process (the CLI's --history and --no-history). sandbox:
+---true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to
+---the next: only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions.
 ---@param t {path?: string|false, disabled?: boolean, sandbox?: boolean}
 function M.configure(t)
   if t.path ~= nil then config.path = t.path or nil end
@@ -174,9 +176,9 @@ local function migrate(self)
   if v == 0 then check(self.path, self.db:exec("PRAGMA journal_mode=WAL")) end
   transaction(self, function(db)
     -- another process may have migrated while this one waited for the lock
-    for v = user_version(db) + 1, M.SCHEMA_VERSION do
-      for _, sql in ipairs(MIGRATIONS[v]) do check("migration " .. v, db:exec(sql)) end
-      check("migration " .. v, db:exec(SET_VERSION[v]))
+    for to = user_version(db) + 1, M.SCHEMA_VERSION do
+      for _, sql in ipairs(MIGRATIONS[to]) do check("migration " .. to, db:exec(sql)) end
+      check("migration " .. to, db:exec(SET_VERSION[to]))
     end
   end)
 end
@@ -475,7 +477,6 @@ function Store:series(run_test, metric, opts)
   end
   fill(key)
   if s.n == 0 and alt then
-    key = alt
     s.key = alt
     fill(alt)
   end
