@@ -22,6 +22,11 @@
 -- 15 (Lanczos' common 9-term form is off by 1e-8, too much for p-values). Quantiles are found by bisection on the CDFs.
 -- spec/e2e/test_stats_scipy.py checks all of it against SciPy.
 
+---@brief
+--- Welch's t-test and the two-proportion z-test with p-values and confidence
+--- intervals, and the distributions under them (t, normal, incomplete beta
+--- and gamma), checked against SciPy.
+
 local M = {}
 
 local exp, log, sqrt, abs, huge, pi = math.exp, math.log, math.sqrt, math.abs, math.huge, math.pi

@@ -16,14 +16,14 @@ noisy drop that is not significant (run 9: 8 calls) and a real regression
 """
 import json
 import os
-import re
 import subprocess
+import sys
 import tempfile
-import threading
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from test_executions import Sandbox  # noqa: E402  (one sandbox process helper)
 KW = os.path.abspath(os.environ.get("KPIWATCH", os.path.join(HERE, "../../build/kpiwatch")))
 
 
@@ -35,37 +35,6 @@ NOISE, REGRESSION = past(3, 9), past(3, 12)
 CHECK = ["--run-test", "voice-trend", "--baseline", "median:5", "--max-drop", "avg_score=0.03"]
 
 
-class Sandbox:
-    def __init__(self, env):
-        self.err = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([KW, "sandbox", "--port", "0", "--speed", "50"], stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, env=env)
-        self.url = None
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            m = re.match(r"^\s*export FI_BASE_URL=(\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        if not self.url:
-            self.close()
-            raise RuntimeError("the sandbox did not print its URL")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.err.close()
-
-
 class HistoryInGate(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -73,7 +42,7 @@ class HistoryInGate(unittest.TestCase):
         base = {k: v for k, v in os.environ.items() if not k.startswith(("FI_", "LUA_INIT", "KPIWATCH_HISTORY"))}
         base["HOME"] = cls.tmp.name
         base.pop("XDG_DATA_HOME", None)
-        cls.sandbox = Sandbox(base)
+        cls.sandbox = Sandbox("--speed", "50")
         cls.env = dict(base, FI_BASE_URL=cls.sandbox.url, FI_API_KEY="kw-sandbox-api-key",
                        FI_SECRET_KEY="kw-sandbox-secret-key")
 

@@ -21,6 +21,12 @@
 -- $XDG_DATA_HOME/kpiwatch/history.db (~/.local/share when unset); off with
 -- --no-history (or KPIWATCH_HISTORY=off). The file and its WAL are mode 0600.
 
+---@brief
+--- The history: every completed execution whose KPIs kpiwatch fetched, kept
+--- in one SQLite file (see doc/history.md). `history.series(run_test,
+--- metric)` prints as a sparkline; `history.executions(run_test)` gives KPI
+--- objects; `history.open(path)` a store of your own.
+
 local sqlite = require "kpiwatch._sqlite"
 local json = require "kpiwatch.json"
 local model = require "kpiwatch.model"
@@ -134,6 +140,8 @@ end
 
 -- ---- the store ------------------------------------------------------------
 
+---@class kpiwatch.history.Store
+---@field path string the file
 local Store = {}
 Store.__index = Store
 Store.__name = "kpiwatch.history"
@@ -271,6 +279,7 @@ function Store:all(sql, ...)
   return out
 end
 
+---Closes the store (its prepared statements, then the file).
 function Store:close()
   for _, st in pairs(self.stmts) do st:finalize() end
   self.stmts = {}
@@ -407,6 +416,13 @@ function M.sparkline(values, n)
   return concat(out)
 end
 
+---@class kpiwatch.history.Series
+---@field metric string as asked
+---@field key string the stored name
+---@field values number[] oldest first
+---@field ids string[] execution ids, parallel to values
+---@field times string[] start (or fetch) times, ISO 8601 UTC
+---@field n integer
 local Series = {}
 Series.__index = Series
 Series.__name = "kpiwatch.history.series"
