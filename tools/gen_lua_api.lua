@@ -20,7 +20,8 @@
 -- Tags: @param name[?] type desc, @return type desc, @class, @field,
 -- @overload, @async, @see, @deprecated; text lines after a tag continue it.
 
-local MODULES = { "task", "http", "json", "kpis", "model", "alert", "notify", "sandbox", "repl", "history", "stats" }
+local MODULES = { "task", "http", "json", "kpis", "execution", "model", "shared", "alert", "notify", "comment",
+  "sandbox", "repl", "history", "stats" }
 
 local root = arg and arg[1]
 if not root then

@@ -12,17 +12,31 @@
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
 local kpis = require "kpiwatch.kpis"
+local json = require "kpiwatch.json"
 
+--- Executions, run tests, runs and calls. Re-exported by `kpis`:
+--- `kpis.execution`, `kpis.executions`, `kpis.run_test_id`, `kpis.run`,
+--- `kpis.wait`, `kpis.calls`, `kpis.scores`.
+---
+--- The KPIs endpoint carries no status: while an execution is pending,
+--- running or evaluating, its KPIs are partial. Statuses are always
+--- lowercase here, whatever casing the server used (its executions list
+--- sends "Completed"). Terminal: completed, failed, cancelled; `evaluating`
+--- is not done. Requests go through the KPIs client (its options, rate
+--- limit, retries, redaction and error kinds).
+---@brief
 local M = {}
 
 local format = string.format
 
--- Terminal statuses: nothing about the execution changes any more.
--- `evaluating` is not one: its evals (and avg_score) are still coming.
+--- Terminal statuses (status -> true): nothing about the execution changes
+--- any more. `evaluating` is not one: its evals (and avg_score) are still coming.
 M.TERMINAL = { completed = true, failed = true, cancelled = true }
 
--- status text in any casing -> lowercase ("Completed", "RUNNING",
--- "canceled" -> "completed", "running", "cancelled"); nil for a non-string.
+--- A status in any casing, lowercase ("Completed", "RUNNING", "canceled"
+--- give "completed", "running", "cancelled").
+---@param s any
+---@return string|nil status nil for a non-string
 local function norm_status(s)
   if type(s) ~= "string" then return nil end
   s = s:lower():gsub("^%s+", ""):gsub("%s+$", "")
@@ -55,9 +69,8 @@ local RAW = setmetatable({}, { __name = "kpiwatch.execution.raw" })
 ---@field start_time string|nil ISO 8601, nil while pending
 ---@field duration number|nil seconds
 ---@field success_rate number|nil percent
-local Execution = { __name = "kpiwatch.execution" }
 local methods = {}
-Execution.__index = methods
+local Execution = { __name = "kpiwatch.execution", __index = methods }
 
 --- True once the status is terminal (completed, failed or cancelled);
 --- `evaluating` is not done.
@@ -73,7 +86,7 @@ function methods:raw()
   return rawget(self, RAW)
 end
 
--- The fields shown and encoded, in order.
+--- The fields of an execution object that to_json encodes, in order.
 local FIELDS = { "id", "status", "agent_type", "provider", "error_reason", "calls", "start_time",
   "duration", "success_rate" }
 M.FIELDS = FIELDS
@@ -93,8 +106,9 @@ end
 
 --- The execution's KPIs (kpis.get of its id); partial unless is_done(). Those of a
 --- completed execution are recorded in the history (kpiwatch.history).
+---@async
 ---@param opts table|nil options of kpis.get
----@return table KPI object
+---@return kpiwatch.Kpi kpi
 function methods:kpis(opts)
   local k = kpis.get(self.id, opts)
   -- a completed execution's KPIs are final: kept in the history
@@ -114,7 +128,11 @@ Execution.__tostring = function(self)
   return table.concat(parts, ", ")
 end
 
--- Build an execution object from a list item or a detail body.
+--- An execution object from a decoded executions-list item or detail body
+--- (what kpis.execution and kpis.executions build).
+---@param body table
+---@param id string|nil the id when the body has none
+---@return kpiwatch.Execution
 local function new_execution(body, id)
   local errs = body.error_messages
   local reason = text_or_nil(body.error_reason)
@@ -151,7 +169,8 @@ end
 local List = { __name = "kpiwatch.execution.list" }
 
 -- A cell of server text for a table: control characters neutralised and
--- cut short by model.format_value, the one formatter of server values.
+-- cut short by model.format_value, the one formatter of server values
+-- today (house-lua-b's shared escape of server text replaces it when it lands).
 local function cell(v)
   if v == nil then return "-" end
   return model.format_value(v)
@@ -278,6 +297,7 @@ end
 --- The id of the run test named `name` (GET
 --- /simulate/run-tests/get-id-by-name/{name}/). Raises `not_found` for an
 --- unknown name.
+---@async
 ---@param name string the run test's name, exactly
 ---@param opts table|nil client options (kpis.configure's)
 ---@return string run_test_id a UUID, lowercase
@@ -302,7 +322,11 @@ function M.run_test_id(name, opts)
   return rid:lower()
 end
 
--- A run test given as an id or a name -> its id.
+--- A run test given as an id or a name -> its id (a name costs one request).
+---@async
+---@param run_test string
+---@param client table|nil client options
+---@return string run_test_id
 local function run_test_of(run_test, client)
   if kpis.is_uuid(run_test) then return run_test:lower() end
   if type(run_test) ~= "string" then
@@ -316,6 +340,7 @@ M.resolve_run_test = run_test_of
 
 --- The execution `id` with its status, from one cheap request (the detail
 --- endpoint with ?limit=1).
+---@async
 ---@param id string the execution's UUID
 ---@param opts table|nil client options
 ---@return kpiwatch.Execution
@@ -326,19 +351,27 @@ function M.execution(id, opts)
   return new_execution(body, id)
 end
 
-local EXECUTIONS_OPTS = { status = true, limit = true, page_size = true }
+local EXECUTIONS_OPTS = { status = true, limit = true, page_size = true, stop = true }
 
 --- Every execution of a run test, newest first, following `next` across
 --- all pages. A page that fails raises: the list is never truncated
 --- silently. The result prints as a table (tostring).
+---@async
 ---@param run_test string a run test id or name
----@param opts table|nil status (one status, any casing), limit (at most this many, the newest), page_size (per request, default 10), and client options
+---@param opts table|nil status (one status, any casing), limit (at most this many, the newest),
+--- stop = fn(execution) -> true to end the list before that execution (no further page is read:
+--- a watch stops at the first execution it knows), page_size (per request, default 10), and
+--- client options
 ---@return kpiwatch.Execution[]
 function M.executions(run_test, opts)
   local o, client = split(opts, EXECUTIONS_OPTS, "kpis.executions")
   local limit = o.limit and positive_integer(o.limit, "kpis.executions: limit")
   local page_size = o.page_size and positive_integer(o.page_size, "kpis.executions: page_size")
   if not page_size and limit and limit < 10 then page_size = limit end
+  local stop = o.stop
+  if stop ~= nil and type(stop) ~= "function" then
+    errors.raise("config", "kpis.executions: stop must be a function")
+  end
   local want = o.status ~= nil and norm_status(o.status)
   if o.status ~= nil and (not want or want == "") then
     errors.raise("config", "kpis.executions: status must be a status name such as \"completed\"")
@@ -348,12 +381,14 @@ function M.executions(run_test, opts)
   local q = {}
   if want then q[#q + 1] = "status=" .. escape_component(want) end
   if page_size then q[#q + 1] = "limit=" .. page_size end
-  local url = c.base .. "/simulate/run-tests/" .. rid .. "/executions/" .. (#q > 0 and ("?" .. table.concat(q, "&")) or "")
+  local url = c.base .. "/simulate/run-tests/" .. rid .. "/executions/"
+    .. (#q > 0 and ("?" .. table.concat(q, "&")) or "")
   local out = setmetatable({}, List)
   each_page(c, url, nil, function(body)
     for _, item in ipairs(body.results) do
       if type(item) == "table" then
         local e = new_execution(item)
+        if stop and stop(e) then return true end
         -- the server's filter may want another casing: filter here as well
         if not want or e.status == want then out[#out + 1] = e end
         if limit and #out >= limit then return true end
@@ -366,6 +401,7 @@ end
 --- Every call of an execution (the detail endpoint, all pages), as the
 --- server sent them (`overall_score`, `status`, `eval_outputs`, ...), and
 --- the execution's status: scores are final only once it is completed.
+---@async
 ---@param id string the execution's UUID
 ---@param opts table|nil page_size (default 100) and client options
 ---@return table[] calls
@@ -385,6 +421,7 @@ end
 
 --- The per-call overall_score values of an execution (calls without a
 --- score left out), in call order, and its status.
+---@async
 ---@param id string the execution's UUID
 ---@param opts table|nil as kpis.calls
 ---@return number[] scores
@@ -405,8 +442,10 @@ local RUN_OPTS = { scenario_ids = true, simulator_id = true, select_all = true }
 
 --- Start a run of a run test (POST /simulate/run-tests/{id}/execute/).
 --- Not idempotent: retried only when the request provably never reached
---- the server (connect or DNS failure), never after a timeout or an HTTP
---- error, so one call never starts two runs.
+--- the server (a connect failure; DNS failures are never retried), never
+--- after a timeout, a dropped connection or an HTTP error, so one call
+--- never starts two runs.
+---@async
 ---@param run_test string a run test id or name
 ---@param opts table|nil scenario_ids (list of UUIDs), simulator_id, select_all, and client options
 ---@return string execution_id the new execution's UUID
@@ -450,9 +489,13 @@ end
 
 -- ---- waiting --------------------------------------------------------------------------
 
--- Defaults of kpis.wait, in seconds (tests make them small).
+--- Defaults of kpis.wait, in seconds: every, max_every, factor (of the
+--- backoff between polls), timeout.
 M.WAIT = { every = 2, max_every = 30, factor = 1.5, timeout = 1800 }
 
+--- Seconds as a short duration ("4.2s", "42s", "3m05s", "1h02m").
+---@param s number
+---@return string
 local function duration_text(s)
   if s < 10 then return format("%.1fs", s) end
   s = math.floor(s + 0.5)
@@ -480,8 +523,11 @@ local WAIT_OPTS = { timeout = true, every = true, max_every = true, on_status = 
 --- (Ctrl-C at the REPL) stops it.
 --- Raises an error of kind `timeout` (fields execution_id,
 --- execution_status) when `timeout` seconds pass first.
+---@async
 ---@param id string the execution's UUID
----@param opts table|nil timeout (s, default 1800; false: none), every (first interval, default 2), max_every (default 30), on_status = fn(execution, previous_status, elapsed_seconds) on each change, client (client options)
+---@param opts table|nil timeout (s, default 1800; false: none), every (first interval, default 2),
+--- max_every (default 30), on_status = fn(execution, previous_status, elapsed_seconds) on each
+--- change, client (client options)
 ---@return kpiwatch.Execution
 function M.wait(id, opts)
   opts = opts or {}

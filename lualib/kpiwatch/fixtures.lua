@@ -234,7 +234,8 @@ run_test {
 -- run looks good while in flight (best calls first) and ends poor.
 run_test {
   name = "voice-trend",
-  description = "12 past runs: stable, a noisy non-significant drop (run 9), a real regression (run 12); a new run ends poor",
+  description = "12 past runs: stable, a noisy non-significant drop (run 9), a real regression (run 12);"
+    .. " a new run ends poor",
   agent_type = "voice", provider = "retell", agent_definition = "Renewal offers (outbound)", agent_version = "v7",
   scenario_names = { "Renewal pitch", "Price objection", "Cancel request" },
   evals = { "task_completion", "is_polite" },

@@ -18,9 +18,11 @@
 
 local M = {}
 
+local json = require "kpiwatch.json"
+
 local format, floor = string.format, math.floor
 
--- Seconds of each phase at speed 1.
+--- Seconds of each phase at speed 1.
 M.PHASES = { pending = 1, running = 4, evaluating = 2, cancelling = 0.5 }
 
 local TERMINAL = { completed = true, failed = true, cancelled = true }
@@ -80,7 +82,12 @@ end
 
 -- ---- the state ----------------------------------------------------------------------
 
--- new{speed=, new_rng=, fixtures=} -> runs state.
+--- The run tests' state of one sandbox (kpiwatch.sandbox keeps it as sb.runs):
+--- route(req), kpis_body(id), start(rt [, ncalls]), set_speed(x), speed(),
+--- status(id), executions(run_test), scores(id), has(id), started (runs
+--- started by POST execute).
+---@param opts {speed?: number, new_rng: fun(seed: integer): fun(): number, fixtures?: table}
+---@return table runs
 function M.new(opts)
   local task = require "kpiwatch.task"
   local fixtures = opts.fixtures or require "kpiwatch.fixtures"
@@ -335,7 +342,8 @@ function M.new(opts)
         { role = "user", content = "Yes, speaking." },
       } or json.array(),
       ended_reason = over and ENDED[c.failed and "failed" or "completed"] or json.null,
-      call_summary = connected and "The agent walked the customer through " .. c.scenario.name:lower() .. "." or json.null,
+      call_summary = connected and ("The agent walked the customer through " .. c.scenario.name:lower() .. ".")
+        or json.null,
       duration = connected and c.duration or 0,
       avg_agent_latency = connected and c.latency or json.null,
       user_interruption_count = connected and c.interruptions or json.null,
@@ -358,7 +366,9 @@ function M.new(opts)
   local function positive_int(v, name, default)
     if v == nil then return default end
     local n = math.tointeger(tonumber(v))
-    if not n or n < 1 or not tostring(v):match("^%d+$") then return nil, name .. ": a positive integer is required." end
+    if not n or n < 1 or not tostring(v):match("^%d+$") then
+      return nil, name .. ": a positive integer is required."
+    end
     return n
   end
 
@@ -493,7 +503,9 @@ function M.new(opts)
     if body.simulator_id ~= nil and body.simulator_id ~= json.null and type(body.simulator_id) ~= "string" then
       return bad("simulator_id: expected a string.")
     end
-    if body.select_all ~= nil and type(body.select_all) ~= "boolean" then return bad("select_all: expected a boolean.") end
+    if body.select_all ~= nil and type(body.select_all) ~= "boolean" then
+      return bad("select_all: expected a boolean.")
+    end
     if #chosen == 0 then chosen = rt.scenarios end
     local ncalls = math.max(1, math.ceil(rt.next_run.calls * #chosen / #rt.scenarios))
     local e = start(rt, ncalls)
@@ -569,13 +581,13 @@ function M.new(opts)
 
   -- ---- for tests and scripts --------------------------------------------------------
 
-  -- status(id) -> the execution's status now, or nil.
+  --- The execution's status now (lowercase), or nil for an unknown id.
   function st.status(id)
     local e = execs[id:lower()]
     return e and snap(e).status
   end
 
-  -- executions(run_test) -> ids, newest first.
+  --- The ids of a run test's executions (id or name), newest first.
   function st.executions(key)
     local rt = fixtures.run_test(key)
     local out = {}
@@ -583,8 +595,8 @@ function M.new(opts)
     return out
   end
 
-  -- scores(id) -> the per-call overall_score values the detail endpoint
-  -- shows now (calls without a score left out), in call order.
+  --- The per-call overall_score values the detail endpoint shows now
+  --- (calls without a score left out), in call order.
   function st.scores(id)
     local e = execs[id:lower()]
     if not e then return nil end

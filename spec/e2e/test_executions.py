@@ -111,6 +111,20 @@ class ExecutionsCommand(unittest.TestCase):
         finally:
             sb.close()
 
+    def test_sandbox_speed_runs_an_execution_to_its_end(self):
+        sb = Sandbox("--speed", "50")
+        try:
+            r = run("-e", 'local e = kpis.wait(kpis.run("broken-agent"), {every = 0.02}) '
+                    'print(e.status, e.error_reason)', env=sb.env, timeout=20)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "failed\tAgent websocket closed: connection refused (code 1006)\n")
+        finally:
+            sb.close()
+        for bad in ("0", "-1", "x", "inf"):
+            r = run("sandbox", "--speed", bad)
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("--speed needs a positive number", r.stderr)
+
     def test_usage_and_api_errors(self):
         for args in (["executions"], ["executions", "a", "b"], ["executions", "nightly", "--limit", "0"],
                      ["executions", "nightly", "--status", "done"], ["executions", "nightly", "--bogus"]):
@@ -147,7 +161,7 @@ class AtThePrompt(unittest.TestCase):
         return s
 
     def test_executions_print_as_a_table_and_wait_shows_progress(self):
-        s = self.start(20)
+        s = self.start(5)  # 1.4 s from pending to completed: no poll misses a status
         s.line("kpis.executions('nightly', {limit = 2})")
         s.expect(r"ID +STATUS +START +CALLS +SUCCESS +ERROR\r\n")
         s.expect(r"c0ffee00-0000-4000-9001-000000000022  completed")

@@ -7,21 +7,16 @@ local kpis = require "kpiwatch.kpis"
 local execution = require "kpiwatch.execution"
 local sandbox = require "kpiwatch.sandbox"
 local fixtures = require "kpiwatch.fixtures"
-local errors = require "kpiwatch.errors"
 local http = require "kpiwatch.http"
 local task = require "kpiwatch.task"
+local json = require "kpiwatch.json"
 
 local NIGHTLY = fixtures.run_test_ids["nightly"]
 local BROKEN = fixtures.run_test_ids["broken-agent"]
 local TREND_NEWEST = "c0ffee00-0000-4000-9003-00000000000c"
 local UNKNOWN = "0b5e7c1d-9a2f-4e8b-8c3d-5f6a7b8c9d0e"
 
-local function raises(fn)
-  local ok, e = pcall(fn)
-  assert(not ok, "expected an error, got success")
-  assert(errors.is(e), "expected an error object, got " .. tostring(e))
-  return e
-end
+local raises = require("spec.lua.helpers.util").raises
 
 -- A one-route server answering `answer(req)`; returns the server.
 local function serve(answer)
@@ -59,7 +54,8 @@ describe("executions client", function()
       assert.is_true(e:is_done())
       assert.are.equal("failed", e:raw().status)
       assert.are.equal(1, #log)
-      assert.truthy(log[1]:find("/simulate/test%-executions/c0ffee00%-0000%-4000%-9001%-000000000014/%?limit=1 %-> 200"))
+      assert.truthy(log[1]:find(
+        "/simulate/test%-executions/c0ffee00%-0000%-4000%-9001%-000000000014/%?limit=1 %-> 200"))
       assert.truthy(tostring(e):find("failed", 1, true))
     end)
 
@@ -104,6 +100,12 @@ describe("executions client", function()
       local three = kpis.executions("nightly", { limit = 3 })
       assert.are.equal(3, #three)
       assert.are.equal(1, sb:count(NIGHTLY)) -- one page of 3
+      -- stop: the first page only, up to a known execution
+      sb:reset_counts()
+      local known = sb.runs.executions(NIGHTLY)[4]
+      local newer = kpis.executions(NIGHTLY, { stop = function(e) return e.id == known end })
+      assert.are.equal(3, #newer)
+      assert.are.equal(1, sb:count(NIGHTLY))
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { limit = 0 }) end).kind)
       assert.are.equal("config", raises(function() kpis.executions(NIGHTLY, { bogus = 1 }) end).kind)
     end)
@@ -214,11 +216,13 @@ describe("executions client", function()
 
   describe("kpis.wait", function()
     it("returns once completed, reporting each status change", function()
+      sb.runs.set_speed(10) -- each phase lasts 0.1 s or more: no poll misses one
       local id = kpis.run(NIGHTLY)
       local seen = {}
       local e = kpis.wait(id, { every = 0.01, max_every = 0.02, on_status = function(x, prev)
         seen[#seen + 1] = (prev or "-") .. ">" .. x.status
       end })
+      sb.runs.set_speed(50)
       assert.are.equal("completed", e.status)
       assert.is_true(e:is_done())
       assert.are.same({ "->pending", "pending>running", "running>evaluating", "evaluating>completed" }, seen)
@@ -249,7 +253,14 @@ describe("executions client", function()
       pcall(kpis.wait, id, { every = 0.02, max_every = 0.1, timeout = 0.5 })
       -- 0.02, 0.03, 0.045, 0.0675, 0.1, 0.1 ...: about 8 polls, not 25
       local n = sb:count(id)
-      assert.is_true(n >= 5 and n <= 10, "polls: " .. n)
+      assert.is_true(n >= 3 and n <= 10, "polls: " .. n)
+      -- the client's rate limit spaces the polls too
+      kpis.configure { rate = "20/s" }
+      sb:reset_counts()
+      pcall(kpis.wait, id, { every = 0.001, max_every = 0.001, timeout = 0.3 })
+      n = sb:count(id)
+      assert.is_true(n >= 2 and n <= 8, "polls under 20/s in 0.3 s: " .. n)
+      kpis.configure { rate = false }
       sb:inject(id, "429:0.3")
       local t0 = task.now()
       pcall(kpis.wait, id, { every = 0.01, timeout = 0.01 })

@@ -6,6 +6,7 @@ local sandbox = require "kpiwatch.sandbox"
 local fixtures = require "kpiwatch.fixtures"
 local http = require "kpiwatch.http"
 local task = require "kpiwatch.task"
+local json = require "kpiwatch.json"
 
 local NIGHTLY = fixtures.run_test_ids["nightly"]
 local BROKEN = fixtures.run_test_ids["broken-agent"]
@@ -146,6 +147,7 @@ describe("sandbox run tests", function()
   end)
 
   it("starts a run that moves pending -> running -> evaluating -> completed with partial KPIs", function()
+    sb.runs.set_speed(1e-6) -- pending until the clock runs again
     local a = start(NIGHTLY)
     assert.are.equal("started", a.status)
     assert.are.equal(NIGHTLY, a.run_test_id)
@@ -157,6 +159,8 @@ describe("sandbox run tests", function()
     assert.are.equal(35, list.count)
     local kp = get_json("/simulate/test-executions/" .. id .. "/kpis/")
     assert.are.equal(0, kp.total_calls)
+    assert.are.equal("pending", get_json("/simulate/test-executions/" .. id .. "/?limit=1").status)
+    sb.runs.set_speed(4) -- a call every 0.08 s, evaluating 0.5 s: slow enough to watch on a busy machine
     local seen = follow(id, "running")
     assert.are.equal("pending", seen[1])
     -- wait for a few calls, then stop the clock to look at a partial run
@@ -175,7 +179,7 @@ describe("sandbox run tests", function()
     assert.are.equal(1, statuses.ongoing)
     assert.is_true(statuses.queued > 0)
     assert.is_true(statuses.completed > 0)
-    sb.runs.set_speed(40)
+    sb.runs.set_speed(4)
     follow(id, "evaluating")
     sb.runs.set_speed(1e-6)
     local ev = get_json("/simulate/test-executions/" .. id .. "/")
@@ -192,7 +196,7 @@ describe("sandbox run tests", function()
     local evk = get_json("/simulate/test-executions/" .. id .. "/kpis/")
     assert.are.equal(12, evk.calls_attempted)
     sb.runs.set_speed(40)
-    seen = follow(id, "completed")
+    follow(id, "completed")
     local final = get_json("/simulate/test-executions/" .. id .. "/kpis/")
     assert.are.equal(12, final.total_calls)
     assert.are.equal(0.9, final.avg_score)
@@ -228,10 +232,12 @@ describe("sandbox run tests", function()
   end)
 
   it("cancels a running execution: cancelling, then cancelled", function()
+    sb.runs.set_speed(1e-6)
     local id = start(NIGHTLY).execution_id
     local r = req("/simulate/test-executions/" .. id .. "/cancel/", "POST", "")
     assert.are.equal(200, r.status)
     assert.are.equal("cancelling", sb.runs.status(id))
+    sb.runs.set_speed(40)
     follow(id, "cancelled")
     task.sleep(0.3)
     assert.are.equal("cancelled", sb.runs.status(id))

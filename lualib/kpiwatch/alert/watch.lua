@@ -148,7 +148,6 @@ function M.watch(self, opts)
     end
     while not ctx.stopping do
       summary.cycles = summary.cycles + 1
-      local ids = opts.ids ~= nil and resolve_ids(opts.ids) or {}
       local list, failed, keep = {}, {}, nil
       local now = clock()
       if run_tests then
@@ -158,20 +157,11 @@ function M.watch(self, opts)
         for id, e in pairs(rfailed) do failed[id] = e end
         keep = kept
       end
-      local strings = {}
-      for _, v in ipairs(ids) do
-        if type(v) == "string" then strings[#strings + 1] = v else list[#list + 1] = v end
-      end
-      if #strings > 0 then
-        local kpis = require "kpiwatch.kpis"
-        local results = kpis.get_all(strings, { concurrency = opts.concurrency })
-        for i, r in ipairs(results) do
-          if errors.is(r) then
-            failed[strings[i]] = r
-          else
-            list[#list + 1] = r
-          end
-        end
+      if opts.ids ~= nil then
+        local got, failed_list = require("kpiwatch.kpis").resolve(resolve_ids(opts.ids),
+          { concurrency = opts.concurrency })
+        for _, k in ipairs(got) do list[#list + 1] = k end
+        for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
       end
       local rep = self:step(st, list, now, { failed = failed, keep = keep })
       print_problems(self, rep)

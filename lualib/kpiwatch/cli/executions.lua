@@ -57,7 +57,9 @@ return function(args)
     elseif a == "--limit" then
       local v = value()
       local n = math.tointeger(tonumber(v or ""))
-      if not n or n < 1 then return usage_error("option '--limit' needs a positive integer, got '" .. show(v or "") .. "'") end
+      if not n or n < 1 then
+        return usage_error("option '--limit' needs a positive integer, got '" .. show(v or "") .. "'")
+      end
       opts.limit = n
     elseif a == "-h" or a == "--help" then
       io.stdout:write(USAGE)

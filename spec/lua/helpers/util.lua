@@ -12,12 +12,36 @@ function M.kpi(name)
   return assert(model.parse(f.body, f.id))
 end
 
+-- raises(fn) -> the error object fn raises (fails the test when fn does not
+-- raise, or raises something else than a kpiwatch error object)
+function M.raises(fn)
+  local ok, e = pcall(fn)
+  assert(not ok, "expected an error, got success")
+  assert(require("kpiwatch.errors").is(e), "expected an error object, got " .. tostring(e))
+  return e
+end
+
 -- tmpdir() -> a new empty directory's path
 function M.tmpdir()
   local p = os.tmpname()
   os.remove(p)
   assert(os.execute("mkdir -p '" .. p .. "'"))
   return p
+end
+
+-- tmpname() -> a fresh path that does not exist yet
+function M.tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+-- read(path) -> the file's bytes
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
 end
 
 function M.write(path, text)
@@ -30,6 +54,29 @@ function M.exists(path)
   local f = io.open(path, "r")
   if f then f:close() return true end
   return false
+end
+
+-- run_gate(args [, env]) -> exit code, stdout text, stderr text of
+-- `kpiwatch gate` run in this process (kpiwatch.cli.gate), its output
+-- captured; env overrides the environment it sees (nothing else is set).
+function M.run_gate(args, env)
+  local function buffer()
+    local b = { parts = {} }
+    function b:write(...)
+      for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
+      return self
+    end
+    b.flush = function() end
+    function b:text() return table.concat(self.parts) end
+    return b
+  end
+  local out, err = buffer(), buffer()
+  env = env or {}
+  local code = require("kpiwatch.cli.gate").run(args, {}, {
+    stdout = out, stderr = err, color = false,
+    getenv = function(k) if env[k] ~= nil then return env[k] or nil end return nil end,
+  })
+  return code, out:text(), err:text()
 end
 
 return M
