@@ -2,7 +2,7 @@
 # The documentation stays true to the program:
 #  - doc/kpiwatch.1 passes mandoc's lint (warnings included);
 #  - every option the command-line parsers accept is printed by --help, and
-#    every option --help prints (kpiwatch, get, gate, sandbox) is in the man
+#    every option --help prints (kpiwatch, get, gate, sandbox, compare) is in the man
 #    page, so a new option cannot go undocumented;
 #  - --help and the man page name every exit status;
 #  - doc/lua-api.md is what tools/gen_lua_api.lua generates from lualib/
@@ -45,11 +45,13 @@ check_help() { # NAME HELPFILE PARSER...
 "$KPIWATCH" get --help >"$tmp/help-get" || fail "kpiwatch get --help exited $?"
 "$KPIWATCH" gate --help >"$tmp/help-gate" || fail "kpiwatch gate --help exited $?"
 "$KPIWATCH" sandbox --help >"$tmp/help-sandbox" || fail "kpiwatch sandbox --help exited $?"
+"$KPIWATCH" compare --help >"$tmp/help-compare" || fail "kpiwatch compare --help exited $?"
 
 check_help kpiwatch "$tmp/help" lualib/kpiwatch/cli/init.lua
 check_help "kpiwatch gate" "$tmp/help-gate" lualib/kpiwatch/cli/gate.lua
 check_help "kpiwatch get" "$tmp/help-get" lualib/kpiwatch/cli/get.lua
 check_help "kpiwatch sandbox" "$tmp/help-sandbox" lualib/kpiwatch/cli/sandbox.lua
+check_help "kpiwatch compare" "$tmp/help-compare" lualib/kpiwatch/cli/compare.lua
 
 for code in 0 1 2 3 129 130 143; do
   for f in help help-gate; do
@@ -60,7 +62,7 @@ for code in 0 1 2 3 129 130 143; do
 done
 
 # Environment variables the code reads are in the man page.
-for var in $(grep -rhoE 'getenv\("[A-Z_0-9]+"\)' lualib runtime | grep -oE '[A-Z][A-Z_0-9]+' | sort -u); do
+for var in $(grep -rhoE '(getenv|env)\("[A-Z_0-9]+"\)' lualib runtime | grep -oE '[A-Z][A-Z_0-9]+' | sort -u); do
   case $var in HOME | HOSTNAME) continue ;; esac
   grep -q -- "$var" "$tmp/man.txt" || fail "the code reads \$$var but doc/kpiwatch.1 does not mention it"
 done
