@@ -42,6 +42,7 @@
 --- Templates (`summary`, `labels`): `{field}` or `{field:%.1f}`, looked up in the
 --- alert (`rule`, `metric`, `value`, `threshold`, `op`, `severity`,
 --- `execution_id`, `state`, `labels.x`), then the KPI fields, then the evals.
+--- `{{` and `}}` are literal braces; an unknown name stays as written.
 ---
 --- Delivery: each hook runs in its own task; retryable failures are retried with
 --- exponential backoff and full jitter; what still fails is appended to the spool
