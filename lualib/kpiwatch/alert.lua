@@ -1,7 +1,7 @@
 -- kpiwatch.alert: alert rules over KPI objects, notification hooks, one-shot
 -- checks and watch mode.
 --
---   alert.rule{...}            register a rule (see README "Alert rules")
+--   alert.rule{...}            register a rule (doc/lua-api.md)
 --   alert.hook(name, fn)       register a notification hook
 --   alert.evaluate(x)          -> report, no notification, no state (the gate)
 --   alert.check(x)             -> report, after notifying what fires
