@@ -16,7 +16,9 @@
 --                             otherwise a value
 --   local Class = {}          after a block with `---@class Name` (and @field lines)
 -- A block holding `---@brief` is the module's introduction. Names starting
--- with `_`, and blocks tagged `---@private` or `---@nodoc`, are left out.
+-- with `_`, and blocks tagged `---@private` or `---@nodoc`, are left out. A
+-- public `function M.f` or `function Class:m` with no block is named on
+-- stderr, so a new function does not go undocumented unnoticed.
 -- Tags: @param name[?] type desc, @return type desc, @class, @field,
 -- @overload, @async, @see, @deprecated; text lines after a tag continue it.
 
@@ -180,6 +182,12 @@ local function scan(path, module, mod, items)
             end
           end
           items[#items + 1] = item
+        end
+      elseif not path:find("/_meta/", 1, true) then
+        -- a public function with no annotation: say so (stderr only)
+        local owner, name = line:match("^function%s+([%a_][%w_]*)[.:]([%a_][%w_]*)%s*%(")
+        if owner and (owner == modvar or classes[owner]) and name:sub(1, 1) ~= "_" then
+          io.stderr:write("gen_lua_api: ", path, ": ", owner, ".", name, " has no annotation\n")
         end
       end
       block = nil

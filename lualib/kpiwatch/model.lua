@@ -672,6 +672,7 @@ end
 
 -- The server's own message in an error body: detail, then message, then
 -- result (a string, or an object with a message), then error.
+---@private
 function M.server_message(body)
   if type(body) ~= "table" then return nil end
   for _, key in ipairs({ "detail", "message", "result", "error" }) do

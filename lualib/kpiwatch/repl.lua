@@ -271,6 +271,7 @@ end
 -- `return <src>` first, as lua.c does, so an expression prints its value;
 -- unlike lua.c this is also tried on continued chunks, so a table written
 -- over several lines is an expression too.
+---@private
 function M.compile(src)
   local f, err1 = load("return " .. src, "=stdin", "t")
   if f then return f end
@@ -283,6 +284,7 @@ end
 -- run(fn) -> table.pack(ok, results or error): fn runs in its own task;
 -- Ctrl-C while it runs cancels the task (what it waits on is cancelled and
 -- it raises "interrupted!" there).
+---@private
 function M.run_chunk(fn)
   local t = task.spawn(function()
     return table.pack(xpcall(fn, on_error))
