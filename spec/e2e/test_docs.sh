@@ -21,23 +21,31 @@ mandoc -Tascii -O width=1000 doc/kpiwatch.1 | sed 's/.\x08//g' >"$tmp/man.txt"
 grep -q '^NAME' "$tmp/man.txt" || fail "the man page has no NAME section"
 
 # Options each parser accepts: the string literals of the form "--x" or "-x"
-# it compares with, and the keys of its option tables.
-parser_options() {
-  grep -oE '"--?[a-zA-Z][a-zA-Z-]*"' "$1" | tr -d '"' | sort -u
+# it compares with, and the keys of its option tables. Matching is done with
+# bash's own regex on the texts read once (the machine may be loaded: few forks).
+man_text=$(<"$tmp/man.txt")
+has_word() { # TEXT OPTION: OPTION appears as a whole word in TEXT
+  local re="(^|[^a-zA-Z-])$2([^a-zA-Z-]|\$)"
+  [[ $1 =~ $re ]]
 }
 
-check_help() { # NAME HELPFILE PARSER...
-  name=$1 help=$2
-  shift 2
-  for src in "$@"; do
-    for opt in $(parser_options "$src"); do
-      grep -qE -- "(^|[^a-zA-Z-])$opt([^a-zA-Z-]|$)" "$help" ||
-        fail "$src accepts $opt but '$name --help' does not list it"
-    done
+check_help() { # NAME HELPFILE PARSER
+  local name=$1 help_text src_text opt re rest
+  help_text=$(<"$2")
+  src_text=$(<"$3")
+  rest=$src_text
+  re='"(--?[a-zA-Z][a-zA-Z-]*)"'
+  while [[ $rest =~ $re ]]; do
+    opt=${BASH_REMATCH[1]}
+    rest=${rest#*"${BASH_REMATCH[0]}"}
+    has_word "$help_text" "$opt" || fail "$3 accepts $opt but '$name --help' does not list it"
   done
-  for opt in $(grep -oE -- '(^|[ ,(\[])--?[a-zA-Z][a-zA-Z-]*' "$help" | grep -oE -- '--?[a-zA-Z][a-zA-Z-]*' | sort -u); do
-    grep -qE -- "(^|[^a-zA-Z-])$opt([^a-zA-Z-]|$)" "$tmp/man.txt" ||
-      fail "'$name --help' lists $opt but doc/kpiwatch.1 does not"
+  rest=$help_text
+  re="(^|[][ ,("$'\n'"])(--?[a-zA-Z][a-zA-Z-]*)"
+  while [[ $rest =~ $re ]]; do
+    opt=${BASH_REMATCH[2]}
+    rest=${rest#*"${BASH_REMATCH[0]}"}
+    has_word "$man_text" "$opt" || fail "'$name --help' lists $opt but doc/kpiwatch.1 does not"
   done
 }
 
@@ -53,18 +61,21 @@ check_help "kpiwatch get" "$tmp/help-get" lualib/kpiwatch/cli/get.lua
 check_help "kpiwatch sandbox" "$tmp/help-sandbox" lualib/kpiwatch/cli/sandbox.lua
 check_help "kpiwatch compare" "$tmp/help-compare" lualib/kpiwatch/cli/compare.lua
 
+exit_section=$(sed -n '/^EXIT STATUS/,/^[A-Z]/p' "$tmp/man.txt")
+help_main=$(<"$tmp/help")
+help_gate=$(<"$tmp/help-gate")
 for code in 0 1 2 3 129 130 143; do
-  for f in help help-gate; do
-    grep -qE "(^|[^0-9])$code([^0-9]|$)" "$tmp/$f" || fail "'$f' does not name exit status $code"
-  done
-  sed -n '/^EXIT STATUS/,/^[A-Z]/p' "$tmp/man.txt" | grep -qE "^ +$code( |\$)" ||
-    fail "EXIT STATUS of doc/kpiwatch.1 lacks $code"
+  re="(^|[^0-9])$code([^0-9]|\$)"
+  [[ $help_main =~ $re ]] || fail "'kpiwatch --help' does not name exit status $code"
+  [[ $help_gate =~ $re ]] || fail "'kpiwatch gate --help' does not name exit status $code"
+  re="(^|"$'\n'")  +$code( |"$'\n'"|\$)"
+  [[ $exit_section =~ $re ]] || fail "EXIT STATUS of doc/kpiwatch.1 lacks $code"
 done
 
 # Environment variables the code reads are in the man page.
 for var in $(grep -rhoE '(getenv|env)\("[A-Z_0-9]+"\)' lualib runtime | grep -oE '[A-Z][A-Z_0-9]+' | sort -u); do
   case $var in HOME | HOSTNAME) continue ;; esac
-  grep -q -- "$var" "$tmp/man.txt" || fail "the code reads \$$var but doc/kpiwatch.1 does not mention it"
+  [[ $man_text == *"$var"* ]] || fail "the code reads \$$var but doc/kpiwatch.1 does not mention it"
 done
 
 # doc/lua-api.md is generated and current.
