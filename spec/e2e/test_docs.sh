@@ -4,7 +4,8 @@
 #  - every option the command-line parsers accept is printed by --help, and
 #    every option --help prints (kpiwatch, get, gate, sandbox, compare) is in the man
 #    page, so a new option cannot go undocumented;
-#  - --help and the man page name every exit status;
+#  - --help and the man page name every exit status, and `make install`
+#    installs the man page;
 #  - doc/lua-api.md is what tools/gen_lua_api.lua generates from lualib/
 #    today (run `make doc` after changing an annotation).
 set -eu
@@ -77,6 +78,13 @@ for var in $(grep -rhoE '(getenv|env)\("[A-Z_0-9]+"\)' lualib runtime | grep -oE
   case $var in HOME | HOSTNAME) continue ;; esac
   [[ $man_text == *"$var"* ]] || fail "the code reads \$$var but doc/kpiwatch.1 does not mention it"
 done
+
+# make install puts the man page where man finds it.
+build_dir=$(dirname "$KPIWATCH")
+if [ -f "$build_dir/cmake_install.cmake" ]; then
+  cmake --install "$build_dir" --prefix "$tmp/inst" >/dev/null || fail "cmake --install failed"
+  cmp -s doc/kpiwatch.1 "$tmp/inst/share/man/man1/kpiwatch.1" || fail "make install does not install doc/kpiwatch.1 as man1/kpiwatch.1"
+fi
 
 # doc/lua-api.md is generated and current.
 "$KPIWATCH" tools/gen_lua_api.lua lualib >"$tmp/lua-api.md" || fail "tools/gen_lua_api.lua failed"
