@@ -1,14 +1,16 @@
 -- kpiwatch.compare: two executions side by side, with deltas (kpis.compare).
 --
---   compare(a, b)  prints the comparison, returns nothing
---   text(a, b)     -> the same text
---   rows(a, b)     -> list of {section=, name=, a=, b=, delta=} (a, b: values,
---                     nil when null or absent; delta: b - a when both are numbers)
+--   compare(a, b, get)  prints the comparison, returns nothing
+--   text(a, b, get)     -> the same text
+--   rows(a, b, get)     -> list of {section=, name=, a=, b=, delta=} (a, b: values,
+--                          nil when null or absent; delta: b - a when both are numbers)
 --
--- a and b are KPI objects or execution ids; ids are fetched with kpis.get,
--- both at once. Rows: the documented core fields, the voice and/or text
--- fields (by the agent types of the two), the union of the dynamic eval
--- metrics, and the number of scenario graphs. The delta is b - a, with the
+-- a and b are KPI objects or execution ids; ids are fetched with get (the
+-- client's kpis.get: kpis.compare passes it), both at once. This module does
+-- not know the client: kpis requires it, never the other way round.
+-- Rows: the documented core fields, the voice and/or text fields (by the
+-- agent types of the two), the union of the dynamic eval metrics, and the
+-- number of scenario graphs. The delta is b - a, with the
 -- relative change when a is not 0.
 
 local M = {}
@@ -18,13 +20,16 @@ local model = require "kpiwatch.model"
 local format, concat = string.format, table.concat
 local math_type = math.type
 
-local function fetch(a, b)
-  local kpis = require "kpiwatch.kpis"
+local function fetch(a, b, get)
   local need_a, need_b = not model.is(a), not model.is(b)
   if not need_a and not need_b then return a, b end
+  if type(get) ~= "function" then
+    require("kpiwatch.errors").raise("config",
+      "compare: an execution id needs a fetch function (kpis.compare passes kpis.get)")
+  end
   local task = require "kpiwatch.task"
-  local ta = need_a and task.spawn(kpis.get, a)
-  local tb = need_b and task.spawn(kpis.get, b)
+  local ta = need_a and task.spawn(get, a)
+  local tb = need_b and task.spawn(get, b)
   local ok, r = pcall(task.all, { ta or task.spawn(function() return a end),
     tb or task.spawn(function() return b end) })
   if not ok then error(r, 0) end
@@ -55,8 +60,8 @@ local function count_graphs(k)
   return n
 end
 
-function M.rows(a, b)
-  a, b = fetch(a, b)
+function M.rows(a, b, get)
+  a, b = fetch(a, b, get)
   local rows = {}
   local function row(section, name, va, vb, pa, pb)
     local r = { section = section, name = name, a = va, b = vb, a_present = pa, b_present = pb }
@@ -161,12 +166,12 @@ function M.format_rows(rows, a, b)
   return concat(lines, "\n")
 end
 
-function M.text(a, b)
-  return M.format_rows(M.rows(a, b))
+function M.text(a, b, get)
+  return M.format_rows(M.rows(a, b, get))
 end
 
-function M.compare(a, b)
-  io.stdout:write(M.text(a, b), "\n")
+function M.compare(a, b, get)
+  io.stdout:write(M.text(a, b, get), "\n")
   io.stdout:flush()
 end
 

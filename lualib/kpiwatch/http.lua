@@ -96,6 +96,11 @@ M.stats = C.stats
 ---@type string
 M.user_agent = C.user_agent
 
+-- When a request may be tried again: retryable(err_or_kind) and
+-- parse_retry_after(value [, now]) (see kpiwatch.http_retry).
+local retry = require "kpiwatch.http_retry"
+M.retryable, M.parse_retry_after = retry.retryable, retry.parse_retry_after
+
 -- The server lives in its own module; loaded on first use so that the
 -- client works (and starts fast) without it.
 --- Serve HTTP/1.1 (keep-alive) and HTTP/2 over plain HTTP (prior knowledge or

@@ -13,7 +13,8 @@
 -- client-side rate limit, error classification and the verbose trace.
 --
 -- Configuration, strongest first: the opts of a call, kpis.configure{},
--- command-line flags (kpis._set_flags, called by the CLI and by --sandbox),
+-- command-line flags (kpis._set_flags from the CLI's flags, kpis.point_at
+-- for --sandbox),
 -- the environment (FI_BASE_URL, FI_API_KEY, FI_SECRET_KEY, KPIWATCH_CA_FILE),
 -- the defaults.
 --
@@ -24,6 +25,7 @@
 
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
+local retry = require "kpiwatch.http_retry"
 
 local M = {}
 
@@ -172,7 +174,7 @@ local CHECK = {
 local SECRET = { api_key = true, secret_key = true }
 
 local configured = {} -- kpis.configure
-local flags = {}      -- kpis._set_flags (command line, --sandbox)
+local flags = {}      -- kpis._set_flags, kpis.point_at (command line, --sandbox)
 local generation = 0  -- bumped on every change, invalidates the cache
 local cache           -- resolved options without call opts
 
@@ -203,13 +205,29 @@ function M.configure(t)
 end
 
 -- _set_flags{base_url=, timeout=, retries=, verbose=, allow_insecure_http=,
--- api_key=, secret_key=}: the command line's layer (the CLI and --sandbox
--- call it). Merges into what was set before.
+-- api_key=, secret_key=}: the command line's layer (the CLI calls it).
+-- Merges into what was set before.
 function M._set_flags(t)
   check_opts(t, "command line")
   for k, v in pairs(t) do flags[k] = (CHECK[k](v)) end
   generation = generation + 1
   cache = nil
+end
+
+--- Points the client at an API endpoint (the sandbox, a proxy, a staging
+--- server): its base URL and credentials, in the command line's layer (the
+--- CLI calls it for --sandbox), so a script's kpis.configure still wins.
+---@param endpoint table {base_url= (or url=), api_key=, secret_key=}: a sandbox
+--- object (kpiwatch.sandbox.start) has these fields
+function M.point_at(endpoint)
+  if type(endpoint) ~= "table" then
+    errors.raise("config", "kpis.point_at: expected {base_url=, api_key=, secret_key=}, got "
+      .. type(endpoint))
+  end
+  local t = { base_url = endpoint.base_url or endpoint.url, api_key = endpoint.api_key,
+    secret_key = endpoint.secret_key }
+  if t.base_url == nil then errors.raise("config", "kpis.point_at: base_url is required") end
+  M._set_flags(t)
 end
 
 -- Forget every configure and flag (tests).
@@ -451,72 +469,6 @@ M._now = now
 
 M._random = math.random -- replaceable in tests
 
--- ---- Retry-After ------------------------------------------------------------------
-
-local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
-  sep = 9, oct = 10, nov = 11, dec = 12 }
-local DAYS_IN = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-
--- Days since 1970-01-01 of a civil date (proleptic Gregorian).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = y // 400
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
-local function epoch_of(y, mon, d, hh, mm, ss)
-  local m = MONTHS[mon:lower()]
-  y, d, hh, mm, ss = tonumber(y), tonumber(d), tonumber(hh), tonumber(mm), tonumber(ss)
-  if not m or not y or d < 1 or d > DAYS_IN[m] or hh > 23 or mm > 59 or ss > 60 then return nil end
-  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
-end
-
--- _parse_retry_after(value [, now]) -> seconds to wait (>= 0), or nil when
--- value is neither delay-seconds nor an HTTP date (RFC 9110 10.2.3: the
--- IMF-fixdate, and the obsolete RFC 850 and asctime forms). now is the
--- current time in seconds since the epoch (os.time() by default). Never
--- raises, whatever the input.
-function M._parse_retry_after(value, now_epoch)
-  if type(value) == "number" then
-    if value ~= value or value < 0 then return nil end
-    return math.min(value, 2 ^ 31)
-  end
-  if type(value) ~= "string" or #value > 128 then return nil end
-  local v = value:match("^[ \t]*(.-)[ \t]*$")
-  local digits = v:match("^%d+$") or v:match("^%d+%.%d+$")
-  if digits then
-    -- tonumber reads any length (a float past 2^63), leading zeros too
-    return math.min(tonumber(v), 2 ^ 31)
-  end
-  local t
-  -- IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-  local d, mon, y, hh, mm, ss = v:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-  if d then
-    t = epoch_of(y, mon, d, hh, mm, ss)
-  else
-    -- RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
-    d, mon, y, hh, mm, ss = v:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-    if d then
-      y = tonumber(y)
-      y = y < 70 and 2000 + y or 1900 + y
-      t = epoch_of(y, mon, d, hh, mm, ss)
-    else
-      -- asctime: Sun Nov  6 08:49:37 1994
-      mon, d, hh, mm, ss, y = v:match("^%a%a%a (%a%a%a) ([ %d]%d) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
-      if mon then t = epoch_of(y, mon, d:gsub(" ", ""), hh, mm, ss) end
-    end
-  end
-  if not t then return nil end
-  now_epoch = now_epoch or os.time()
-  local wait = t - now_epoch
-  if wait < 0 then wait = 0 end
-  return wait
-end
-
 -- ---- rate limit -----------------------------------------------------------------
 
 -- One GCRA bucket per rate spec, shared by every task of the process: each
@@ -553,8 +505,6 @@ local function acquire(c)
 end
 
 -- ---- errors ------------------------------------------------------------------------
-
-local RETRYABLE_TRANSPORT = { timeout = true, connect = true, network = true }
 
 local REASON = {
   [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
@@ -602,9 +552,9 @@ local function classify(resp, c, id, url)
   elseif status == 429 then
     kind = "rate_limited"
     fields.retryable = true
-    local ra = M._parse_retry_after(resp.headers and resp.headers["retry-after"])
+    local ra = retry.parse_retry_after(resp.headers and resp.headers["retry-after"])
     if ra == nil and decoded and type(decoded.result) == "table" then
-      ra = M._parse_retry_after(decoded.result.retry_after)
+      ra = retry.parse_retry_after(decoded.result.retry_after)
     end
     fields.retry_after = ra
     msg = msg or http_text
@@ -703,7 +653,7 @@ function M.get(id, opts)
           or " (the system's CA bundle does not trust this server's certificate; for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
       end
       err = errors.new(resp.kind, msg, {
-        url = url, execution_id = id, retryable = RETRYABLE_TRANSPORT[resp.kind] == true,
+        url = url, execution_id = id, retryable = retry.retryable(resp.kind),
         curl_code = resp.curl_code,
       })
     else
@@ -831,7 +781,7 @@ end
 ---@param a kpiwatch.Kpi|string a KPI object or an execution id
 ---@param b kpiwatch.Kpi|string
 function M.compare(a, b)
-  return require("kpiwatch.compare").compare(a, b)
+  return require("kpiwatch.compare").compare(a, b, M.get)
 end
 
 return M

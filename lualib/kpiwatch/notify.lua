@@ -12,7 +12,8 @@
 --       webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256 of
 --       "id.timestamp.body">, the key being the base64 secret after an
 --       optional "whsec_" prefix. 2xx is delivered; 408, 429 (Retry-After
---       honoured), 5xx and transport errors are retryable; other statuses
+--       honoured), 5xx and the transport errors http.retryable names
+--       (timeout, connect, network; not dns) are retryable; other failures
 --       are not (the event is spooled all the same).
 --   notify.slack{url=, channel=, username=, icon_emoji=, timeout=10}
 --       Slack incoming-webhook payload: `text` plus Block Kit `blocks`.
@@ -147,24 +148,6 @@ local function redact(url)
 end
 M._redact = redact
 
-local retry_after_parser
-local function parse_retry_after(v)
-  if v == nil then return nil end
-  if retry_after_parser == nil then
-    local ok, kpis = pcall(require, "kpiwatch.kpis")
-    retry_after_parser = ok and type(kpis._parse_retry_after) == "function" and kpis._parse_retry_after
-      or false
-  end
-  if retry_after_parser then
-    local ok, s = pcall(retry_after_parser, v)
-    if ok then return s end
-    return nil
-  end
-  local n = tonumber(v)
-  if n and n >= 0 then return n end
-  return nil
-end
-
 -- Replace every plain occurrence of needle in s.
 local function replace_plain(s, needle, with)
   local out, i = {}, 1
@@ -193,8 +176,6 @@ local function snippet(body, url)
   return ": " .. s
 end
 
-local RETRYABLE_KINDS = { timeout = true, connect = true, network = true, dns = true }
-
 local function post(what, url, body, headers, timeout)
   local http = require "kpiwatch.http"
   local ok, resp = pcall(http.request, {
@@ -205,7 +186,7 @@ local function post(what, url, body, headers, timeout)
     local e = resp
     if errors.is(e) then
       errors.raise(e.kind, format("%s to %s: %s", what, redact(url), tostring(e.message)),
-        { retryable = RETRYABLE_KINDS[e.kind] == true })
+        { retryable = http.retryable(e.kind) })
     end
     error(e, 0)
   end
@@ -214,7 +195,7 @@ local function post(what, url, body, headers, timeout)
   local retry = st >= 500 or st == 429 or st == 408
   errors.raise("http", format("%s to %s answered %d%s", what, redact(url), st, snippet(resp.body, url)),
     { status = st, retryable = retry,
-      retry_after = retry and parse_retry_after(resp.headers and resp.headers["retry-after"]) or nil })
+      retry_after = retry and http.parse_retry_after(resp.headers and resp.headers["retry-after"]) or nil })
 end
 M._post = post
 
@@ -364,12 +345,20 @@ local function event_lookup(event)
 end
 M._event_lookup = event_lookup
 
+--- What `notify.exec` takes: the program and its arguments as the list part
+--- (or `argv`), and options.
+---@class kpiwatch.notify.ExecSpec
+---@field argv? string[] the program and its arguments, instead of the list part
+---@field timeout? number seconds (default 30)
+---@field env? table<string, string> added to the environment
+---@field cwd? string the working directory
+
 --- A hook that runs a program directly (never through a shell) with the event as
 --- JSON on stdin. Arguments are templates (`"{summary}"`, `"{value:%.2f}"`);
 --- `KPIWATCH_EVENT_ID`, `KPIWATCH_ALERT_STATE` and `KPIWATCH_ALERT_RULE` are
 --- added to its environment. Exit 0 is delivered; 75 (EX_TEMPFAIL) and a
 --- timeout are retryable; any other status is a failure.
----@param spec {[integer]: string, argv?: string[], timeout?: number, env?: table<string, string>, cwd?: string} the program and its arguments (or `argv`); timeout defaults to 30 s
+---@param spec kpiwatch.notify.ExecSpec
 ---@return fun(event: table) hook for `alert.hook`
 function M.exec(spec)
   spec = check_opts("exec", spec, EXEC_OPTS)

@@ -161,8 +161,21 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   fixtures_dir: a folder of <uuid>.json bodies (served byte for byte)
 --   faults: {ids = {[id] = SPEC}, rates = {[SPEC] = probability}, seed = n}
 --   log: true (stderr) or function(line): one line per request
+--- The options of `sandbox.start`.
+---@class kpiwatch.sandbox.Options
+---@field host? string the address to bind (default `127.0.0.1`)
+---@field port? integer default 0: any free port
+---@field api_key? string the credentials to accept (default the sandbox's own)
+---@field secret_key? string
+---@field builtin? boolean serve the built-in fixtures (default true)
+---@field fixtures? {id: string, body: string, fault?: string}[] more executions
+---@field fixtures_dir? string serve every `<uuid>.json` of this folder byte for byte
+---@field faults? {ids?: table<string, string>, rates?: table<string, number>, seed?: integer} faults per id, and at random (seed 1)
+---@field log? boolean|fun(line: string) one line per request (stderr when `true`)
+---@field background? boolean do not keep the process alive
+
 --- Start a sandbox server.
----@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
+---@param opts? kpiwatch.sandbox.Options
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}
@@ -446,12 +459,9 @@ function M._drop_response(req)
   return { status = 502, headers = { ["content-type"] = "text/plain", connection = "close" }, body = "" }
 end
 
--- start_for_client([opts]): start the sandbox on a free loopback port and
--- point kpis at it (as command-line flags: a script's kpis.configure still
--- wins). Used by `kpiwatch --sandbox`. Returns the sandbox object.
---- Start the sandbox in the background (it never keeps the process alive) and
---- point `kpis` at it, at the level of command-line flags (a script's
---- `kpis.configure` still wins). What `kpiwatch --sandbox` does.
+--- Start the sandbox on a free loopback port in the background (it never
+--- keeps the process alive), for this process's own client: point it there
+--- with `kpis.point_at(sb)` (what `kpiwatch --sandbox` does).
 ---@param opts? table options of `sandbox.start`
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start_for_client(opts)
@@ -459,7 +469,6 @@ function M.start_for_client(opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   local sb = M.start(o)
   M.current = sb -- the REPL completes fixture ids from it
-  require("kpiwatch.kpis")._set_flags { base_url = sb.url, api_key = sb.api_key, secret_key = sb.secret_key }
   return sb
 end
 

@@ -644,6 +644,26 @@ alert.hook("file", function(e) local f = io.open(%r, "w") f:write("x") f:close()
             self.expect(r, 2, body)
             self.one_line_stderr(r, r"must only define rules")
 
+    def test_a_rule_cannot_end_the_process_later(self):
+        """os.exit from a `when` predicate or a spawned task, by any door to
+        the real globals, does not decide the exit of a failing gate
+        (issue 13 item 13): it stays 1."""
+        doors = ("os.exit(0)", "_G.os.exit(0)", "require('os').exit(0)",
+                 "package.loaded.os.exit(0)", "load('os.exit(0)')()")
+        for door in doors:
+            body = RULES + """
+alert.rule { name = "quitter", when = function(k) %s return false end }
+""" % door
+            r = gate(FAILING, "--rules", self.write_rules(body), "--require", "avg_score>=0.8")
+            self.expect(r, 1, "when predicate: " + door)
+            self.assertIn("must only define rules", r.stdout + r.stderr, door)
+        body = RULES + """
+local task = require "kpiwatch.task"
+task.spawn(function() task.sleep(0) os.exit(0) end)
+"""
+        r = gate(FAILING, "--rules", self.write_rules(body), "--require", "avg_score>=0.8")
+        self.expect(r, 1, "spawned task")
+
     def test_bad_rules_file_is_a_usage_error(self):
         r = gate(VOICE, "--rules", self.path("missing.lua"))
         self.expect(r, 2, "missing rules file")

@@ -5,7 +5,7 @@
 -- Documented: never raises; gives seconds to wait (a number >= 0, not NaN,
 -- at most 2^31 for delay-seconds) or nil.
 
-local kpis = require "kpiwatch.kpis"
+local http = require "kpiwatch.http"
 local check, show = fuzz.check, fuzz.show
 
 local NOW = 1700000000 -- Tue, 14 Nov 2023 22:13:20 GMT
@@ -17,7 +17,7 @@ local function valid(v, what)
 end
 
 return function(text)
-  local ok, v = pcall(kpis._parse_retry_after, text, NOW)
+  local ok, v = pcall(http.parse_retry_after, text, NOW)
   check(ok, "raised %s", show(v))
   valid(v, "string")
   if v and text:match("^[ \t]*%d+[ \t]*$") then
@@ -26,17 +26,17 @@ return function(text)
   end
   -- the same value one second later: a date waits a second less (or stays
   -- at 0), delay-seconds are relative and do not change
-  local ok2, v2 = pcall(kpis._parse_retry_after, text, NOW + 1)
+  local ok2, v2 = pcall(http.parse_retry_after, text, NOW + 1)
   check(ok2, "raised %s", show(v2))
   check((v == nil) == (v2 == nil), "now changes whether %s parses", show(text))
   if v and v2 then check(v2 == v or v2 == v - 1 or (v == 0 and v2 == 0), "%s: %s then %s", show(text), v, v2) end
   local n = tonumber(text)
   if n then
-    local ok3, v3 = pcall(kpis._parse_retry_after, n, NOW)
+    local ok3, v3 = pcall(http.parse_retry_after, n, NOW)
     check(ok3, "number raised %s", show(v3))
     valid(v3, "number")
   end
-  local ok4, v4 = pcall(kpis._parse_retry_after, text) -- now = os.time()
+  local ok4, v4 = pcall(http.parse_retry_after, text) -- now = os.time()
   check(ok4, "raised %s", show(v4))
   valid(v4, "string without now")
 end

@@ -403,6 +403,27 @@ alert.rule { name = "bad", metric = "avg_score",
     assert.are.equal("config", e.kind)
     assert.are.equal(2, e.line)
   end)
+
+  it("gives a rules file no way to end the process or to check on its own", function()
+    for i, call in ipairs({ "os.exit(0)", "_G.os.exit(0)", "require('os').exit(0)",
+      "package.loaded.os.exit(0)", "load('os.exit(0)')()", "alert.check({})",
+      "require('kpiwatch.alert').watch{ ids = {} }" }) do
+      write(dir .. "/exit" .. i .. ".lua", call .. "\n")
+      local ok, e = pcall(alert.load_rules, dir .. "/exit" .. i .. ".lua")
+      assert.is_false(ok, call)
+      assert.are.equal("config", e.kind, call)
+      assert.matches("must only define rules", e.message, 1, true)
+    end
+    -- later, from a predicate the file defined: a rule error, not an exit
+    write(dir .. "/later.lua", [[
+alert.rule { name = "quitter", when = function(k) os.exit(0) end }
+]])
+    local rep = alert.load_rules(dir .. "/later.lua"):evaluate(kpi("failing"))
+    assert.are.equal(1, #rep.errors)
+    assert.matches("must only define rules", rep.errors[1].reason, 1, true)
+    -- the real os.exit is untouched outside the file
+    assert.are.equal("function", type(os.exit))
+  end)
 end)
 
 -- ---- the state machine ------------------------------------------------------------

@@ -266,6 +266,7 @@ describe("kpiwatch gate against the sandbox", function()
   setup(function()
     kpis = require "kpiwatch.kpis"
     sandbox = require("kpiwatch.sandbox").start_for_client()
+    kpis.point_at(sandbox)
     kpis._set_flags({ retries = 0 })
   end)
   teardown(function()

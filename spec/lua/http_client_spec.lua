@@ -294,3 +294,30 @@ describe("http.request", function()
     assert.are.equal("b", e.headers["x-a"])
   end)
 end)
+
+describe("http.retryable", function()
+  it("names the transport failures that may pass on a retry: not dns", function()
+    for _, kind in ipairs({ "timeout", "connect", "network" }) do
+      assert.is_true(http.retryable(kind), kind)
+      assert.is_true(http.retryable(errors.new(kind, "x")), kind)
+    end
+    for _, kind in ipairs({ "dns", "tls", "too_large", "invalid_url", "server", "nope" }) do
+      assert.is_false(http.retryable(kind), kind)
+      assert.is_false(http.retryable(errors.new(kind, "x")), kind)
+    end
+    assert.is_false(http.retryable(nil))
+  end)
+
+  it("is the rule of the KPIs client: a closed port is retried", function()
+    local kpis = require "kpiwatch.kpis"
+    local s = require("kpiwatch.http").serve { port = 0, handler = function() return { status = 200 } end }
+    local url = "http://127.0.0.1:" .. s.port
+    s:close()
+    local ok, e = pcall(kpis.get, "c0ffee00-0000-4000-8000-000000000001",
+      { base_url = url, api_key = "k", secret_key = "s", retries = 1, backoff = 0 })
+    assert.is_false(ok)
+    assert.are.equal("connect", e.kind)
+    assert.is_true(e.retryable)
+    assert.are.equal(2, e.attempts)
+  end)
+end)

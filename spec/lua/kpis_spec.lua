@@ -322,8 +322,8 @@ describe("kpis", function()
     end)
   end)
 
-  describe("_parse_retry_after", function()
-    local P = kpis._parse_retry_after
+  describe("http.parse_retry_after", function()
+    local P = require("kpiwatch.http").parse_retry_after
     local T = 784111777 -- Sun, 06 Nov 1994 08:49:37 GMT
 
     it("reads delay-seconds", function()
@@ -508,9 +508,18 @@ describe("kpis", function()
       assert.are.equal(120, kpis.get(OUTBOUND).total_calls)
     end)
 
-    it("start_for_client points the client at a new sandbox", function()
+    it("point_at points the client at a sandbox, below kpis.configure", function()
       kpis._reset()
       local sb2 = sandbox.start_for_client()
+      -- starting a sandbox does not touch the client
+      assert.are_not.equal(sb2.url, kpis.config().base_url)
+      kpis.point_at(sb2)
+      assert.are.equal(sb2.url, kpis.config().base_url)
+      kpis.configure { base_url = sb.url }
+      assert.are.equal(sb.url, kpis.config().base_url)
+      kpis._reset()
+      kpis.point_at { base_url = sb2.url, api_key = sb2.api_key, secret_key = sb2.secret_key }
+      assert.has_error(function() kpis.point_at { api_key = "k" } end)
       local ok, k = pcall(kpis.get, OUTBOUND)
       sb2:close()
       assert.is_true(ok, tostring(k))

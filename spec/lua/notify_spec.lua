@@ -95,6 +95,21 @@ describe("notify.webhook", function()
     assert.is_nil(notify.verify(SECRET, req.headers, req.body .. " "))
   end)
 
+  it("retries the transport failures kpiwatch.http names retryable, and only those", function()
+    local http = require "kpiwatch.http"
+    local errors = require "kpiwatch.errors"
+    local real = http.request
+    finally(function() http.request = real end)
+    for _, kind in ipairs({ "timeout", "connect", "network", "dns", "tls", "too_large" }) do
+      http.request = function(o) errors.raise(kind, "simulated", { url = o.url }) end
+      local ok, e = pcall(notify.webhook { url = "http://127.0.0.1:9/x" }, event())
+      assert.is_false(ok)
+      assert.are.equal(kind, e.kind)
+      assert.are.equal(http.retryable(kind), e.retryable, kind)
+    end
+    assert.is_false(http.retryable("dns"))
+  end)
+
   it("accepts a secret without the whsec_ prefix", function()
     local srv, got = receiver()
     finally(function() srv:close() end)
@@ -369,6 +384,14 @@ describe("delivery", function()
     local rep = reg:check(kpi("failing"))
     assert.are.equal(1, rep.lost)
     assert.are.equal("lost", rep.deliveries[1].status)
+    -- by default the loss is an error of kind "lost" (the CLI exits 3),
+    -- carrying the report; the library itself never ends the process
+    reg:configure { exit_on_lost = true }
+    local ok, e = pcall(reg.check, reg, kpi("failing"))
+    assert.is_false(ok)
+    assert.are.equal("lost", e.kind)
+    assert.matches("1 notification could be neither delivered nor spooled", e.message, 1, true)
+    assert.are.equal(1, e.report.lost)
   end)
 end)
 

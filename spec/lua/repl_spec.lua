@@ -289,11 +289,15 @@ describe("compare", function()
     local sb = sandbox.start {}
     kpis._reset()
     kpis.configure { base_url = sb.url, api_key = sb.api_key, secret_key = sb.secret_key }
-    local ok, text = pcall(compare.text, ids["voice-outbound"], kpi("text-agent"))
+    local ok, text = pcall(compare.text, ids["voice-outbound"], kpi("text-agent"), kpis.get)
     kpis._reset()
     sb:close()
     assert.is_true(ok, tostring(text))
     assert.matches("a: " .. lit(ids["voice-outbound"]), text)
     assert.matches("b: " .. lit(ids["text-agent"]), text)
+    -- compare does not know the client: an id without a fetch function
+    local ok2, e = pcall(compare.text, ids["voice-outbound"], kpi("text-agent"))
+    assert.is_false(ok2)
+    assert.matches("needs a fetch function", tostring(e), 1, true)
   end)
 end)

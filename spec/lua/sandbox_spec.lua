@@ -112,7 +112,7 @@ describe("sandbox", function()
       assert.are.equal("string", type(b.result.message))
       r = get(path(OUTBOUND), { ["X-Sandbox-Fault"] = "429-date:5" })
       assert.are.equal(429, r.status)
-      local wait = require("kpiwatch.kpis")._parse_retry_after(r.headers["retry-after"])
+      local wait = require("kpiwatch.http").parse_retry_after(r.headers["retry-after"])
       assert.is_true(wait >= 4 and wait <= 5, r.headers["retry-after"])
     end)
 

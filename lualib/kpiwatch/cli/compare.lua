@@ -83,7 +83,7 @@ return function(args)
     if not kpis.is_uuid(id) then return usage_error("invalid execution ID: not a UUID: '" .. kpis._show_id(id) .. "'") end
   end
   local compare = require "kpiwatch.compare"
-  local ok, rows, a, b = pcall(compare.rows, ids[1]:lower(), ids[2]:lower())
+  local ok, rows, a, b = pcall(compare.rows, ids[1]:lower(), ids[2]:lower(), kpis.get)
   if not ok then
     local e = rows
     if not errors.is(e) then error(e, 0) end

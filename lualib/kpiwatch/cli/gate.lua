@@ -210,41 +210,28 @@ end
 -- never called: the gate evaluates, it does not notify). A rule that fires
 -- is a failed check, a rule without data is no data.
 --
--- A rules file that ended the process or ran a check of its own while
--- loading (os.exit after alert.check, as a standalone alert script does)
--- would decide the exit status behind the gate's back, possibly 0: both
--- are refused while the files load.
+-- A rules file cannot end the process nor run a check of its own (os.exit,
+-- alert.check and alert.watch raise there: see kpiwatch.alert.rules_file),
+-- so only the gate decides the exit status.
 local function load_rules(paths)
   local ok_mod, alert = pcall(require, "kpiwatch.alert")
   if not ok_mod then
     return nil, "cannot load the alert rule engine: " .. tostring(alert)
   end
   local sets = {}
-  local function refuse(what)
-    return function()
-      errors.raise("config", "a rules file for --rules must only define rules: it called " .. what
-        .. " (keep alert.check/os.exit in the script that uses the rules)")
+  for _, path in ipairs(paths) do
+    local lok, reg = pcall(alert.load_rules, path)
+    if not lok then
+      local msg = errors.is(reg) and reg.message or tostring(reg)
+      if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
+      if not msg:find("rules file", 1, true) then msg = "rules file " .. msg end
+      return nil, msg
     end
+    if type(reg) ~= "table" or type(reg.evaluate) ~= "function" then
+      return nil, "rules file " .. path .. ": the alert engine returned no rule registry"
+    end
+    sets[#sets + 1] = { path = path, registry = reg }
   end
-  local saved = { exit = os.exit, check = alert.check, watch = alert.watch }
-  os.exit, alert.check, alert.watch = refuse("os.exit"), refuse("alert.check"), refuse("alert.watch")
-  local ok, err = pcall(function()
-    for _, path in ipairs(paths) do
-      local lok, reg = pcall(alert.load_rules, path)
-      if not lok then
-        local msg = errors.is(reg) and reg.message or tostring(reg)
-        if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
-        if not msg:find("rules file", 1, true) then msg = "rules file " .. msg end
-        error(msg, 0)
-      end
-      if type(reg) ~= "table" or type(reg.evaluate) ~= "function" then
-        error("rules file " .. path .. ": the alert engine returned no rule registry", 0)
-      end
-      sets[#sets + 1] = { path = path, registry = reg }
-    end
-  end)
-  os.exit, alert.check, alert.watch = saved.exit, saved.check, saved.watch
-  if not ok then return nil, tostring(err) end
   return { alert = alert, sets = sets }
 end
 M._load_rules = load_rules
@@ -520,6 +507,7 @@ function M.run(args, flags, env)
   end
   if o.flags.sandbox and not flags.sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
+    kpis.point_at(sandbox)
   end
 
   local clock = now_fn()

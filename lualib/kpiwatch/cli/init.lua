@@ -173,6 +173,7 @@ M.API_KINDS = {
   auth = true, not_found = true, request = true, rate_limited = true, server = true,
   protocol = true, timeout = true, connect = true, network = true, dns = true, tls = true,
   too_large = true, invalid_url = true,
+  lost = true, -- alert.check: a notification could be neither delivered nor spooled
 }
 
 -- Run a user chunk. A kpiwatch error object that escapes it is one line
@@ -259,7 +260,9 @@ function M.main(argv)
 
   -- The in-process sandbox serves in the background: tasks the script
   -- leaves running can still use it, and it never keeps the process alive.
-  if plan.flags.sandbox then require("kpiwatch.sandbox").start_for_client() end
+  if plan.flags.sandbox then
+    require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
+  end
 
   if not plan.noenv then
     local ok, e = run_luainit()

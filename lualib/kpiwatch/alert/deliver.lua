@@ -1,0 +1,248 @@
+-- kpiwatch.alert.deliver: sending events to hooks. Each (event, hook) pair
+-- runs in its own task with retries and backoff for retryable failures (an
+-- error object with retryable ~= false, or any other error); what still
+-- fails is spooled (kpiwatch.spool) and sent again, one attempt each, on
+-- the next run or cycle (replay).
+
+local errors = require "kpiwatch.errors"
+local spool = require "kpiwatch.spool"
+local rule = require "kpiwatch.alert.rule"
+
+local M = {}
+
+rule.internal(debug.getinfo(1, "S").source)
+
+local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local format = string.format
+local short_error = rule.short_error
+
+local task -- loaded when first needed, so rule evaluation needs no event loop
+local function tasks()
+  if not task then task = require "kpiwatch.task" end
+  return task
+end
+
+local function retryable(e)
+  if errors.is(e) then return e.retryable ~= false end
+  return true
+end
+
+local function backoff_delay(cfg, attempt)
+  local cap = math.min(cfg.max_backoff, cfg.backoff * 2 ^ (attempt - 1))
+  return math.random() * cap
+end
+
+--- Sleeps in a task that a stop can cancel.
+---@param ctx table|nil {stopping=, sleepers={}}
+---@param secs number
+---@return boolean false when woken (or prevented) by a stop
+local function ctx_sleep(ctx, secs)
+  if ctx and ctx.stopping then return false end
+  if secs <= 0 then return true end
+  local T = tasks()
+  local t = T.spawn(T.sleep, secs)
+  if ctx then ctx.sleepers[t] = true end
+  local ok = pcall(T.wait, t)
+  if ctx then ctx.sleepers[t] = nil end
+  return ok and not (ctx and ctx.stopping)
+end
+M.sleep = ctx_sleep
+
+-- deliver_one(reg, job, opts) -> {status = delivered|failed|skipped,
+-- attempts=, error=}. Never raises.
+local function deliver_one(reg, job, opts)
+  local cfg = reg.config
+  local fn = reg.hooks[job.hook]
+  local retries = opts.retries or cfg.retries
+  local attempts, last = 0, nil
+  while true do
+    attempts = attempts + 1
+    local ok, e = pcall(fn, job.event)
+    if ok then return { status = "delivered", attempts = attempts } end
+    last = e
+    if errors.is(e) and e.kind == "hook_disabled" then
+      return { status = "skipped", attempts = attempts, error = tostring(e.message) }
+    end
+    if not retryable(e) or attempts > retries or (opts.ctx and opts.ctx.stopping) then break end
+    local delay = (errors.is(e) and type(e.retry_after) == "number") and e.retry_after
+      or backoff_delay(cfg, attempts)
+    if delay > cfg.max_retry_wait then break end
+    if not ctx_sleep(opts.ctx, delay) then break end
+  end
+  return { status = "failed", attempts = attempts, error = short_error(last) }
+end
+
+-- run_jobs(reg, jobs, opts) -> results (same order). Each job in a task,
+-- at most config.concurrency at once; one failing hook never stops others.
+local function run_jobs(reg, jobs, opts)
+  local results = {}
+  local n = #jobs
+  if n == 0 then return results end
+  local nexti = 0
+  local function worker()
+    while true do
+      nexti = nexti + 1
+      local i = nexti
+      if i > n then return end
+      local ok, r = pcall(deliver_one, reg, jobs[i], opts)
+      results[i] = ok and r or { status = "failed", attempts = 0, error = short_error(r) }
+    end
+  end
+  local T = tasks()
+  local workers = {}
+  for w = 1, math.min(reg.config.concurrency, n) do workers[w] = T.spawn(worker) end
+  for _, w in ipairs(workers) do pcall(T.wait, w) end
+  for i = 1, n do
+    results[i] = results[i] or { status = "failed", attempts = 0, error = "delivery was interrupted" }
+  end
+  return results
+end
+
+local function job_label(job)
+  local ev = job.event
+  return format("hook '%s': %s notification of rule '%s'%s", job.hook, ev.state or "?",
+    tostring(ev.rule), ev.execution_id and (" on " .. tostring(ev.execution_id)) or "")
+end
+
+local function record(rep, job, res)
+  rep.deliveries[#rep.deliveries + 1] = {
+    hook = job.hook, event_id = job.event.id, rule = job.event.rule,
+    execution_id = job.event.execution_id, metric = job.event.metric, state = job.event.state,
+    status = res.status, attempts = res.attempts, error = res.error,
+  }
+  if res.status == "delivered" then rep.delivered = rep.delivered + 1
+  elseif res.status == "spooled" then rep.spooled = rep.spooled + 1
+  elseif res.status == "lost" then rep.lost = rep.lost + 1
+  elseif res.status == "skipped" then rep.skipped = rep.skipped + 1
+  elseif res.status == "outbox" then rep.outbox = (rep.outbox or 0) + 1 end
+end
+
+--- The spool file of a delivery: opts.spool, the registry's, or the default.
+---@param self table the registry
+---@param opts table|nil {spool = path}
+---@return string
+function M.spool_path(self, opts)
+  if opts and opts.spool then return opts.spool end
+  if self.config.spool then return self.config.spool end
+  return spool.default_path()
+end
+
+--- Re-sends what the spool holds for the hooks this registry has: one
+--- attempt each (the backoff happened when it was spooled; the next run or
+--- cycle is the next retry). Delivered entries leave the spool.
+---@param self table the registry
+---@param sp table the spool object (kpiwatch.spool.open)
+---@param ctx table|nil the watch's stop context
+---@param rep table|nil report whose `replayed` counts are updated
+---@return integer delivered
+function M.replay(self, sp, ctx, rep)
+  local jobs = {}
+  local unknown = {}
+  for _, e in ipairs(sp.entries) do
+    if self.hooks[e.hook] then
+      jobs[#jobs + 1] = { hook = e.hook, event = e.event, entry = e }
+    else
+      unknown[e.hook] = (unknown[e.hook] or 0) + 1
+    end
+  end
+  if not sp.warned_unknown then
+    for h, n in pairs(unknown) do
+      self:_log(format("%d spooled notification%s for hook '%s', which is not registered here, " ..
+        "stay in %s", n, n == 1 and "" or "s", h, sp.path))
+    end
+    sp.warned_unknown = true
+  end
+  if #jobs == 0 then return 0 end
+  local results = run_jobs(self, jobs, { retries = 0, ctx = ctx })
+  local done, changed = {}, false
+  local delivered = 0
+  for i, job in ipairs(jobs) do
+    local res = results[i]
+    if res.status == "delivered" then
+      done[job.entry] = true
+      delivered = delivered + 1
+      changed = true
+    else
+      job.entry.attempts = (job.entry.attempts or 0) + res.attempts
+      job.entry.last_error = res.error
+      changed = true
+    end
+    if rep then
+      rep.replayed = rep.replayed or { delivered = 0, failed = 0 }
+      if res.status == "delivered" then rep.replayed.delivered = rep.replayed.delivered + 1
+      else rep.replayed.failed = rep.replayed.failed + 1 end
+    end
+  end
+  sp:remove(done)
+  if changed then
+    local ok, err = sp:save()
+    if not ok then self:_log("cannot update the spool: " .. tostring(err)) end
+  end
+  if delivered > 0 then
+    self:_log(format("delivered %d spooled notification%s from %s", delivered,
+      delivered == 1 and "" or "s", sp.path))
+  end
+  return delivered
+end
+
+--- Delivers jobs ({hook=, event=}); failures go to the spool. When the spool
+--- cannot be written, a fallback (the watch's state file) may still hold
+--- them: their status is then "outbox", else "lost".
+---@param self table the registry
+---@param jobs table list of {hook = name, event = event}
+---@param sp table the spool object
+---@param ctx table|nil the watch's stop context
+---@param rep table|nil report the deliveries are recorded in
+---@param fallback string|nil where unspooled jobs are kept (for messages)
+---@return table unspooled the jobs that could not be spooled
+function M.deliver(self, jobs, sp, ctx, rep, fallback)
+  local results = run_jobs(self, jobs, { ctx = ctx })
+  local failed = {}
+  for i, job in ipairs(jobs) do
+    local res = results[i]
+    if res.status == "failed" then
+      sp:add(job.hook, job.event, { attempts = res.attempts, last_error = res.error })
+      failed[#failed + 1] = { job = job, res = res }
+    elseif res.status == "skipped" then
+      self._warned_skip = self._warned_skip or {}
+      if not self._warned_skip[job.hook] then
+        self._warned_skip[job.hook] = true
+        self:_log(format("hook '%s' skipped: %s", job.hook, tostring(res.error)))
+      end
+    end
+  end
+  local unspooled = {}
+  if #failed > 0 then
+    local ok, err = sp:save()
+    for _, f in ipairs(failed) do
+      local n = f.res.attempts
+      local what = format("%s failed after %d attempt%s (%s)", job_label(f.job), n,
+        n == 1 and "" or "s", tostring(f.res.error))
+      if ok then
+        f.res.status = "spooled"
+        self:_log(what .. "; spooled to " .. sp.path .. " for the next run")
+      else
+        f.res.status = fallback and "outbox" or "lost"
+        f.res.error = tostring(f.res.error) .. "; spooling failed: " .. tostring(err)
+        unspooled[#unspooled + 1] = f.job
+        self:_log(what .. " and could not be spooled (" .. tostring(err) .. ")" ..
+          (fallback and ("; kept in " .. fallback) or ": the notification is lost"), not fallback)
+      end
+    end
+    if not ok then
+      -- keep the spool object in step with the file it failed to write
+      local set = {}
+      for _, f in ipairs(failed) do
+        for _, e in ipairs(sp.entries) do
+          if e.event == f.job.event and e.hook == f.job.hook then set[e] = true end
+        end
+      end
+      sp:remove(set)
+    end
+  end
+  if rep then
+    for i, job in ipairs(jobs) do record(rep, job, results[i]) end
+  end
+  return unspooled
+end
+return M

@@ -1,0 +1,571 @@
+-- kpiwatch.alert.rule: compiling rule specs and evaluating them against KPI
+-- objects. Pure: no event loop, no I/O. Shared by the registry (init.lua),
+-- the watch state machine (state.lua) and the rules-file loader.
+
+local model = require "kpiwatch.model"
+local errors = require "kpiwatch.errors"
+local template = require "kpiwatch.template"
+local report = require "kpiwatch.alert.report"
+
+local M = {}
+
+local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
+local concat = table.concat
+local math_type = math.type
+
+-- Sources of the alert package's own files: caller_where skips their frames
+-- to name the user's line. Each file of the package registers itself.
+local INTERNAL = {}
+
+--- Marks a file as part of the alert package (its frames are not the user's).
+---@param source string debug.getinfo(1, "S").source of that file
+function M.internal(source)
+  INTERNAL[source] = true
+end
+M.internal(debug.getinfo(1, "S").source)
+M.internal(report.SOURCE)
+
+-- ---- small helpers ------------------------------------------------------------
+
+-- The first stack frame outside the alert package: "file:line" of the
+-- user's call.
+local function caller_where()
+  for level = 2, 30 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if not INTERNAL[info.source] and info.what ~= "C" then
+      return info.short_src .. ":" .. tostring(info.currentline or "?"), info.short_src,
+        info.currentline
+    end
+  end
+  return "?", nil, nil
+end
+
+local function config_error(where, msg, fields)
+  fields = fields or {}
+  error(errors.new("config", (where and where ~= "?" and (where .. ": ") or "") .. msg, fields), 0)
+end
+
+local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600, d = 86400, w = 604800 }
+
+-- parse_duration("1h30m") -> 5400; numbers are seconds. nil, message on error.
+local function parse_duration(v)
+  if type(v) == "number" then
+    if v ~= v or v < 0 or v == math.huge then return nil, "must be a non-negative number" end
+    return v
+  end
+  if type(v) ~= "string" then return nil, "must be a duration (\"30s\", \"5m\", \"1h\") or seconds" end
+  local total, pos, s = 0, 1, v:gsub("%s+", "")
+  if s == "" then return nil, "must not be empty" end
+  if s:match("^%d+%.?%d*$") then return tonumber(s) end -- plain seconds
+  while pos <= #s do
+    local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
+    if not num or not UNITS[unit] then
+      return nil, "'" .. v .. "' is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"
+    end
+    total = total + tonumber(num) * UNITS[unit]
+    pos = nxt
+  end
+  return total
+end
+M.parse_duration = parse_duration
+
+-- glob ("customer_*", "is_?olite") -> anchored Lua pattern
+local function glob_pattern(g)
+  local p = g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".")
+  return "^" .. p .. "$"
+end
+M.glob_pattern = glob_pattern
+
+local function is_glob(s)
+  return s:find("[%*%?]") ~= nil
+end
+
+local function as_kpi(x)
+  if model.is(x) then return x end
+  if type(x) == "table" then
+    local id = rawget(x, "execution_id")
+    if type(id) ~= "string" and type(rawget(x, "result")) == "table" then
+      id = rawget(rawget(x, "result"), "execution_id")
+    end
+    return model.new(x, type(id) == "string" and id or nil)
+  end
+  error(errors.new("config", "expected a KPI object or table, got " .. type(x)), 0)
+end
+
+local function exec_id(k)
+  local id = rawget(k, "execution_id")
+  if id == nil then id = model.get(k, "execution_id") end
+  return id
+end
+
+
+-- ---- rules ----------------------------------------------------------------------
+
+local OPS = {
+  below = { word = "below", test = function(v, t) return v < t end },
+  above = { word = "above", test = function(v, t) return v > t end },
+  at_most = { word = "at most", test = function(v, t) return v <= t end },
+  at_least = { word = "at least", test = function(v, t) return v >= t end },
+  equals = { word = "equal to", test = function(v, t) return v == t end },
+}
+local OP_NAMES = { "below", "above", "at_most", "at_least", "equals" }
+
+local RULE_FIELDS = {
+  name = true, description = true, metric = true, evals = true, when = true,
+  below = true, above = true, at_most = true, at_least = true, equals = true,
+  severity = true, labels = true, summary = true, resolved_summary = true, notify = true,
+  no_data = true, after = true, ["for"] = true, for_ = true, keep_firing_for = true,
+  repeat_interval = true,
+}
+
+local DEFAULT_REPEAT = 4 * 3600
+
+-- compile(spec, where) -> rule, or raises a config error naming where
+-- ("file:line"), the rule and the field.
+local function compile(spec, where)
+  if type(spec) ~= "table" then
+    config_error(where, "alert.rule expects a table, got " .. type(spec))
+  end
+  local name = spec.name
+  local label = type(name) == "string" and ("rule '" .. name .. "'") or "rule"
+  local function bad(field, msg)
+    config_error(where, label .. ": field '" .. field .. "' " .. msg,
+      { field = field, rule = type(name) == "string" and name or nil })
+  end
+  for k in pairs(spec) do
+    if type(k) ~= "string" or not RULE_FIELDS[k] then
+      config_error(where, label .. ": unknown field '" .. tostring(k) .. "'",
+        { field = tostring(k), rule = type(name) == "string" and name or nil })
+    end
+  end
+  if type(name) ~= "string" or name == "" then
+    bad("name", "must be a non-empty string, got " .. (name == "" and "\"\"" or type(name)))
+  end
+  local r = { name = name, where = where, spec = spec }
+
+  local kinds = 0
+  if spec.metric ~= nil then
+    kinds = kinds + 1
+    if type(spec.metric) ~= "string" or spec.metric == "" then
+      bad("metric", "must be a field name (a string), got " .. type(spec.metric))
+    end
+    r.kind, r.metric = "metric", spec.metric
+  end
+  if spec.evals ~= nil then
+    kinds = kinds + 1
+    local ev = spec.evals
+    local list = {}
+    if type(ev) == "string" then
+      list[1] = ev
+    elseif type(ev) == "table" then
+      for i, v in ipairs(ev) do
+        if type(v) ~= "string" or v == "" then
+          bad("evals", "entry " .. i .. " must be a string, got " .. type(v))
+        end
+        list[i] = v
+      end
+      if #list == 0 then bad("evals", "must not be an empty list") end
+    else
+      bad("evals", "must be \"*\", a glob or a list of eval names, got " .. type(ev))
+    end
+    r.kind, r.evals = "evals", list
+    r.eval_patterns = {}
+    for i, g in ipairs(list) do
+      r.eval_patterns[i] = { glob = g, pattern = glob_pattern(g), wild = is_glob(g) }
+    end
+  end
+  if spec.when ~= nil then
+    kinds = kinds + 1
+    local w = spec.when
+    local callable = type(w) == "function"
+      or (type(w) == "table" and getmetatable(w) and getmetatable(w).__call ~= nil)
+    if not callable then bad("when", "must be a function(k), got " .. type(w)) end
+    r.kind, r.when = "when", w
+  end
+  if kinds == 0 then
+    config_error(where, label .. ": needs one of 'metric', 'evals' or 'when'",
+      { field = "metric", rule = name })
+  elseif kinds > 1 then
+    config_error(where, label .. ": 'metric', 'evals' and 'when' exclude each other",
+      { field = spec.when ~= nil and "when" or "evals", rule = name })
+  end
+
+  for _, op in ipairs(OP_NAMES) do
+    local t = spec[op]
+    if t ~= nil then
+      if r.op then
+        bad(op, "conflicts with '" .. r.op .. "': a rule has one threshold (write two rules)")
+      end
+      if op == "equals" then
+        if type(t) ~= "number" and type(t) ~= "string" and type(t) ~= "boolean" then
+          bad(op, "must be a number, string or boolean, got " .. type(t))
+        end
+      elseif type(t) ~= "number" or t ~= t then
+        bad(op, "must be a number, got " .. (t ~= t and "NaN" or type(t)))
+      end
+      r.op, r.threshold = op, t
+    end
+  end
+  if r.kind == "when" and r.op then
+    bad(r.op, "does not apply to a 'when' rule (the predicate decides)")
+  end
+  if r.kind ~= "when" and not r.op then
+    config_error(where, label .. ": needs a threshold: one of below, above, at_most, at_least, equals",
+      { field = "below", rule = name })
+  end
+
+  if spec.severity ~= nil and type(spec.severity) ~= "string" then
+    bad("severity", "must be a string, got " .. type(spec.severity))
+  end
+  r.severity = spec.severity or "warning"
+  if spec.description ~= nil and type(spec.description) ~= "string" then
+    bad("description", "must be a string, got " .. type(spec.description))
+  end
+  r.description = spec.description
+  for _, f in ipairs({ "summary", "resolved_summary" }) do
+    if spec[f] ~= nil and type(spec[f]) ~= "string" then
+      bad(f, "must be a string template, got " .. type(spec[f]))
+    end
+  end
+  r.summary, r.resolved_summary = spec.summary, spec.resolved_summary
+
+  r.labels = {}
+  if spec.labels ~= nil then
+    if type(spec.labels) ~= "table" then bad("labels", "must be a table, got " .. type(spec.labels)) end
+    for k, v in pairs(spec.labels) do
+      if type(k) ~= "string" then bad("labels", "keys must be strings, got " .. type(k)) end
+      if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+        bad("labels", "value of '" .. k .. "' must be a string, got " .. type(v))
+      end
+      r.labels[k] = tostring(v)
+    end
+  end
+
+  if spec.notify ~= nil then
+    local n = spec.notify
+    local list = {}
+    if type(n) == "string" then
+      list[1] = n
+    elseif type(n) == "table" then
+      for i, v in ipairs(n) do
+        if type(v) ~= "string" then
+          bad("notify", "entry " .. i .. " must be a hook name (string), got " .. type(v))
+        end
+        list[i] = v
+      end
+    else
+      bad("notify", "must be a hook name or a list of hook names, got " .. type(n))
+    end
+    r.notify = list
+  end
+
+  if spec.no_data ~= nil then
+    local nd = spec.no_data
+    if nd ~= "ok" and nd ~= "report" and nd ~= "alert" then
+      bad("no_data", "must be \"ok\", \"report\" or \"alert\", got " .. tostring(nd))
+    end
+  end
+  r.no_data = spec.no_data or "report"
+
+  local after = spec.after
+  local after_field = "after"
+  if spec["for"] ~= nil then after, after_field = spec["for"], "for" end
+  if spec.for_ ~= nil then after, after_field = spec.for_, "for_" end
+  if after ~= nil then
+    if math_type(after) == "integer" or (type(after) == "number" and after % 1 == 0) then
+      if after < 1 then bad(after_field, "must be at least 1 evaluation, got " .. tostring(after)) end
+      r.after_count = math.tointeger(after)
+    elseif type(after) == "string" then
+      local d, msg = parse_duration(after)
+      if not d then bad(after_field, msg) end
+      r.after_duration = d
+    else
+      bad(after_field, "must be a number of evaluations or a duration string, got " ..
+        type(after) .. (type(after) == "number" and " " .. tostring(after) or ""))
+    end
+  end
+  for _, f in ipairs({ "keep_firing_for", "repeat_interval" }) do
+    if spec[f] ~= nil then
+      local d, msg = parse_duration(spec[f])
+      if not d then bad(f, msg) end
+      r[f] = d
+    end
+  end
+  r.keep_firing_for = r.keep_firing_for or 0
+  r.repeat_interval = r.repeat_interval or DEFAULT_REPEAT
+  return r
+end
+M.compile = compile
+
+-- ---- evaluation ---------------------------------------------------------------
+
+local function describe_missing(name, present)
+  if present then return name .. " is null" end
+  return name .. " is not in this execution"
+end
+
+-- A view of k for predicates: reads go to k, and every field read that is
+-- missing or null is recorded, so that an error (or a pass) built on a
+-- missing value is reported as no data.
+local function tracking_view(k)
+  local missing, seen = {}, {}
+  local methods = model.methods
+  local view = setmetatable({}, {
+    __index = function(_, name)
+      if methods[name] then
+        return function(_, ...) return methods[name](k, ...) end
+      end
+      local v, present = model.get(k, name)
+      if v == nil and name ~= "execution_id" then
+        local ev, epresent = nil, false
+        if type(name) == "string" then ev, epresent = model.eval(k, name) end
+        if ev ~= nil then return ev end
+        if not seen[name] then
+          seen[name] = true
+          missing[#missing + 1] = { name = name, present = present or epresent }
+        end
+      end
+      return v
+    end,
+    __newindex = function(_, name) error("KPI objects are read-only (assigning " .. tostring(name) .. ")", 2) end,
+    __pairs = function() return pairs(k) end,
+    __tostring = function() return tostring(k) end,
+  })
+  return view, missing
+end
+
+local function missing_text(missing)
+  local parts = {}
+  for i, m in ipairs(missing) do parts[i] = describe_missing(m.name, m.present) end
+  return concat(parts, ", ")
+end
+
+local function short_error(e)
+  if errors.is(e) then return tostring(e) end
+  if type(e) == "string" then return e end
+  local ok, s = pcall(tostring, e)
+  return ok and s or ("(" .. type(e) .. ")")
+end
+
+-- eval_rule(r, k) -> list of {status = firing|ok|no_data|error, metric=,
+-- value=, reason=}
+local function eval_rule(r, k)
+  local out = {}
+  if r.kind == "metric" then
+    local v, present = model.get(k, r.metric)
+    if v == nil then
+      local ev, epresent = model.eval(k, r.metric)
+      if ev ~= nil or epresent then v, present = ev, true end
+    end
+    if v == nil then
+      out[1] = { status = "no_data", metric = r.metric, reason = describe_missing(r.metric, present) }
+    elseif r.op ~= "equals" and type(v) ~= "number" then
+      local what = type(v) == "table" and type(rawget(v, "choices")) == "table"
+        and "a choice eval (test it with a 'when' predicate)" or ("a " .. type(v))
+      out[1] = { status = "error", metric = r.metric, value = v,
+        reason = r.metric .. " is " .. what .. ", not a number" }
+    else
+      out[1] = { status = OPS[r.op].test(v, r.threshold) and "firing" or "ok",
+        metric = r.metric, value = v }
+    end
+  elseif r.kind == "evals" then
+    local values = model.evals(k)
+    local names = model.eval_names(k)
+    local matched = {}
+    for _, p in ipairs(r.eval_patterns) do
+      local any = false
+      for _, name in ipairs(names) do
+        if name:match(p.pattern) then
+          any = true
+          if not matched[name] then
+            matched[name] = true
+            local v = values[name]
+            if v == nil then
+              out[#out + 1] = { status = "no_data", metric = name, reason = name .. " is null" }
+            elseif type(v) ~= "number" then
+              -- choice evals: skipped by globs, an error when named exactly
+              if not p.wild then
+                out[#out + 1] = { status = "error", metric = name, value = v,
+                  reason = name .. " is a choice eval (test it with a 'when' predicate)" }
+              end
+            else
+              out[#out + 1] = { status = OPS[r.op].test(v, r.threshold) and "firing" or "ok",
+                metric = name, value = v }
+            end
+          end
+        end
+      end
+      if not any then
+        out[#out + 1] = { status = "no_data", metric = p.glob,
+          reason = p.wild and ("no eval metric matches '" .. p.glob .. "'")
+            or (p.glob .. " is not in this execution") }
+      end
+    end
+    if #out == 0 then
+      -- only choice evals matched the globs
+      out[1] = { status = "no_data", metric = concat(r.evals, ","),
+        reason = "no numeric eval metric matches '" .. concat(r.evals, "', '") .. "'" }
+    end
+  else
+    local view, missing = tracking_view(k)
+    local ok, fires, value = pcall(r.when, view)
+    if not ok then
+      if #missing > 0 then
+        out[1] = { status = "no_data", reason = missing_text(missing) }
+      else
+        out[1] = { status = "error", reason = "the 'when' predicate failed: " .. short_error(fires) }
+      end
+    elseif fires then
+      out[1] = { status = "firing", value = value }
+    elseif #missing > 0 then
+      out[1] = { status = "no_data", reason = missing_text(missing) }
+    else
+      out[1] = { status = "ok", value = value }
+    end
+  end
+  -- the rule's no-data policy
+  for _, res in ipairs(out) do
+    if res.status == "no_data" then
+      if r.no_data == "ok" then
+        res.status, res.no_data = "ok", true
+      elseif r.no_data == "alert" then
+        res.status, res.no_data = "firing", true
+      end
+    end
+  end
+  return out
+end
+M.eval_rule = eval_rule
+
+local ALERT_KEYS = {
+  rule = true, execution_id = true, metric = true, value = true, threshold = true, op = true,
+  severity = true, state = true, description = true, fired_at = true, resolved_at = true,
+  reason = true,
+}
+
+local function lookup_for(fields, k)
+  local function base(name)
+    local v = fields[name]
+    if v ~= nil then return v, true end
+    if name == "labels" then return fields.labels, true end
+    if ALERT_KEYS[name] then return nil, true end
+    if k then
+      local kv, present = model.get(k, name)
+      if present then return kv, true end
+      local ev, epresent = model.eval(k, name)
+      if epresent then return ev, true end
+      if model.is_documented(name) then return nil, true end
+    end
+    return nil, false
+  end
+  return function(name)
+    if not name:find(".", 1, true) then return base(name) end
+    local first, rest = name:match("^([^.]+)%.(.+)$")
+    if not first then return nil, false end
+    local v, found = base(first)
+    if not found then return nil, false end
+    for part in rest:gmatch("[^.]+") do
+      if type(v) ~= "table" then return nil, false end
+      v = v[part]
+      if v == nil then return nil, false end
+    end
+    return v, true
+  end
+end
+M.lookup_for = lookup_for
+
+local function default_summary(r, state)
+  if r.kind == "when" then
+    if state == "resolved" then return "{rule} no longer matches" end
+    return r.description and "{description}" or "{rule} matches"
+  end
+  if state == "resolved" then return "{metric} is {value}, no longer " .. OPS[r.op].word .. " {threshold}" end
+  return "{metric} is {value}, " .. OPS[r.op].word .. " {threshold}"
+end
+
+-- make_alert(r, k, res, state) -> the alert table of a report entry
+local function make_alert(r, k, res, state)
+  local a = {
+    rule = r.name,
+    execution_id = k and exec_id(k) or nil,
+    metric = res.metric,
+    value = res.value,
+    threshold = r.threshold,
+    op = r.op,
+    severity = r.severity,
+    description = r.description,
+    state = state,
+    reason = res.reason,
+  }
+  local labels = {}
+  local lookup = lookup_for(a, k)
+  for key, v in pairs(r.labels) do labels[key] = template.render(v, lookup) end
+  a.labels = labels
+  local tpl
+  if state == "resolved" then
+    tpl = r.resolved_summary or r.summary or default_summary(r, "resolved")
+  else
+    tpl = r.summary or default_summary(r, state)
+  end
+  a.summary = template.render(tpl, lookup)
+  return a
+end
+
+M.make_alert = make_alert
+
+local function fingerprint(rule, id, metric)
+  return rule .. "|" .. (id or "-") .. "|" .. (metric or "")
+end
+M.fingerprint = fingerprint
+
+-- ---- one-shot evaluation ---------------------------------------------------------
+
+-- Normalise the argument of evaluate/check: a list of KPI objects.
+local function kpi_list(x)
+  if type(x) == "table" and not model.is(x) and rawlen(x) > 0 then
+    local list = {}
+    for i, v in ipairs(x) do list[i] = v end
+    return list
+  end
+  return { x }
+end
+
+--- Evaluates every rule of a registry once against each KPI object. No
+--- notification, no state: a "firing" entry means the condition holds now.
+---@param self table the registry (Registry:evaluate)
+---@param x any a KPI object, a decoded body, or a list of those
+---@return table report {ok, firing, no_data, errors, passed, executions, ...}
+function M.evaluate(self, x)
+  local rep = report.new()
+  for _, item in ipairs(kpi_list(x)) do
+    local k = as_kpi(item)
+    rep.executions[#rep.executions + 1] = exec_id(k) or "(unknown)"
+    for _, r in ipairs(self.rules) do
+      for _, res in ipairs(eval_rule(r, k)) do
+        if res.status == "firing" then
+          local a = make_alert(r, k, res, "firing")
+          a.no_data = res.no_data
+          report.SOURCES[a] = { r, k }
+          rep.firing[#rep.firing + 1] = a
+        elseif res.status == "ok" then
+          rep.passed[#rep.passed + 1] = { rule = r.name, execution_id = exec_id(k),
+            metric = res.metric, value = res.value, threshold = r.threshold, op = r.op,
+            no_data = res.no_data }
+        elseif res.status == "no_data" then
+          rep.no_data[#rep.no_data + 1] = { rule = r.name, execution_id = exec_id(k),
+            metric = res.metric, reason = res.reason, severity = r.severity }
+        else
+          rep.errors[#rep.errors + 1] = { rule = r.name, execution_id = exec_id(k),
+            metric = res.metric, reason = res.reason, message = res.reason, severity = r.severity }
+        end
+      end
+    end
+  end
+  return report.finish(rep)
+end
+
+M.as_kpi, M.exec_id, M.kpi_list, M.short_error = as_kpi, exec_id, kpi_list, short_error
+M.caller_where, M.config_error, M.OPS = caller_where, config_error, OPS
+
+return M
