@@ -16,24 +16,23 @@
 local M = {}
 
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 
 local format, concat = string.format, table.concat
 local math_type = math.type
 
 local function fetch(a, b, get)
-  local need_a, need_b = not model.is(a), not model.is(b)
-  if not need_a and not need_b then return a, b end
+  if model.is(a) and model.is(b) then return a, b end
   if type(get) ~= "function" then
     require("kpiwatch.errors").raise("config",
       "compare: an execution id needs a fetch function (kpis.compare passes kpis.get)")
   end
-  local task = require "kpiwatch.task"
-  local ta = need_a and task.spawn(get, a)
-  local tb = need_b and task.spawn(get, b)
-  local ok, r = pcall(task.all, { ta or task.spawn(function() return a end),
-    tb or task.spawn(function() return b end) })
-  if not ok then error(r, 0) end
-  return r[1][1], r[2][1]
+  -- both at once (the one worker pool); the first error is raised
+  local r = require("kpiwatch.task").map({ a, b }, function(x)
+    if model.is(x) then return x end
+    return get(x)
+  end, { concurrency = 2 })
+  return r[1], r[2]
 end
 
 local function agent_type(k)
@@ -139,10 +138,12 @@ M.cell, M.delta_text = cell, delta_text
 function M.format_rows(rows, a, b)
   local wname, wa, wb = 0, 1, 1
   local cells = {}
+  local names = {}
   for i, r in ipairs(rows) do
     local c = { cell(r.a, r.a_present), cell(r.b, r.b_present), delta_text(r) }
     cells[i] = c
-    if #r.name > wname then wname = #r.name end
+    names[i] = shared.clean(r.name, 60) -- eval names come from the server
+    if #names[i] > wname then wname = #names[i] end
     if #c[1] > wa then wa = #c[1] end
     if #c[2] > wb then wb = #c[2] end
   end
@@ -161,7 +162,7 @@ function M.format_rows(rows, a, b)
       section = r.section
       lines[#lines + 1] = section
     end
-    line(r.name, cells[i][1], cells[i][2], cells[i][3])
+    line(names[i], cells[i][1], cells[i][2], cells[i][3])
   end
   return concat(lines, "\n")
 end

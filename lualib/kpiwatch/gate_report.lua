@@ -15,6 +15,7 @@
 -- test for absence. Its `schema` key changes only when the shape does.
 
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -22,6 +23,9 @@ M.SCHEMA = "kpiwatch.gate/v1"
 M.FORMATS = { text = true, json = true, junit = true, github = true, markdown = true }
 
 local format, concat = string.format, table.concat
+
+-- Server text (metric names, messages quoting it) as one safe line.
+local one_line = shared.clean
 
 local function json_lib()
   local j = rawget(_G, "json")
@@ -82,7 +86,7 @@ end
 function M.verdict_line(result)
   if result.verdict == "error" then
     local e = result.error or {}
-    return format("gate ERROR: %s", e.message or "unknown error")
+    return format("gate ERROR: %s", one_line(e.message or "unknown error"))
   end
   local s = result.summary
   local n = format("%d check%s", s.total, s.total == 1 and "" or "s")
@@ -92,8 +96,7 @@ function M.verdict_line(result)
   local bad = {}
   for _, c in ipairs(result.checks) do
     if c.status == "fail" or c.status == "no_data" or c.status == "error" then
-      local m = c.metric
-      if #bad < 6 then bad[#bad + 1] = m end
+      if #bad < 6 then bad[#bad + 1] = shared.clean(c.metric or "?", 80) end
     end
   end
   local nbad = s.failed + s.no_data + s.errors
@@ -104,15 +107,11 @@ end
 local function header_line(result)
   local h = "kpiwatch gate: execution " .. tostring(result.execution_id)
   if result.baseline_id then h = h .. ", baseline " .. tostring(result.baseline_id) end
-  return h
+  return one_line(h)
 end
 
 -- ---- text ------------------------------------------------------------------------
 
-local function one_line(s)
-  s = tostring(s):gsub("[%c]", " ")
-  return s
-end
 
 function M.text(result, opts)
   local color = opts and opts.color
@@ -128,7 +127,8 @@ function M.text(result, opts)
     if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule") then
       extra = (extra ~= "" and (extra .. "; ") or "") .. one_line(c.message or "")
     end
-    local r = { STATUS_WORD[c.status] or c.status, c.metric or "?", value_text(c), requirement_text(c), extra, c.status }
+    local r = { STATUS_WORD[c.status] or c.status, one_line(c.metric or "?"), one_line(value_text(c)),
+      one_line(requirement_text(c)), extra, c.status }
     for i = 1, 4 do
       if #r[i] > w[i] then w[i] = #r[i] end
     end
@@ -380,8 +380,12 @@ end
 
 -- Workflow command escaping (actions/toolkit, command.ts): data escapes
 -- %, CR, LF; property values also ':' and ','.
+-- Each line of server text is cleaned first (no control character but the
+-- CR and LF the escaping encodes), so an annotation is one line of the log
+-- and nothing it carries starts a line.
 local function gh_data(s)
-  return (tostring(s):gsub("%%", "%%25"):gsub("\r", "%%0D"):gsub("\n", "%%0A"))
+  s = shared.fix_utf8(tostring(s)):gsub("[^\r\n]+", function(l) return one_line(l) end)
+  return (s:gsub("%%", "%%25"):gsub("\r", "%%0D"):gsub("\n", "%%0A"))
 end
 local function gh_prop(s)
   return (gh_data(s):gsub(":", "%%3A"):gsub(",", "%%2C"))

@@ -25,6 +25,7 @@
 
 local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 local retry = require "kpiwatch.http_retry"
 
 local M = {}
@@ -359,21 +360,22 @@ local function prepare(c)
 end
 
 -- Replace every occurrence of a secret in s.
-local function redact(c, s)
-  if type(s) ~= "string" then return s end
+-- The configured secrets, for shared.redact.
+local function secrets_of(c)
+  local list = {}
   for key in pairs(SECRET) do
-    local v = c[key]
-    if type(v) == "string" and #v >= 3 then
-      local i = 1
-      while true do
-        local a, b = s:find(v, i, true)
-        if not a then break end
-        s = s:sub(1, a - 1) .. "[REDACTED]" .. s:sub(b + 1)
-        i = a + 10
-      end
-    end
+    if type(c[key]) == "string" then list[#list + 1] = c[key] end
   end
-  return s
+  return list
+end
+
+local function redact(c, s)
+  return shared.redact(s, secrets_of(c))
+end
+
+-- _secrets() -> the credentials in effect (for the REPL's history filter).
+function M._secrets()
+  return secrets_of(resolve())
 end
 
 -- config() -> the effective options, with the secrets shown as
@@ -596,11 +598,8 @@ end
 -- The delay before retry number n (1-based): full jitter over an
 -- exponential ceiling; a 429's Retry-After is a floor.
 local function backoff_delay(c, n, retry_after)
-  local ceiling = c.backoff * 2 ^ (n - 1)
-  if ceiling > c.backoff_max then ceiling = c.backoff_max end
-  local d = M._random() * ceiling
-  if retry_after then d = retry_after + M._random() * c.backoff end
-  return d
+  if retry_after then return retry_after + M._random() * c.backoff end
+  return shared.backoff(n, c.backoff, c.backoff_max, M._random)
 end
 
 local http_request
@@ -632,6 +631,16 @@ function M.get(id, opts)
       if status >= 200 and status <= 299 then
         local k, perr = model.parse(resp.body, id)
         if k then
+          -- a server echoing a credential (as a key or a value, maybe
+          -- written with \u escapes) must not get it into any output
+          local secrets = secrets_of(c)
+          local body = resp.body
+          for _, sec in ipairs(secrets) do
+            if body:find(sec, 1, true) or body:find("\\u") then
+              shared.redact_tree(k:raw(), secrets)
+              break
+            end
+          end
           if c.verbose then
             trace(c, format("GET %s -> %d (%s)%s", url, status, ms(resp.time or (now() - t0)),
               attempt > 1 and format(" after %d attempts", attempt) or ""))
@@ -705,40 +714,14 @@ local function run_workers(ids, opts, deliver)
   local ok_c, msg = CHECK.concurrency(conc)
   if not ok_c then errors.raise("config", "kpis: " .. msg) end
   lazy()
-  local n = #ids
-  if n == 0 then return end
-  -- A worker never raises: a task that fails unobserved is reported by the
-  -- runtime (and counts against the exit status). The first fatal error
-  -- (not a per-id failure) stops the others and is raised by the caller.
-  local nexti, fatal = 0, nil
+  -- A per-id failure is a result; anything else (a cancellation, a bug,
+  -- an error raised by deliver) stops the pool and is raised here.
   local get = M.get
-  local function worker()
-    while fatal == nil do
-      nexti = nexti + 1
-      local i = nexti
-      if i > n then return end
-      local ok, r = pcall(get, ids[i], call_opts)
-      if not ok and not errors.is(r) then
-        fatal = fatal or { r }
-        return
-      end
-      local okd, derr = pcall(deliver, r, ids[i], i)
-      if not okd then
-        fatal = fatal or { derr }
-        return
-      end
-    end
-  end
-  local workers = {}
-  for w = 1, math.min(conc, n) do workers[w] = task.spawn(worker) end
-  local ok, e = pcall(task.all, workers)
-  if not ok then
-    -- the caller was cancelled (Ctrl-C, task.cancel): so are the workers
-    fatal = fatal or { e }
-    for _, w in ipairs(workers) do pcall(task.cancel, w) end
-    error(e, 0)
-  end
-  if fatal then error(fatal[1], 0) end
+  task.map(ids, function(id, i)
+    local ok, r = pcall(get, id, call_opts)
+    if not ok and not errors.is(r) then error(r, 0) end
+    deliver(r, id, i)
+  end, { concurrency = conc })
 end
 
 --- Fetch many executions with `concurrency` workers. A missing credential, or
@@ -772,6 +755,55 @@ function M.each(ids, fn, opts)
     fn(r, id, i)
   end)
   return fetched, failed
+end
+
+---Execution ids or KPI objects (or decoded bodies), in any mix, as KPI
+---objects: the ids are fetched concurrently (kpis.get_all), the rest is
+---kept as is (a decoded body becomes a KPI object). A single id or object
+---is a list of one.
+---@param x string|table|table[]  an id, a KPI object, or a list of them
+---@param opts? table  options of kpis.get_all
+---@return table[] kpis  the KPI objects, in the order of x, failed ids left out
+---@return {execution_id: string, error: table}[] failed  one per id that could not be fetched
+function M.resolve(x, opts)
+  local list
+  if type(x) == "string" or model.is(x) then
+    list = { x }
+  elseif type(x) == "table" and rawlen(x) == 0 and next(x) ~= nil then
+    list = { x } -- a decoded body
+  elseif type(x) == "table" then
+    list = x
+  else
+    errors.raise("config", "expected execution ids or KPI objects, got " .. type(x))
+  end
+  local ids, pos = {}, {}
+  local out = {}
+  for i, v in ipairs(list) do
+    if type(v) == "string" then
+      ids[#ids + 1] = v
+      pos[#ids] = i
+    elseif type(v) == "table" then
+      out[i] = model.as_kpi(v)
+    else
+      errors.raise("config", "expected an execution id or a KPI object, got " .. type(v))
+    end
+  end
+  local failed = {}
+  if #ids > 0 then
+    for j, r in ipairs(M.get_all(ids, opts)) do
+      if errors.is(r) then
+        failed[#failed + 1] = { execution_id = ids[j], error = r }
+        out[pos[j]] = false
+      else
+        out[pos[j]] = r
+      end
+    end
+  end
+  local kpis = {}
+  for i = 1, #list do
+    if out[i] then kpis[#kpis + 1] = out[i] end
+  end
+  return kpis, failed
 end
 
 --- Print two executions side by side: the core fields, the voice and/or text

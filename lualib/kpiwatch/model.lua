@@ -19,6 +19,8 @@
 -- server's code computes milliseconds; kpiwatch does not guess which one a
 -- given server sent.
 
+local shared = require "kpiwatch.shared"
+
 local M = {}
 
 ---@brief
@@ -38,7 +40,7 @@ local M = {}
 ---   reference page says seconds, the server computes milliseconds); the
 ---   summary marks them "(server units)".
 
-local type, next, pairs, rawget, rawset = type, next, pairs, rawget, rawset
+local type, next, pairs, rawget = type, next, pairs, rawget
 local math_type, tointeger = math.type, math.tointeger
 local setmetatable, getmetatable = setmetatable, getmetatable
 local concat, sort = table.concat, table.sort
@@ -60,6 +62,26 @@ local NULL = json.null
 --- The value JSON `null` decodes to (`json.null`).
 ---@type lightuserdata
 M.null = NULL
+local errors = require "kpiwatch.errors"
+
+local Invalid = { __name = "kpiwatch.model.invalid_number" }
+Invalid.__index = Invalid
+local function invalid_raise(a, b)
+  local v = getmetatable(a) == Invalid and a or b
+  errors.raise("protocol", v.field .. " is not a JSON number in the server's answer ('" .. v.text .. "')",
+    { retryable = false, field = v.field })
+end
+for _, mm in ipairs({ "__lt", "__le", "__add", "__sub", "__mul", "__div", "__mod", "__pow", "__unm",
+  "__idiv", "__concat" }) do
+  Invalid[mm] = invalid_raise
+end
+Invalid.__tostring = function(v) return "invalid number " .. v.text end
+
+-- is_invalid(v) -> whether v stands for a non-finite or non-JSON number.
+function M.is_invalid(v)
+  return getmetatable(v) == Invalid
+end
+
 
 -- The documented fields of the reference page: canonical snake_case name,
 -- the camelCase name the page uses where it differs, kind and group.
@@ -249,6 +271,20 @@ function M.is(v)
   return getmetatable(v) == KPI
 end
 
+---A KPI object for x: x itself when it is one, a decoded body (enveloped
+---or not) as a KPI object with the execution_id it carries, nil otherwise.
+---@param x any
+---@return table|nil
+function M.as_kpi(x)
+  if getmetatable(x) == KPI then return x end
+  if type(x) ~= "table" then return nil end
+  local id = rawget(x, "execution_id")
+  if type(id) ~= "string" and type(rawget(x, "result")) == "table" then
+    id = rawget(rawget(x, "result"), "execution_id")
+  end
+  return M.new(x, type(id) == "string" and id or nil)
+end
+
 -- get(k, name) -> value, present
 -- Works on a KPI object or a plain table (decoded body, enveloped or not),
 -- so rule engines treat both alike. value is nil for null; present tells a
@@ -300,7 +336,7 @@ local function evals_of(body)
   local out, names = {}, {}
   for key, v in next, body do
     if type(key) == "string" and not FIELDS[key] then
-      if key:sub(1, 4) == "avg_" and (type(v) == "number" or v == NULL) then
+      if key:sub(1, 4) == "avg_" and (type(v) == "number" or v == NULL or getmetatable(v) == Invalid) then
         local name = key:sub(5)
         names[#names + 1] = name
         if v ~= NULL then out[name] = v end
@@ -357,6 +393,7 @@ function M.normalize(k)
       -- snake_case wins when a body carries both spellings
       if out[name] == nil or key == name then
         if f and f.kind == "int" then v = fix_int(v) end
+        if getmetatable(v) == Invalid then v = NULL end
         out[name] = v
       end
     end
@@ -505,56 +542,7 @@ end
 
 -- ---- summary ----------------------------------------------------------------
 
-local function fmt_num(v)
-  if math_type(v) == "integer" then return tostring(v) end
-  if v ~= v then return "nan" end
-  if v == math.huge then return "inf" end
-  if v == -math.huge then return "-inf" end
-  local s = format("%.4f", v)
-  s = s:gsub("0+$", ""):gsub("%.$", "")
-  if s == "-0" then s = "0" end
-  return s
-end
-
--- A value as one short line: numbers trimmed, strings as is (cut at 60
--- bytes, control characters replaced), choice objects as "a 3, b 1".
-local function fmt_value(v)
-  if v == nil or v == NULL then return "null" end
-  local t = type(v)
-  if t == "number" then return fmt_num(v) end
-  if t == "boolean" then return tostring(v) end
-  if t == "string" then
-    local s = v:gsub("[%c]", "?")
-    if #s > 60 then s = s:sub(1, 57) .. "..." end
-    return s
-  end
-  if is_choice(v) then
-    local parts, listed = {}, {}
-    for _, c in ipairs(v.choices) do
-      if type(c) == "string" or type(c) == "number" then
-        local n = v[c]
-        listed[c] = true
-        parts[#parts + 1] = tostring(c) .. " " .. (type(n) == "number" and fmt_num(n) or "0")
-      end
-    end
-    -- counts for choices the list does not name (seen in older runs)
-    local extra = {}
-    for key, n in pairs(v) do
-      if key ~= "choices" and not listed[key] and type(n) == "number" then
-        extra[#extra + 1] = tostring(key) .. " " .. fmt_num(n)
-      end
-    end
-    sort(extra)
-    for _, e in ipairs(extra) do parts[#parts + 1] = e end
-    return concat(parts, ", ")
-  end
-  if t == "table" then
-    local n = 0
-    for _ in pairs(v) do n = n + 1 end
-    return format("{%d keys}", n)
-  end
-  return tostring(v)
-end
+local fmt_value = shared.format_value
 M.format_value = fmt_value
 
 local function duration_text(secs)
@@ -630,7 +618,7 @@ function M.summary(k)
   if #names == 0 then
     row(es, "(none)", "")
   else
-    for _, name in ipairs(names) do row(es, name, fmt_value(evals[name])) end
+    for _, name in ipairs(names) do row(es, shared.clean(name, 60), fmt_value(evals[name])) end
   end
 
   local graphs = get("scenario_graphs")
@@ -660,14 +648,9 @@ KPI.__tostring = M.summary
 
 -- ---- parsing ----------------------------------------------------------------
 
-local errors = require "kpiwatch.errors"
-
--- A server's text made fit for a one-line message: whitespace runs as one
--- space, other control bytes (terminal escapes) as "?", at most 300 bytes.
+-- A server's text made fit for a one-line message: at most 300 bytes.
 local function one_line(s)
-  s = s:gsub("%s+", " "):gsub("%c", "?")
-  if #s > 300 then s = s:sub(1, 297) .. "..." end
-  return s
+  return shared.clean(s, 300)
 end
 
 -- The server's own message in an error body: detail, then message, then
@@ -687,9 +670,7 @@ function M.server_message(body)
 end
 
 local function snippet(text)
-  local s = text:sub(1, 80):gsub("%s+", " ")
-  s = s:gsub("[%c\128-\255]", "?")
-  return s
+  return shared.clean(text:sub(1, 80))
 end
 M.snippet = snippet
 
@@ -698,6 +679,77 @@ local function has_documented_field(body)
     if body[rec.snake] ~= nil or (rec.camel and body[rec.camel] ~= nil) then return true end
   end
   return false
+end
+
+-- ---- numbers the JSON grammar does not have ---------------------------------
+
+-- lua-cjson decodes NaN, Infinity, 1e400 (as inf), hex (0x1), a leading
+-- `+` and leading zeros. None is a JSON number, and a check must never pass
+-- on one, so such a top-level value is replaced by an invalid-number
+-- object: comparing or doing arithmetic with it raises a `protocol` error,
+-- the gate reports that field as an error, JSON outputs write null.
+-- Where a raw text may hold a number the grammar refuses; only then are
+-- the values' tokens checked one by one (a cost only hostile bodies pay).
+local SUSPECT = { "[%[:,]%s*[+-]?0[xX]", "Infinity", "NaN", "[%[:,]%s*%+", "[%[:,]%s*%-?0%d" }
+
+-- A strict JSON number followed by the end of the value.
+local function json_number_at(text, pos)
+  local p = text:match("^%-?()", pos)
+  local q = text:match("^0()", p) or text:match("^[1-9]%d*()", p)
+  if not q then return false end
+  q = text:match("^%.%d+()", q) or q
+  q = text:match("^[eE][+-]?%d+()", q) or q
+  return text:match("^%s*[,}%]]", q) ~= nil
+end
+
+-- The raw tokens of every occurrence of key's value in text (duplicate
+-- keys: the decoder keeps the last one, any of them could be it).
+local function raw_values(text, key)
+  local ok, enc = pcall(json.encode, key)
+  if not ok then return nil end
+  local out, i = {}, 1
+  while true do
+    local a, b = text:find(enc, i, true)
+    if not a then break end
+    local v = text:match("^%s*:%s*()", b + 1)
+    if v then out[#out + 1] = v end
+    i = b + 1
+  end
+  return out
+end
+
+local function check_numbers(text, inner)
+  local suspect = false
+  for _, p in ipairs(SUSPECT) do
+    if text:find(p) then suspect = true break end
+  end
+  local bad
+  for key, v in next, inner do
+    if type(v) == "number" and type(key) == "string" then
+      local why = v ~= v or v == math.huge or v == -math.huge
+      local positions
+      if why or suspect then
+        positions = raw_values(text, key)
+        if suspect and not why then
+          -- a key written with escapes the encoder does not use: not provable
+          why = positions == nil or #positions == 0
+          for _, pos in ipairs(positions or {}) do
+            if not json_number_at(text, pos) then why = true break end
+          end
+        end
+      end
+      if why then
+        local tok = positions and positions[#positions] and text:match("^([^,}%]%s]*)", positions[#positions])
+        bad = bad or {}
+        bad[key] = shared.clean(tok and tok ~= "" and tok or tostring(v), 40)
+      end
+    end
+  end
+  if bad then
+    for key, tok in pairs(bad) do
+      inner[key] = setmetatable({ field = key, text = tok }, Invalid)
+    end
+  end
 end
 
 -- parse(text [, execution_id]) -> KPI object, or nil and a `protocol` error
@@ -713,6 +765,10 @@ function M.parse(text, execution_id)
     return nil, errors.new("protocol", "expected a response body, got " .. type(text),
       { execution_id = execution_id, retryable = false })
   end
+  -- invalid UTF-8 can only be inside strings (elsewhere the decoder
+  -- refuses it): replaced there, every output that copies a string stays
+  -- valid UTF-8 for strict parsers
+  text = shared.fix_utf8(text)
   local ok, body = pcall(json.decode, text)
   if not ok then
     local what = text:match("^%s*<") and "an HTML or XML page" or "invalid JSON"
@@ -731,6 +787,7 @@ function M.parse(text, execution_id)
       { execution_id = execution_id, retryable = false })
   end
   local inner = unwrap(body)
+  check_numbers(text, inner)
   if not has_documented_field(inner) then
     return nil, errors.new("protocol",
       "expected a KPIs object, got a JSON object with none of its fields: '" .. snippet(text) .. "'",

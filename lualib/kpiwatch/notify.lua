@@ -42,6 +42,7 @@
 local errors = require "kpiwatch.errors"
 local json = require "kpiwatch.json"
 local template = require "kpiwatch.template"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -53,18 +54,21 @@ local function C()
   return crypto
 end
 
+-- A configuration error names the user's line (the first frame outside
+-- this file), as alert's do: "rules.lua:12: notify.webhook: ...".
+local SELF = { [debug.getinfo(1, "S").source] = true }
 local function config_error(msg)
-  error(errors.new("config", msg), 3)
+  shared.config_error(shared.caller_where(SELF), msg)
 end
 
 local function check_opts(name, opts, allowed)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(errors.new("config", "notify." .. name .. ": expected a table of options, got " .. type(opts)), 3)
+    config_error("notify." .. name .. ": expected a table of options, got " .. type(opts))
   end
   for k in pairs(opts) do
     if type(k) ~= "number" and not allowed[k] then
-      error(errors.new("config", "notify." .. name .. ": unknown option '" .. tostring(k) .. "'"), 3)
+      config_error("notify." .. name .. ": unknown option '" .. tostring(k) .. "'")
     end
   end
   return opts
@@ -72,11 +76,14 @@ end
 
 local function opt_type(name, opts, field, want)
   local v = opts[field]
-  if v ~= nil and type(v) ~= want then
-    error(errors.new("config", format("notify.%s: '%s' must be a %s, got %s", name, field, want,
-      type(v))), 3)
-  end
+  shared.validate("notify." .. name, { [field] = { v, want, true } }, shared.caller_where(SELF))
   return v
+end
+
+-- An event as JSON that strict parsers accept: invalid UTF-8 (from a
+-- decoded body that did not go through model.parse) replaced.
+local function encode_event(event)
+  return json.encode(shared.fix_utf8_tree(event))
 end
 
 -- ---- Standard Webhooks ----------------------------------------------------------
@@ -148,18 +155,7 @@ local function redact(url)
 end
 M._redact = redact
 
--- Replace every plain occurrence of needle in s.
-local function replace_plain(s, needle, with)
-  local out, i = {}, 1
-  while true do
-    local a, b = s:find(needle, i, true)
-    if not a then break end
-    out[#out + 1] = s:sub(i, a - 1) .. with
-    i = b + 1
-  end
-  out[#out + 1] = s:sub(i)
-  return table.concat(out)
-end
+local replace_plain = shared.replace_plain
 
 -- The start of a response body for an error message. A receiver may echo
 -- the request's path ("Cannot POST /services/T0/B0/token"), and a hook
@@ -172,8 +168,7 @@ local function snippet(body, url)
     local path = tail:match("^([^?#]*)")
     if path and #path > 1 then body = replace_plain(body, path, "/[REDACTED]") end
   end
-  local s = body:sub(1, 120):gsub("%s+", " "):gsub("[%c\128-\255]", "?")
-  return ": " .. s
+  return ": " .. shared.clean(body:sub(1, 120))
 end
 
 local function post(what, url, body, headers, timeout)
@@ -227,7 +222,7 @@ function M.webhook(opts)
   end
   return function(event)
     if not url then disabled("notify.webhook", " (is its URL variable, e.g. ALERT_WEBHOOK_URL, set?)") end
-    local body = json.encode(event)
+    local body = encode_event(event)
     local id = tostring(event.id)
     local ts = tostring(os.time())
     local headers = {}
@@ -243,8 +238,10 @@ end
 
 -- ---- Slack ----------------------------------------------------------------------
 
+-- Slack mrkdwn of event text (server text among it): one clean line,
+-- then Slack's three control characters escaped.
 local function mrkdwn(s)
-  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+  return (shared.clean(s, 2000):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
 end
 
 local function fmt(v)
@@ -264,7 +261,7 @@ function M.format_text(event)
   parts[#parts + 1] = tostring(event.summary or "")
   local s = concat(parts, " ")
   if event.execution_id then s = s .. " (execution " .. tostring(event.execution_id) .. ")" end
-  return (s:gsub("[%c]", " "))
+  return shared.clean(s)
 end
 
 --- The Slack incoming-webhook payload for an event: `text` and Block Kit `blocks`.
@@ -274,8 +271,7 @@ end
 function M.slack_payload(event, opts)
   opts = opts or {}
   local firing = event.state ~= "resolved"
-  local title = (firing and "Firing: " or "Resolved: ") .. tostring(event.rule)
-  if #title > 150 then title = title:sub(1, 147) .. "..." end
+  local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.rule), 150)
   local fields = {
     { type = "mrkdwn", text = "*Severity*\n" .. mrkdwn(event.severity or "-") },
     { type = "mrkdwn", text = "*Execution*\n`" .. mrkdwn(event.execution_id or "-") .. "`" },
@@ -387,7 +383,22 @@ function M.exec(spec)
     local process = require "kpiwatch._process"
     local lookup = event_lookup(event)
     local args = {}
-    for i, a in ipairs(argv) do args[i] = i == 1 and a or template.render(a, lookup) end
+    local dashdash = false
+    for i, a in ipairs(argv) do
+      if i == 1 then
+        args[i] = a
+      else
+        args[i] = template.render(a, lookup)
+        -- an option from the event's data (a metric or a value the server
+        -- chose) could change what the program does: only after "--"
+        if not dashdash and args[i]:sub(1, 1) == "-" and a:sub(1, 1) ~= "-" then
+          errors.raise("exec", format("%s: argument %d would start with '-' from the event's data "
+            .. "('%s'); put \"--\" before it in argv, or read the event from stdin", argv[1], i - 1,
+            shared.clean(args[i], 40)), { retryable = false })
+        end
+        if a == "--" then dashdash = true end
+      end
+    end
     local vars, order = {}, {}
     for _, kv in ipairs(process.environ()) do
       local k = kv:match("^([^=]*)=")
@@ -410,7 +421,7 @@ function M.exec(spec)
     local envlist = {}
     for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
     local r, _, msg = process.spawn(args, {
-      stdin = json.encode(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
+      stdin = encode_event(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
     })
     if not r then errors.raise("exec", msg, { retryable = false }) end
     if r.timed_out then
@@ -441,7 +452,7 @@ function M.file(opts)
   local sync = opts.sync ~= false
   return function(event)
     local fs = require "kpiwatch._fs"
-    local ok, _, msg = fs.append(path, json.encode(event) .. "\n", mode, sync)
+    local ok, _, msg = fs.append(path, encode_event(event) .. "\n", mode, sync)
     if not ok then errors.raise("io", msg, { retryable = true }) end
   end
 end
@@ -454,7 +465,7 @@ function M.stdout(opts)
   local f = opts.format or "text"
   if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
   return function(event)
-    local line = f == "json" and json.encode(event) or M.format_text(event)
+    local line = f == "json" and encode_event(event) or M.format_text(event)
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end

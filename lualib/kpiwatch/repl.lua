@@ -490,12 +490,54 @@ end
 
 -- ---- history ------------------------------------------------------------------
 
--- The history file outlives the session: a line that names a credential
--- (kpis.configure{secret_key = "..."}) or holds the environment's
--- credentials is not written to it.
-local SECRET_WORDS = { "secret", "api_key", "apikey", "api%-key", "token", "password", "passwd" }
+-- The history file outlives the session: a line that may hold a
+-- credential is not written to it. That is a line that
+--   * names one (kpis.configure{secret_key = "..."}, headers = {Authorization
+--     = ...}, password, token, ...);
+--   * holds a configured secret (FI_API_KEY, FI_SECRET_KEY, the api_key and
+--     secret_key given to kpis.configure or the command line);
+--   * holds a known key prefix (whsec_, Slack's xox?-, Bearer, GitHub's and
+--     GitLab's tokens, AWS key ids, JWTs);
+--   * holds a URL whose path or query carries a token-looking part (16 or
+--     more letters, digits, `-` or `_` with both letters and digits in it,
+--     as Slack's and Discord's webhook URLs do) or userinfo.
+local SECRET_WORDS = { "secret", "api_key", "apikey", "api%-key", "token", "password", "passwd",
+  "authorization", "bearer", "credential", "private_key" }
+local KEY_PREFIXES = { "whsec_", "xox[abposre]%-", "xapp%-", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_",
+  "glpat%-", "sk%-[%w_%-]", "AKIA[%u%d]", "eyJ[%w_%-]+%.eyJ", "hooks%.slack%.com", "discord%.com/api/webhooks",
+  "discordapp%.com/api/webhooks" }
 
---- Whether a line must stay out of the history because it may hold a secret.
+-- (a UUID, an execution id, is not a secret)
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local function token_like(s)
+  return #s >= 16 and s:find("%a") ~= nil and s:find("%d") ~= nil and not s:find(UUID)
+end
+
+local function url_has_token(line)
+  for url in line:gmatch("%a[%w+.-]*://[^%s'\"]+") do
+    local authority, rest = url:match("^%a[%w+.-]*://([^/?#]*)(.*)$")
+    if authority and authority:find("@", 1, true) then return true end
+    for part in (rest or ""):gmatch("[%w_%-%.~]+") do
+      if token_like(part) then return true end
+    end
+  end
+  return false
+end
+
+local function configured_secrets()
+  local list = {}
+  for _, var in ipairs({ "FI_API_KEY", "FI_SECRET_KEY" }) do list[#list + 1] = os.getenv(var) end
+  local kpis = package.loaded["kpiwatch.kpis"]
+  if kpis and kpis._secrets then
+    local ok, s = pcall(kpis._secrets)
+    if ok then
+      for _, v in ipairs(s) do list[#list + 1] = v end
+    end
+  end
+  return list
+end
+
+---Whether a REPL line must stay out of the history file (see above).
 ---@param line string
 ---@return boolean
 function M.mentions_secret(line)
@@ -503,9 +545,12 @@ function M.mentions_secret(line)
   for _, w in ipairs(SECRET_WORDS) do
     if lower:find(w) then return true end
   end
-  for _, var in ipairs({ "FI_API_KEY", "FI_SECRET_KEY" }) do
-    local v = os.getenv(var)
-    if v and #v >= 3 and line:find(v, 1, true) then return true end
+  for _, p in ipairs(KEY_PREFIXES) do
+    if line:find(p) then return true end
+  end
+  if url_has_token(line) then return true end
+  for _, v in ipairs(configured_secrets()) do
+    if type(v) == "string" and #v >= 3 and line:find(v, 1, true) then return true end
   end
   return false
 end

@@ -16,10 +16,11 @@
 -- turns no_data into `skipped`, nothing else).
 
 local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
-local type, tonumber, tostring = type, tonumber, tostring
+local type, tonumber = type, tonumber
 local byte, sub, format = string.byte, string.sub, string.format
 local abs = math.abs
 
@@ -57,9 +58,7 @@ end
 -- Text safe to quote inside a one-line message: control bytes replaced,
 -- cut at 60 bytes.
 local function show(s)
-  s = s:gsub("[%c]", "?")
-  if #s > 60 then s = sub(s, 1, 57) .. "..." end
-  return s
+  return shared.clean(s, 60)
 end
 M.show = show
 
@@ -81,110 +80,12 @@ end
 M.parse_number = parse_number
 
 -- ---- globs -------------------------------------------------------------------
--- `*` any run, `?` one character, `[abc]`, `[a-z]`, `[!a-z]` or `[^a-z]`.
--- Compiled to tokens once; matching is case-insensitive (eval names are
--- lowercase on the server, people type them in any case).
+-- kpiwatch.shared's globs (the same semantics as alert rules' `evals`).
 
-local function compile_glob(pat)
-  local toks, i, n = {}, 1, #pat
-  while i <= n do
-    local c = byte(pat, i)
-    if c == 42 then -- *
-      if toks[#toks] ~= "*" then toks[#toks + 1] = "*" end
-      i = i + 1
-    elseif c == 63 then -- ?
-      toks[#toks + 1] = "?"
-      i = i + 1
-    elseif c == 91 then -- [
-      local set = { neg = false, ranges = {} }
-      local j = i + 1
-      local first = byte(pat, j)
-      if first == 33 or first == 94 then -- ! or ^
-        set.neg = true
-        j = j + 1
-      end
-      local start = j
-      local closed = false
-      while j <= n do
-        local d = byte(pat, j)
-        if d == 93 and j > start then -- ] (a ] first in the set is literal)
-          closed = true
-          break
-        end
-        local lo = d
-        local hi = d
-        if byte(pat, j + 1) == 45 and j + 2 <= n and byte(pat, j + 2) ~= 93 then -- a-z
-          hi = byte(pat, j + 2)
-          j = j + 2
-          if hi < lo then return nil, "bad range in glob '" .. show(pat) .. "'" end
-        end
-        local r = set.ranges
-        r[#r + 1] = { lo, hi }
-        j = j + 1
-      end
-      if not closed then return nil, "unclosed '[' in glob '" .. show(pat) .. "'" end
-      toks[#toks + 1] = set
-      i = j + 1
-    else
-      toks[#toks + 1] = c
-      i = i + 1
-    end
-  end
-  return toks
-end
-
-local function lower_byte(c)
-  if c >= 65 and c <= 90 then return c + 32 end
-  return c
-end
-
-local function set_has(set, c)
-  local lc = lower_byte(c)
-  local hit = false
-  for _, r in ipairs(set.ranges) do
-    local lo, hi = lower_byte(r[1]), lower_byte(r[2])
-    if (c >= r[1] and c <= r[2]) or (lc >= lo and lc <= hi) then
-      hit = true
-      break
-    end
-  end
-  if set.neg then return not hit end
-  return hit
-end
-
--- Iterative matcher with one backtrack point per star: linear in practice,
--- O(#toks * #s) worst case, no recursion.
-local function glob_match(toks, s)
-  local p, i, nt, ns = 1, 1, #toks, #s
-  local star_p, star_i
-  while i <= ns do
-    local t = toks[p]
-    local c = byte(s, i)
-    if t == "*" then
-      star_p, star_i = p, i
-      p = p + 1
-    elseif p <= nt and (t == "?" or (type(t) == "number" and lower_byte(t) == lower_byte(c))
-        or (type(t) == "table" and set_has(t, c))) then
-      p, i = p + 1, i + 1
-    elseif star_p then
-      p = star_p + 1
-      star_i = star_i + 1
-      i = star_i
-    else
-      return false
-    end
-  end
-  while toks[p] == "*" do p = p + 1 end
-  return p > nt
-end
+local compile_glob, glob_match = shared.glob_compile, shared.glob_match
 
 -- glob(pattern) -> matcher function(name) -> bool, or nil, message
-function M.glob(pattern)
-  if type(pattern) ~= "string" then return nil, "glob must be a string" end
-  local toks, err = compile_glob(pattern)
-  if not toks then return nil, err end
-  return function(name) return glob_match(toks, name) end
-end
+M.glob = shared.glob
 
 -- ---- targets: FIELD, eval:NAME, eval:GLOB ------------------------------------
 
@@ -218,6 +119,28 @@ local function parse_target(text)
 end
 M.parse_target = parse_target
 
+-- The position of the operator: the first of < > = ! ~ outside a glob's
+-- `[...]` set, where `!` and `^` negate (`eval:[!a-z]*>=70`).
+local function op_start(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = sub(s, i, i)
+    if c == "[" then
+      -- a set: up to its `]` (one first in the set, or after `!`/`^`, is literal)
+      local j = i + 1
+      if sub(s, j, j) == "!" or sub(s, j, j) == "^" then j = j + 1 end
+      local close = s:find("]", j + 1, true)
+      if not close then return s:find("[<>=!~]", i) end
+      i = close + 1
+    elseif c:find("[<>=!~]") then
+      return i
+    else
+      i = i + 1
+    end
+  end
+  return nil
+end
+
 -- parse(text) -> requirement {text=, target=, metric=, op=, threshold=,
 -- threshold_text=} or nil, message. Never raises.
 function M.parse(text)
@@ -228,7 +151,7 @@ function M.parse(text)
   if s == "" then return nil, "empty requirement (expected FIELD OP NUMBER, e.g. 'avg_score>=0.8')" end
   -- `~` is no operator, but `~=` is Lua's "not equal": read it as one
   -- token so the message can suggest `!=`
-  local at = s:find("[<>=!~]")
+  local at = op_start(s)
   if not at then
     return nil, "no operator in '" .. show(s) .. "' (expected FIELD OP NUMBER with OP one of " .. OP_LIST .. ")"
   end
@@ -379,6 +302,14 @@ local function list_text(names, max)
   return s
 end
 
+-- A value the server sent as a non-finite or non-JSON number (NaN,
+-- Infinity, 1e400, 0x1): a protocol error for that metric, never a pass.
+local function invalid_reading(metric, v)
+  return { metric = metric, state = "not_number", value_text = "invalid",
+    note = "protocol error: " .. metric .. " is not a finite JSON number in the server's answer ('"
+      .. v.text .. "')" }
+end
+
 -- One metric's value: {metric=, value=, state=} with state "ok" (a number),
 -- "null", "missing", "not_number" (with `what`), plus `note` for messages.
 local function read_field(kpi, name)
@@ -389,6 +320,7 @@ local function read_field(kpi, name)
       note = "the execution has no field '" .. name .. "'" .. (hint and hint ~= name and (" (did you mean " .. hint .. "?)") or "") }
   end
   if v == nil then return { metric = name, state = "null", note = name .. " is null" } end
+  if model.is_invalid(v) then return invalid_reading(name, v) end
   if type(v) ~= "number" then
     return { metric = name, state = "not_number", value_text = model.format_value(v),
       note = name .. " is a " .. (type(v) == "table" and "JSON object" or type(v)) .. ", not a number" }
@@ -418,6 +350,7 @@ local function read_eval(kpi, name)
         .. " (its evals: " .. list_text(all) .. ")" }
   end
   if v == nil then return { metric = metric, state = "null", note = metric .. " is null" } end
+  if model.is_invalid(v) then return invalid_reading(metric, v) end
   if type(v) ~= "number" then
     return { metric = metric, state = "not_number", value_text = model.format_value(v),
       note = metric .. " is a choice eval (counts per choice), not a number: test it with a rule predicate" }

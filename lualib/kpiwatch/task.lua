@@ -38,4 +38,50 @@ function M.all(tasks)
   return results
 end
 
+---Run fn(item, i) over list with at most opts.concurrency tasks at once
+---(the bounded worker pool), and return the results in the order of list:
+---out[i] is fn's first result for list[i]. fn should not raise: an error
+---it raises stops the pool (no new items start), every worker is waited
+---for, and the first error is raised here. When the calling task is
+---cancelled (Ctrl-C, task.cancel), the workers are cancelled too and the
+---cancellation is raised. Items never started (after an error or a
+---cancellation) have no result.
+---@async
+---@param list any[]
+---@param fn fun(item: any, i: integer): any
+---@param opts? {concurrency?: integer}  default 8
+---@return any[] results
+function M.map(list, fn, opts)
+  local conc = opts and opts.concurrency or 8
+  if math.type(conc) ~= "integer" or conc < 1 then
+    error("task.map: concurrency must be a positive integer, got " .. tostring(conc), 2)
+  end
+  local n, results = #list, {}
+  if n == 0 then return results end
+  local nexti, fatal = 0, nil
+  local function worker()
+    while fatal == nil do
+      nexti = nexti + 1
+      local i = nexti
+      if i > n then return end
+      local ok, r = pcall(fn, list[i], i)
+      if not ok then
+        fatal = fatal or { r }
+        return
+      end
+      results[i] = r
+    end
+  end
+  local workers = {}
+  for w = 1, math.min(conc, n) do workers[w] = core.spawn(worker) end
+  local ok, e = pcall(M.all, workers)
+  if not ok then
+    fatal = fatal or { e }
+    for _, w in ipairs(workers) do pcall(core.cancel, w) end
+    error(e, 0)
+  end
+  if fatal then error(fatal[1], 0) end
+  return results
+end
+
 return M

@@ -7,68 +7,37 @@
 -- `{name:fmt}`, name = letters, digits, `_` and `.` (not starting with a
 -- digit), fmt = a printf conversion for one number or string such as
 -- `%.1f`, `.1f`, `5d` or `s`. `{{` and `}}` are literal braces.
---   * a found value is formatted: integers as is, other numbers with up
---     to 4 decimals and trailing zeros trimmed, strings as is, booleans as
---     true/false, nil (a known field that is null) as "null", choice evals
---     as "a 3, b 1", other tables as JSON;
+--   * a found value is formatted by kpiwatch.shared.format_value (at most
+--     200 bytes, control characters neutralised): integers as is, other
+--     numbers with up to 4 decimals, booleans as true/false, nil (a known
+--     field that is null) as "null", choice evals as "a 3, b 1", other
+--     tables as JSON;
 --   * an unknown name is left as written, `{nmae}`, so a typo shows in the
 --     message instead of vanishing;
 --   * anything else (a lone `{`, `{1x}`, a bad format) is copied literally.
 -- Never raises on any text, and never produces more than a bounded amount
 -- of output per placeholder (formats are limited to two-digit widths).
 
+local shared = require "kpiwatch.shared"
+
 local M = {}
 
-local format, math_type = string.format, math.type
+local format = string.format
 local concat = table.concat
 
-local function fmt_num(v)
-  if math_type(v) == "integer" then return tostring(v) end
-  if v ~= v then return "nan" end
-  if v == math.huge then return "inf" end
-  if v == -math.huge then return "-inf" end
-  if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return format("%d", v) end
-  local s = format("%.4f", v):gsub("0+$", ""):gsub("%.$", "")
-  if s == "-0" then s = "0" end
-  return s
-end
-M.format_number = fmt_num
-
-local json_ok, json = pcall(require, "kpiwatch.json")
-if not json_ok then json = nil end
-
+-- The one value formatter (kpiwatch.shared): strings are cleaned of
+-- control characters and cut at 200 bytes, so a message or an exec
+-- argument never carries a raw newline or escape from the server.
 local function fmt_value(v)
-  local t = type(v)
-  if v == nil then return "null" end
-  if t == "number" then return fmt_num(v) end
-  if t == "string" then return v end
-  if t == "boolean" then return tostring(v) end
-  if t == "table" then
-    if type(rawget(v, "choices")) == "table" then
-      local parts = {}
-      for _, c in ipairs(v.choices) do
-        if type(c) == "string" or type(c) == "number" then
-          local n = v[c]
-          parts[#parts + 1] = tostring(c) .. " " .. (type(n) == "number" and fmt_num(n) or "0")
-        end
-      end
-      return concat(parts, ", ")
-    end
-    if json then
-      local ok, s = pcall(json.encode, v)
-      if ok then return s end
-    end
-    return "(table)"
-  end
-  if json and v == json.null then return "null" end
-  return tostring(v)
+  return shared.format_value(v, 200)
 end
 M.format_value = fmt_value
+M.format_number = shared.format_number
 
 -- A printf conversion with at most two-digit width and precision.
 local function apply_format(spec, v)
   if spec:sub(1, 1) ~= "%" then spec = "%" .. spec end
-  local flags, width, prec, conv = spec:match("^%%([-+ #0]*)(%d?%d?)(%.?%d?%d?)([dfgeEsxXi])$")
+  local flags, _, _, conv = spec:match("^%%([-+ #0]*)(%d?%d?)(%.?%d?%d?)([dfgeEsxXi])$")
   if not flags then return nil end
   if conv == "s" then
     -- Lua refuses flags other than "-" with %s ("%0s", "%#s"): not a format

@@ -181,7 +181,12 @@ class ExitCodes(unittest.TestCase):
 
 class Signals(unittest.TestCase):
     def start(self, code):
-        p = subprocess.Popen([KW, "-e", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The signal must land once the script runs, however loaded the
+        # machine: wait for its first line, then give it a moment to reach
+        # the statement under test.
+        p = subprocess.Popen([KW, "-e", "print('started') io.stdout:flush() " + code],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(p.stdout.readline(), "started\n")
         time.sleep(0.3)
         return p
 

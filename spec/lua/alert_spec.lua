@@ -151,6 +151,40 @@ describe("eval rules", function()
   end)
 end)
 
+describe("eval globs (the semantics of --require 'eval:GLOB', kpiwatch.shared)", function()
+  local requirement = require "kpiwatch.requirement"
+  local body = { total_calls = 1, avg_is_polite = 10, avg_is_rude = 10, avg_tone_x = 10, avg_a9 = 10 }
+
+  local function gate_names(glob)
+    local out = {}
+    local req = assert(requirement.parse("eval:" .. glob .. " >= 0"))
+    for _, c in ipairs(requirement.evaluate(req, model.new(body))) do
+      if c.status == "pass" then out[#out + 1] = c.metric:sub(6) end
+    end
+    return out
+  end
+
+  it("select the same evals as gate --require for sets, ranges, negation and any case", function()
+    for _, g in ipairs({ "[a-i]*", "[!a-i]*", "[^t]*", "IS_*", "is_?o*", "[a-z][0-9]" }) do
+      local names = firing_metrics(eval1({ name = "e", evals = g, above = 0 }, body))
+      table.sort(names)
+      assert.are.same(gate_names(g), names, g)
+    end
+    assert.are.same({ "tone_x" }, firing_metrics(eval1({ name = "e", evals = "[!a-i]*", above = 0 }, body)))
+    assert.are.same({ "is_polite", "is_rude" }, (function()
+      local n = firing_metrics(eval1({ name = "e", evals = "IS_*", above = 0 }, body))
+      table.sort(n)
+      return n
+    end)())
+  end)
+
+  it("refuse a malformed glob where the rule is defined", function()
+    local ok, err = pcall(function() quiet_registry():rule { name = "e", evals = "is_[a", above = 0 } end)
+    assert.is_false(ok)
+    assert.matches("alert_spec.lua:%d+: rule 'e': field 'evals' unclosed '%[' in glob", tostring(err.message))
+  end)
+end)
+
 describe("predicate rules", function()
   it("fire when the function returns true, with a template summary", function()
     local rep = eval1({ name = "failed-calls",
@@ -173,6 +207,22 @@ describe("predicate rules", function()
       { total_calls = 3 })
     assert.are.equal(1, #rep.no_data)
     assert.matches("no_such_field is not in this execution", rep.no_data[1].reason)
+  end)
+
+  it("report a missing eval read through k:evals() or k:eval() as no data (README's rude rule)", function()
+    local function rude(k)
+      local t = k:evals().tone
+      return t.rude > 0.2 * (t.friendly + t.neutral + t.rude), t.rude
+    end
+    local rep = eval1({ name = "rude", when = rude }, { total_calls = 3, avg_score = 0.9 })
+    assert.are.equal(0, #rep.errors)
+    assert.are.equal(1, #rep.no_data)
+    assert.matches("tone is not in this execution", rep.no_data[1].reason)
+    rep = eval1({ name = "rude", no_data = "ok", when = rude }, { total_calls = 3 })
+    assert.is_true(rep.ok)
+    rep = eval1({ name = "t", when = function(k) return k:eval("tone").rude > 1 end }, { total_calls = 3 })
+    assert.are.equal(0, #rep.errors)
+    assert.matches("tone is not in this execution", rep.no_data[1].reason)
   end)
 
   it("report other predicate errors as rule errors", function()

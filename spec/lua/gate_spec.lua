@@ -10,40 +10,10 @@ local jsonlib = require "kpiwatch.json"
 local ids = fixtures.ids
 local VOICE, EMPTY, FAILING = ids["voice-outbound"], ids["empty"], ids["failing"]
 
-local function buffer()
-  local b = { parts = {} }
-  function b:write(...)
-    for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
-    return self
-  end
-  function b:flush() end
-  function b:text() return table.concat(self.parts) end
-  return b
-end
-
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local tmpname, read = require("spec.lua.helpers.util").tmpname, require("spec.lua.helpers.util").read
 
 -- run(args [, env overrides]) -> code, stdout text, stderr text
-local function run(args, envv)
-  local out, err = buffer(), buffer()
-  envv = envv or {}
-  local code = gate.run(args, {}, {
-    stdout = out, stderr = err, color = false,
-    getenv = function(k) if envv[k] ~= nil then return envv[k] or nil end return nil end,
-  })
-  return code, out:text(), err:text()
-end
+local run = require("spec.lua.helpers.util").run_gate
 
 describe("gate.parse_args", function()
   it("collects repeatable options in order, both --opt v and --opt=v", function()

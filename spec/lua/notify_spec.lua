@@ -95,6 +95,15 @@ describe("notify.webhook", function()
     assert.is_nil(notify.verify(SECRET, req.headers, req.body .. " "))
   end)
 
+  it("sends valid UTF-8 whatever the event holds (issue 13 item 6)", function()
+    local srv, got = receiver()
+    finally(function() srv:close() end)
+    notify.webhook { url = srv.url .. "/hooks/kpi" } (event { metric = "avg_\255x", labels = { ["k\254"] = "v" } })
+    assert.truthy(utf8.len(got[1].body), got[1].body)
+    local body = json.decode(got[1].body)
+    assert.are.equal("avg_\239\191\189x", body.metric)
+  end)
+
   it("retries the transport failures kpiwatch.http names retryable, and only those", function()
     local http = require "kpiwatch.http"
     local errors = require "kpiwatch.errors"
@@ -184,6 +193,13 @@ describe("notify.webhook", function()
     assert.are.equal("config", e.kind)
     assert.is_nil(tostring(e):find("hunter2", 1, true))
     assert.has_error(function() notify.webhook { url = "x", sekret = "y" } end)
+    -- a configuration error names the line that made the hook
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, e = pcall(function() return notify.slack { url = 42 } end)
+    assert.is_false(ok)
+    assert.are.equal("config", e.kind)
+    assert.are.equal("notify_spec.lua:" .. line .. ": notify.slack: 'url' must be a string, got number",
+      e.message:match("[^/]*$"))
   end)
 end)
 
@@ -203,6 +219,18 @@ describe("notify.slack", function()
     assert.are.equal("section", p.blocks[3].type)
     assert.is_true(#p.blocks[3].fields >= 3)
     assert.are.equal("context", p.blocks[4].type)
+  end)
+
+  it("neutralises control characters of server text in every field (issue 13 item 5)", function()
+    local p = notify.slack_payload(event { metric = "avg_x\n\27[31mred", execution_id = "e\r\n*bold*",
+      summary = "s\27]8;;http://x\7", rule = "r\194\155" })
+    local text = json.encode(p)
+    assert.is_nil(text:find("\\u001b", 1, true), text)
+    assert.is_nil(text:find("\\r", 1, true), text)
+    assert.is_nil(text:find("\194\155", 1, true), text)
+    assert.are.equal("*Metric*\navg_x ?[31mred", p.blocks[3].fields[3].text)
+    assert.are.equal("*Execution*\n`e  *bold*`", p.blocks[3].fields[2].text)
+    assert.are.equal("Firing: r?", p.blocks[1].text.text)
   end)
 
   it("says resolved for a resolved event", function()

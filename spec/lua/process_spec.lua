@@ -182,6 +182,26 @@ describe("notify.exec", function()
     os.execute("rm -rf '" .. dir .. "'")
   end)
 
+  it("never lets event data start an argument with '-', nor carry control characters (issue 13 item 5)", function()
+    local dir = tmpdir()
+    local out = dir .. "/args"
+    local hostile = { id = "msg_2", state = "firing", rule = "r", metric = "--output=/etc/x\n\27[2J",
+      value = -1, summary = "line1\nline2\27]0;title\7" }
+    local ok, e = pcall(notify.exec { "sh", "-c", 'printf "%s\\n" "$@" > "$0"', out, "{metric}" }, hostile)
+    assert.is_false(ok)
+    assert.are.equal("exec", e.kind)
+    assert.are.equal(false, e.retryable)
+    assert.matches("argument 4 would start with '%-'", e.message)
+    assert.is_false(exists(out))
+    -- after "--" the program knows it is data
+    notify.exec { "sh", "-c", 'printf "%s|" "$@" > "$0"', out, "--", "{metric}", "{value}", "{summary}" }(hostile)
+    local f = assert(io.open(out))
+    local got = f:read("a")
+    f:close()
+    assert.are.equal("--|--output=/etc/x ?[2J|-1|line1 line2?]0;title?|", got)
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
   it("raises an error object on a non-zero exit, retryable only for 75", function()
     local ok, e = pcall(notify.exec { "sh", "-c", "echo broken >&2; exit 3" }, event)
     assert.is_false(ok)

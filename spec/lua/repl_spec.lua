@@ -301,3 +301,38 @@ describe("compare", function()
     assert.matches("needs a fetch function", tostring(e), 1, true)
   end)
 end)
+
+describe("the REPL history filter (issue 13, item 16)", function()
+  local kpis = require "kpiwatch.kpis"
+  after_each(function() kpis._reset() end)
+
+  it("keeps ordinary lines", function()
+    for _, line in ipairs({ "k = kpis.get(id)", "print(k.avg_score)", "alert.rule{name='x', metric='avg_score', below=0.8}",
+      "http.get('http://127.0.0.1:8080/simulate/test-executions/4f1b2c3d-0000-4000-8000-00000000abcd/kpis/')" }) do
+      assert.is_false(repl.mentions_secret(line), line)
+    end
+  end)
+
+  it("drops lines with a header credential, a token URL or a known key prefix", function()
+    for _, line in ipairs({
+      "http.get{url=u, headers={Authorization='Bearer abc'}}",
+      "h = {Authorization = 'Basic dXNlcjpwYXNz'}",
+      "notify.slack{url='https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX'}",
+      "url = 'https://example.invalid/hook?sig=a1b2c3d4e5f6a7b8c9d0'",
+      "url = 'https://example.invalid/hooks/3f9c2a7b1d4e8f6a0c5b'",
+      "url = 'https://user:pw@example.invalid/'",
+      "notify.webhook{url=u, key='whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'}",
+      "x = 'xoxb-123-456-abc'",
+      "gh = 'ghp_abcdefghijklmnopqrstuvwxyz0123456789'",
+    }) do
+      assert.is_true(repl.mentions_secret(line), line)
+    end
+  end)
+
+  it("drops lines holding a configured secret", function()
+    kpis.configure({ api_key = "plainvalue1234", secret_key = "othervalue5678" })
+    assert.is_true(repl.mentions_secret("print('plainvalue1234')"))
+    assert.is_true(repl.mentions_secret("x = 'othervalue5678'"))
+    assert.is_false(repl.mentions_secret("x = 'plain'"))
+  end)
+end)

@@ -5,6 +5,7 @@
 -- the next run or cycle (replay).
 
 local errors = require "kpiwatch.errors"
+local shared = require "kpiwatch.shared"
 local spool = require "kpiwatch.spool"
 local rule = require "kpiwatch.alert.rule"
 
@@ -28,8 +29,7 @@ local function retryable(e)
 end
 
 local function backoff_delay(cfg, attempt)
-  local cap = math.min(cfg.max_backoff, cfg.backoff * 2 ^ (attempt - 1))
-  return math.random() * cap
+  return shared.backoff(attempt, cfg.backoff, cfg.max_backoff)
 end
 
 --- Sleeps in a task that a stop can cancel.
@@ -75,24 +75,15 @@ end
 -- run_jobs(reg, jobs, opts) -> results (same order). Each job in a task,
 -- at most config.concurrency at once; one failing hook never stops others.
 local function run_jobs(reg, jobs, opts)
+  -- deliver_one never raises; an interruption of the caller cancels the
+  -- deliveries in flight, and what they did not finish is reported so
+  -- (results is filled as they come: a cancelled map returns nothing)
   local results = {}
-  local n = #jobs
-  if n == 0 then return results end
-  local nexti = 0
-  local function worker()
-    while true do
-      nexti = nexti + 1
-      local i = nexti
-      if i > n then return end
-      local ok, r = pcall(deliver_one, reg, jobs[i], opts)
-      results[i] = ok and r or { status = "failed", attempts = 0, error = short_error(r) }
-    end
-  end
-  local T = tasks()
-  local workers = {}
-  for w = 1, math.min(reg.config.concurrency, n) do workers[w] = T.spawn(worker) end
-  for _, w in ipairs(workers) do pcall(T.wait, w) end
-  for i = 1, n do
+  pcall(tasks().map, jobs, function(job, i)
+    local done, r = pcall(deliver_one, reg, job, opts)
+    results[i] = done and r or { status = "failed", attempts = 0, error = short_error(r) }
+  end, { concurrency = reg.config.concurrency })
+  for i = 1, #jobs do
     results[i] = results[i] or { status = "failed", attempts = 0, error = "delivery was interrupted" }
   end
   return results

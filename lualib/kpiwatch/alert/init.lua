@@ -73,14 +73,15 @@ local kpi_list = rule.kpi_list
 
 rule.internal(debug.getinfo(1, "S").source)
 
+-- msg quotes server text (metric names, reasons): one clean line
 local function warn(msg)
-  io.stderr:write("kpiwatch: alert: ", msg, "\n")
+  io.stderr:write("kpiwatch: alert: ", require("kpiwatch.shared").clean(msg), "\n")
   io.stderr:flush()
 end
 
 -- Helpers for scripts and tests (the names the single-file module had).
 M.rfc3339, M.new_id, M.parse_duration = report.rfc3339, report.new_id, rule.parse_duration
-M._glob_pattern, M._compile, M._eval_rule = rule.glob_pattern, rule.compile, rule.eval_rule
+M._compile, M._eval_rule = rule.compile, rule.eval_rule
 M._lookup_for, M._fingerprint, M._make_event = rule.lookup_for, rule.fingerprint, report.make_event
 M.new_state, M.load_state, M.save_state = state.new, state.load, state.save
 
@@ -213,11 +214,7 @@ function Registry:hook(name, fn)
   if type(name) ~= "string" or name == "" then
     config_error(where, "alert.hook: the name must be a non-empty string, got " .. type(name))
   end
-  local callable = type(fn) == "function"
-    or (type(fn) == "table" and getmetatable(fn) and getmetatable(fn).__call ~= nil)
-  if not callable then
-    config_error(where, "alert.hook '" .. name .. "': expected a function(event), got " .. type(fn))
-  end
+  require("kpiwatch.shared").validate("alert.hook '" .. name .. "'", { fn = { fn, "callable" } }, where)
   if not self.hooks[name] then self.hook_names[#self.hook_names + 1] = name end
   self.hooks[name] = fn
   return fn
@@ -281,31 +278,12 @@ Registry._replay = deliver.replay
 Registry._deliver = deliver.deliver
 Registry._flush_outbox = watch.flush_outbox
 
+-- fetch(x) -> KPI objects, failed ids ({execution_id=, error=}); a single
+-- id raises its error.
 local function fetch(x)
   local kpis = require "kpiwatch.kpis"
   if type(x) == "string" then return { kpis.get(x) }, {} end
-  local list, ids, pos = kpi_list(x), {}, {}
-  for i, v in ipairs(list) do
-    if type(v) == "string" then
-      ids[#ids + 1] = v
-      pos[#ids] = i
-    end
-  end
-  local failed = {}
-  if #ids > 0 then
-    local results = kpis.get_all(ids)
-    for j, r in ipairs(results) do
-      if errors.is(r) then
-        failed[#failed + 1] = { execution_id = ids[j], error = r }
-        list[pos[j]] = false
-      else
-        list[pos[j]] = r
-      end
-    end
-  end
-  local out = {}
-  for _, v in ipairs(list) do if v then out[#out + 1] = v end end
-  return out, failed
+  return kpis.resolve(kpi_list(x))
 end
 
 --- Evaluates every rule once, notifies each firing alert's hooks, spools

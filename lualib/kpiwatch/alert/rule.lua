@@ -6,6 +6,7 @@ local model = require "kpiwatch.model"
 local errors = require "kpiwatch.errors"
 local template = require "kpiwatch.template"
 local report = require "kpiwatch.alert.report"
+local shared = require "kpiwatch.shared"
 
 local M = {}
 
@@ -30,21 +31,10 @@ M.internal(report.SOURCE)
 -- The first stack frame outside the alert package: "file:line" of the
 -- user's call.
 local function caller_where()
-  for level = 2, 30 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if not INTERNAL[info.source] and info.what ~= "C" then
-      return info.short_src .. ":" .. tostring(info.currentline or "?"), info.short_src,
-        info.currentline
-    end
-  end
-  return "?", nil, nil
+  return shared.caller_where(INTERNAL)
 end
 
-local function config_error(where, msg, fields)
-  fields = fields or {}
-  error(errors.new("config", (where and where ~= "?" and (where .. ": ") or "") .. msg, fields), 0)
-end
+local config_error = shared.config_error
 
 local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600, d = 86400, w = 604800 }
 
@@ -70,26 +60,9 @@ local function parse_duration(v)
 end
 M.parse_duration = parse_duration
 
--- glob ("customer_*", "is_?olite") -> anchored Lua pattern
-local function glob_pattern(g)
-  local p = g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".")
-  return "^" .. p .. "$"
-end
-M.glob_pattern = glob_pattern
-
-local function is_glob(s)
-  return s:find("[%*%?]") ~= nil
-end
-
 local function as_kpi(x)
-  if model.is(x) then return x end
-  if type(x) == "table" then
-    local id = rawget(x, "execution_id")
-    if type(id) ~= "string" and type(rawget(x, "result")) == "table" then
-      id = rawget(rawget(x, "result"), "execution_id")
-    end
-    return model.new(x, type(id) == "string" and id or nil)
-  end
+  local k = model.as_kpi(x)
+  if k then return k end
   error(errors.new("config", "expected a KPI object or table, got " .. type(x)), 0)
 end
 
@@ -102,12 +75,13 @@ end
 
 -- ---- rules ----------------------------------------------------------------------
 
+local W = shared.OP_WORDS
 local OPS = {
-  below = { word = "below", test = function(v, t) return v < t end },
-  above = { word = "above", test = function(v, t) return v > t end },
-  at_most = { word = "at most", test = function(v, t) return v <= t end },
-  at_least = { word = "at least", test = function(v, t) return v >= t end },
-  equals = { word = "equal to", test = function(v, t) return v == t end },
+  below = { word = W.below, test = function(v, t) return v < t end },
+  above = { word = W.above, test = function(v, t) return v > t end },
+  at_most = { word = W.at_most, test = function(v, t) return v <= t end },
+  at_least = { word = W.at_least, test = function(v, t) return v >= t end },
+  equals = { word = W.equals, test = function(v, t) return v == t end },
 }
 local OP_NAMES = { "below", "above", "at_most", "at_least", "equals" }
 
@@ -133,6 +107,20 @@ local function compile(spec, where)
     config_error(where, label .. ": field '" .. field .. "' " .. msg,
       { field = field, rule = type(name) == "string" and name or nil })
   end
+  -- a string or a list of strings (non-empty ones, at least one, if strict)
+  local function string_list(field, v, entry, whole, strict)
+    if type(v) == "string" then return { v } end
+    if type(v) ~= "table" then bad(field, "must be " .. whole .. ", got " .. type(v)) end
+    local list = {}
+    for i, x in ipairs(v) do
+      if type(x) ~= "string" or (strict and x == "") then
+        bad(field, "entry " .. i .. " must be " .. entry .. ", got " .. type(x))
+      end
+      list[i] = x
+    end
+    if strict and #list == 0 then bad(field, "must not be an empty list") end
+    return list
+  end
   for k in pairs(spec) do
     if type(k) ~= "string" or not RULE_FIELDS[k] then
       config_error(where, label .. ": unknown field '" .. tostring(k) .. "'",
@@ -154,33 +142,21 @@ local function compile(spec, where)
   end
   if spec.evals ~= nil then
     kinds = kinds + 1
-    local ev = spec.evals
-    local list = {}
-    if type(ev) == "string" then
-      list[1] = ev
-    elseif type(ev) == "table" then
-      for i, v in ipairs(ev) do
-        if type(v) ~= "string" or v == "" then
-          bad("evals", "entry " .. i .. " must be a string, got " .. type(v))
-        end
-        list[i] = v
-      end
-      if #list == 0 then bad("evals", "must not be an empty list") end
-    else
-      bad("evals", "must be \"*\", a glob or a list of eval names, got " .. type(ev))
-    end
+    local list = string_list("evals", spec.evals, "a string", "\"*\", a glob or a list of eval names", true)
     r.kind, r.evals = "evals", list
     r.eval_patterns = {}
     for i, g in ipairs(list) do
-      r.eval_patterns[i] = { glob = g, pattern = glob_pattern(g), wild = is_glob(g) }
+      -- kpiwatch.shared's globs: the semantics of `--require 'eval:GLOB'`
+      local toks, gerr = shared.glob_compile(g)
+      if not toks then bad("evals", gerr) end
+      r.eval_patterns[i] = { glob = g, toks = toks, wild = shared.is_glob(g) }
     end
   end
   if spec.when ~= nil then
     kinds = kinds + 1
     local w = spec.when
-    local callable = type(w) == "function"
-      or (type(w) == "table" and getmetatable(w) and getmetatable(w).__call ~= nil)
-    if not callable then bad("when", "must be a function(k), got " .. type(w)) end
+    shared.validate(label, { when = { w, "callable" } },
+      { where = where, noun = "field", fields = { rule = type(name) == "string" and name or nil } })
     r.kind, r.when = "when", w
   end
   if kinds == 0 then
@@ -215,24 +191,19 @@ local function compile(spec, where)
       { field = "below", rule = name })
   end
 
-  if spec.severity ~= nil and type(spec.severity) ~= "string" then
-    bad("severity", "must be a string, got " .. type(spec.severity))
-  end
+  shared.validate(label, {
+    severity = { spec.severity, "string", true },
+    description = { spec.description, "string", true },
+    summary = { spec.summary, "string", true },
+    resolved_summary = { spec.resolved_summary, "string", true },
+    labels = { spec.labels, "table", true },
+  }, { where = where, noun = "field", fields = { rule = type(name) == "string" and name or nil } })
   r.severity = spec.severity or "warning"
-  if spec.description ~= nil and type(spec.description) ~= "string" then
-    bad("description", "must be a string, got " .. type(spec.description))
-  end
   r.description = spec.description
-  for _, f in ipairs({ "summary", "resolved_summary" }) do
-    if spec[f] ~= nil and type(spec[f]) ~= "string" then
-      bad(f, "must be a string template, got " .. type(spec[f]))
-    end
-  end
   r.summary, r.resolved_summary = spec.summary, spec.resolved_summary
 
   r.labels = {}
   if spec.labels ~= nil then
-    if type(spec.labels) ~= "table" then bad("labels", "must be a table, got " .. type(spec.labels)) end
     for k, v in pairs(spec.labels) do
       if type(k) ~= "string" then bad("labels", "keys must be strings, got " .. type(k)) end
       if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
@@ -243,21 +214,7 @@ local function compile(spec, where)
   end
 
   if spec.notify ~= nil then
-    local n = spec.notify
-    local list = {}
-    if type(n) == "string" then
-      list[1] = n
-    elseif type(n) == "table" then
-      for i, v in ipairs(n) do
-        if type(v) ~= "string" then
-          bad("notify", "entry " .. i .. " must be a hook name (string), got " .. type(v))
-        end
-        list[i] = v
-      end
-    else
-      bad("notify", "must be a hook name or a list of hook names, got " .. type(n))
-    end
-    r.notify = list
+    r.notify = string_list("notify", spec.notify, "a hook name (string)", "a hook name or a list of hook names")
   end
 
   if spec.no_data ~= nil then
@@ -311,8 +268,39 @@ end
 local function tracking_view(k)
   local missing, seen = {}, {}
   local methods = model.methods
+  local function note(name, present)
+    if not seen[name] then
+      seen[name] = true
+      missing[#missing + 1] = { name = name, present = present }
+    end
+  end
+  -- k:evals() and k:eval(name) read evals: one that is missing or null is
+  -- a missing field too (k:evals().tone on an execution without a tone eval)
+  local tracked = {
+    evals = function()
+      local t = model.evals(k)
+      return setmetatable(t, { __index = function(_, name)
+        if type(name) == "string" then
+          local _, present = model.eval(k, name)
+          note(name, present)
+        end
+        return nil
+      end })
+    end,
+    eval = function(_, name)
+      local v, present = model.eval(k, name)
+      if v == nil then note(tostring(name), present) end
+      return v, present
+    end,
+    get = function(_, name)
+      local v, present = model.get(k, name)
+      if v == nil then note(tostring(name), present) end
+      return v, present
+    end,
+  }
   local view = setmetatable({}, {
     __index = function(_, name)
+      if tracked[name] then return tracked[name] end
       if methods[name] then
         return function(_, ...) return methods[name](k, ...) end
       end
@@ -321,10 +309,7 @@ local function tracking_view(k)
         local ev, epresent = nil, false
         if type(name) == "string" then ev, epresent = model.eval(k, name) end
         if ev ~= nil then return ev end
-        if not seen[name] then
-          seen[name] = true
-          missing[#missing + 1] = { name = name, present = present or epresent }
-        end
+        note(name, present or epresent)
       end
       return v
     end,
@@ -376,7 +361,7 @@ local function eval_rule(r, k)
     for _, p in ipairs(r.eval_patterns) do
       local any = false
       for _, name in ipairs(names) do
-        if name:match(p.pattern) then
+        if shared.glob_match(p.toks, name) then
           any = true
           if not matched[name] then
             matched[name] = true

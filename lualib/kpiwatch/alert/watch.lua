@@ -129,23 +129,10 @@ function M.watch(self, opts)
     end
     while not ctx.stopping do
       summary.cycles = summary.cycles + 1
-      local ids = resolve_ids(opts.ids)
-      local list, failed = {}, {}
-      local strings = {}
-      for _, v in ipairs(ids) do
-        if type(v) == "string" then strings[#strings + 1] = v else list[#list + 1] = v end
-      end
-      if #strings > 0 then
-        local kpis = require "kpiwatch.kpis"
-        local results = kpis.get_all(strings, { concurrency = opts.concurrency })
-        for i, r in ipairs(results) do
-          if errors.is(r) then
-            failed[strings[i]] = r
-          else
-            list[#list + 1] = r
-          end
-        end
-      end
+      local list, failed_list = require("kpiwatch.kpis").resolve(resolve_ids(opts.ids),
+        { concurrency = opts.concurrency })
+      local failed = {}
+      for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
       local rep = self:step(st, list, clock(), { failed = failed })
       print_problems(self, rep)
       self:_replay(sp, ctx, rep)

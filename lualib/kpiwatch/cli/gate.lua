@@ -236,8 +236,7 @@ local function load_rules(paths)
 end
 M._load_rules = load_rules
 
-local RULE_WORD = { below = "below", above = "above", at_most = "at most", at_least = "at least",
-  equals = "equal to" }
+local RULE_WORD = require("kpiwatch.shared").OP_WORDS
 
 local function rule_requirement(r)
   local text = "rule " .. tostring(r.name)

@@ -20,6 +20,21 @@ function M.tmpdir()
   return p
 end
 
+-- tmpname() -> a fresh path that does not exist yet
+function M.tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+-- read(path) -> the file's bytes
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 function M.write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
@@ -30,6 +45,29 @@ function M.exists(path)
   local f = io.open(path, "r")
   if f then f:close() return true end
   return false
+end
+
+-- run_gate(args [, env]) -> exit code, stdout text, stderr text of
+-- `kpiwatch gate` run in this process (kpiwatch.cli.gate), its output
+-- captured; env overrides the environment it sees (nothing else is set).
+function M.run_gate(args, env)
+  local function buffer()
+    local b = { parts = {} }
+    function b:write(...)
+      for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
+      return self
+    end
+    b.flush = function() end
+    function b:text() return table.concat(self.parts) end
+    return b
+  end
+  local out, err = buffer(), buffer()
+  env = env or {}
+  local code = require("kpiwatch.cli.gate").run(args, {}, {
+    stdout = out, stderr = err, color = false,
+    getenv = function(k) if env[k] ~= nil then return env[k] or nil end return nil end,
+  })
+  return code, out:text(), err:text()
 end
 
 return M

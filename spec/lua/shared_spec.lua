@@ -1,0 +1,185 @@
+-- Specs for kpiwatch.shared (each idea once: globs, the escape of server
+-- text, the value formatter, backoff, validation, a configuration error's
+-- position) and task.map, the bounded worker pool.
+
+local shared = require "kpiwatch.shared"
+local task = require "kpiwatch.task"
+local errors = require "kpiwatch.errors"
+
+describe("shared.glob", function()
+  local function m(p, s) return assert(shared.glob(p))(s) end
+
+  it("has one semantics: * ? [set] [a-z] [!a-z] [^a-z], ASCII case-insensitive", function()
+    assert.is_true(m("*", ""))
+    assert.is_true(m("is_*", "is_polite"))
+    assert.is_true(m("t?ne", "tone"))
+    assert.is_false(m("t?ne", "tonne"))
+    assert.is_true(m("[a-c]*", "completeness"))
+    assert.is_false(m("[!a-z]*", "tone"))
+    assert.is_true(m("[!a-z]*", "9lives"))
+    assert.is_true(m("[^t]*", "is_x"))
+    assert.is_true(m("IS_*", "is_polite"))
+    assert.is_true(m("is_[A-C]*", "is_concise"))
+    assert.is_true(m("[]]x", "]x"))
+    assert.is_true(m("a.b", "a.b"))
+    assert.is_false(m("a.b", "axb"))
+    assert.is_true(m("%d", "%d"))
+  end)
+
+  it("refuses an unclosed set or a reversed range with a message", function()
+    assert.matches("unclosed '%['", select(2, shared.glob("is_[a")))
+    assert.matches("bad range", select(2, shared.glob("[z-a]")))
+    assert.is_nil((shared.glob(42)))
+  end)
+
+  it("knows a glob from a name", function()
+    assert.is_true(shared.is_glob("is_*"))
+    assert.is_true(shared.is_glob("[ab]x"))
+    assert.is_false(shared.is_glob("is_polite"))
+  end)
+end)
+
+describe("shared.clean", function()
+  it("neutralises C0, DEL, C1 and escape sequences, keeps text", function()
+    assert.are.equal("a?[31mred b", shared.clean("a\27[31mred\nb"))
+    assert.are.equal("x?y?z", shared.clean("x\127y\194\155z"))
+    assert.are.equal("tab cr lf", shared.clean("tab\tcr\rlf"))
+    assert.are.equal("é ✓", shared.clean("é ✓"))
+    assert.are.equal("a?b", shared.clean("a\226\128\174b")) -- right-to-left override
+    assert.are.equal("nil", shared.clean(nil))
+  end)
+
+  it("replaces invalid UTF-8 with U+FFFD", function()
+    assert.are.equal("a\239\191\189b", shared.clean("a\255b"))
+    assert.are.equal("\239\191\189\239\191\189", shared.fix_utf8("\192\175")) -- overlong '/'
+    assert.are.equal("\239\191\189\239\191\189\239\191\189", shared.fix_utf8("\237\160\128")) -- surrogate
+    local ok = "plain ascii"
+    assert.are.equal(ok, shared.fix_utf8(ok))
+  end)
+
+  it("cuts at a character boundary with ...", function()
+    assert.are.equal("abcd...", shared.clean("abcdefghij", 7))
+    local s = shared.clean(("é"):rep(10), 8)
+    assert.truthy(utf8.len(s))
+    assert.are.equal("éé...", s)
+    assert.are.equal("short", shared.clean("short", 7))
+  end)
+
+  it("fixes strings of a decoded tree, keys too, copying only what changed", function()
+    local inner = { "ok" }
+    local t = { ["k\255"] = "v\254", same = inner }
+    local u = shared.fix_utf8_tree(t)
+    assert.are.equal("v\239\191\189", u["k\239\191\189"])
+    assert.are.equal(inner, u.same)
+    assert.are.equal(inner, shared.fix_utf8_tree(inner))
+  end)
+end)
+
+describe("shared.redact", function()
+  it("replaces every configured secret, in strings and in a tree's keys and values", function()
+    assert.are.equal("a [REDACTED] b [REDACTED]", shared.redact("a s3cret b s3cret", { "s3cret" }))
+    assert.are.equal("ab", shared.redact("ab", { "a" })) -- too short to be a secret
+    local t = shared.redact_tree({ ["key-s3cret"] = { "s3cret" }, x = 1 }, { "s3cret" })
+    assert.are.same({ ["key-[REDACTED]"] = { "[REDACTED]" }, x = 1 }, t)
+  end)
+end)
+
+describe("shared.format_value", function()
+  it("formats numbers, nulls, booleans, choice evals and tables on one line", function()
+    assert.are.equal("120", shared.format_value(120))
+    assert.are.equal("93.3333", shared.format_value(93.33333333))
+    assert.are.equal("0.5", shared.format_value(0.5))
+    assert.are.equal("inf", shared.format_value(math.huge))
+    assert.are.equal("null", shared.format_value(nil))
+    assert.are.equal("null", shared.format_value(require("kpiwatch.json").null))
+    assert.are.equal("true", shared.format_value(true))
+    assert.are.equal("friendly 2, rude 1, extra 4",
+      shared.format_value({ friendly = 2, rude = 1, extra = 4, choices = { "friendly", "rude" } }))
+    assert.are.equal('{"a":1}', shared.format_value({ a = 1 }))
+  end)
+
+  it("cleans and cuts strings: 60 bytes by default, as asked", function()
+    assert.are.equal(60, #shared.format_value(("x"):rep(100)))
+    assert.are.equal(100, #shared.format_value(("x"):rep(100), false))
+    assert.are.equal("a?b", shared.format_value("a\27b"))
+  end)
+end)
+
+describe("shared.backoff", function()
+  it("is full jitter under an exponential ceiling, capped", function()
+    local top = function() return 0.999999 end
+    assert.is_true(math.abs(shared.backoff(1, 0.5, 30, top) - 0.5) < 1e-5)
+    assert.is_true(math.abs(shared.backoff(3, 0.5, 30, top) - 2) < 1e-5)
+    assert.is_true(math.abs(shared.backoff(20, 0.5, 30, top) - 30) < 1e-4)
+    assert.are.equal(0, shared.backoff(5, 0.5, 30, function() return 0 end))
+  end)
+end)
+
+describe("shared.validate and shared.config_error", function()
+  it("raises a config error naming the option, the expected type and the position", function()
+    local ok, e = pcall(shared.validate, "notify.x", { url = { 42, "string" } }, "rules.lua:7")
+    assert.is_false(ok)
+    assert.is_true(errors.is(e))
+    assert.are.equal("config", e.kind)
+    assert.are.equal("rules.lua:7: notify.x: 'url' must be a string, got number", e.message)
+    assert.are.equal("url", e.field)
+    local _, e2 = pcall(shared.validate, "o", { n = { 0 / 0, "number" } })
+    assert.matches("'n' must be a number, got NaN", e2.message)
+  end)
+
+  it("accepts optional nils, lists of types, integers, callables and checkers", function()
+    shared.validate("o", {
+      a = { nil, "string", true },
+      b = { 3, { "string", "integer" } },
+      c = { setmetatable({}, { __call = function() end }), "callable" },
+      d = { 5, function(v) return v > 1, "more than 1" end },
+    })
+    local ok, e = pcall(shared.validate, "o", { d = { 0, function(v) return v > 1, "more than 1" end } })
+    assert.is_false(ok)
+    assert.matches("'d' must be more than 1", e.message)
+    ok = pcall(shared.validate, "o", { b = { 1.5, "integer" } })
+    assert.is_false(ok)
+  end)
+
+  it("names the caller's file:line outside the files it skips", function()
+    local here = debug.getinfo(1, "S").source
+    local function inner() return shared.caller_where({ [here] = false }) end
+    assert.matches("shared_spec.lua:%d+$", (inner()))
+    local where = (function() return shared.caller_where(function(src) return src == here end) end)()
+    assert.is_string(where)
+    assert.is_nil(where:find("shared_spec.lua", 1, true))
+  end)
+end)
+
+describe("task.map", function()
+  it("keeps the order of the list and at most `concurrency` tasks at once", function()
+    local active, peak = 0, 0
+    local out = task.map({ 5, 1, 4, 2, 3 }, function(v, i)
+      active = active + 1
+      if active > peak then peak = active end
+      task.sleep(v / 1000)
+      active = active - 1
+      return v * 10 + i
+    end, { concurrency = 2 })
+    assert.are.same({ 51, 12, 43, 24, 35 }, out)
+    assert.are.equal(2, peak)
+  end)
+
+  it("stops on an error, waits for the running ones and raises it", function()
+    local started = 0
+    local ok, err = pcall(task.map, { 1, 2, 3, 4, 5, 6 }, function(v)
+      started = started + 1
+      if v == 2 then error("bad item", 0) end
+      task.sleep(0.01)
+      return v
+    end, { concurrency = 2 })
+    assert.is_false(ok)
+    assert.are.equal("bad item", err)
+    assert.is_true(started < 6)
+  end)
+
+  it("refuses a bad concurrency and returns {} for an empty list", function()
+    assert.has_error(function() task.map({ 1 }, print, { concurrency = 0 }) end)
+    assert.are.same({}, task.map({}, error))
+  end)
+end)
