@@ -77,7 +77,11 @@ for _, mm in ipairs({ "__lt", "__le", "__add", "__sub", "__mul", "__div", "__mod
 end
 Invalid.__tostring = function(v) return "invalid number " .. v.text end
 
--- is_invalid(v) -> whether v stands for a non-finite or non-JSON number.
+--- Whether `v` stands for a number the body gave that is not finite or not
+--- JSON (`1e400`, `Infinity`, `0x1`): such a field is a protocol error, never
+--- a pass; comparing or doing arithmetic with it raises a `protocol` error.
+---@param v any
+---@return boolean
 function M.is_invalid(v)
   return getmetatable(v) == Invalid
 end
