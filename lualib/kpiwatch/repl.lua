@@ -537,7 +537,12 @@ local function configured_secrets()
   return list
 end
 
----Whether a REPL line must stay out of the history file (see above).
+--- Whether a REPL line must stay out of the history file because it may hold
+--- a credential: it names one (`secret`, `api_key`, `token`, `password`,
+--- `authorization`, ...), holds a configured secret (`FI_API_KEY`,
+--- `FI_SECRET_KEY`, the keys given to `kpis.configure` or the command line), a
+--- known key prefix (`whsec_`, Slack's `xox?-`, GitHub's and GitLab's tokens,
+--- AWS key ids, JWTs), or a URL with userinfo or a token-looking path or query.
 ---@param line string
 ---@return boolean
 function M.mentions_secret(line)
