@@ -32,7 +32,7 @@ local M = {}
 --- not survive from one line to the next (use globals). TAB completes globals,
 --- fields and methods (and fixture ids with `--sandbox`). Ctrl-C cancels the
 --- running line, Ctrl-D exits with status 0. The history is kept in
---- `$XDG_STATE_HOME/kpiwatch/history`, without lines that name a credential.
+--- `$XDG_STATE_HOME/kpiwatch/history`, without lines that may hold a credential.
 --- The settings below (`repl.prompt`, ...) may be changed from the prompt.
 
 local rl = require "kpiwatch._repl"
