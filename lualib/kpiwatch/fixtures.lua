@@ -152,6 +152,126 @@ function M.kpi_ids()
   return out
 end
 
+-- ---- run tests ------------------------------------------------------------------
+-- Run tests and their executions for the executions, execute, detail and
+-- get-id-by-name routes (kpiwatch.sandbox_runs serves them). An execution
+-- is described, not recorded: its calls are drawn by sandbox_runs from a
+-- PRNG seeded with `seed`, so every sandbox serves the same per-call
+-- overall_score values. Past executions are oldest first here; a run
+-- started with POST .../execute/ follows `next_run`.
+--   calls: calls of the execution; mean, sd: of the per-call scores (0..1,
+--   two decimals, clamped); fail: probability that a call fails (no score);
+--   good_first: the best calls come first, so partial KPIs look better than
+--   the final ones; fail_at: a run that fails once this fraction of its
+--   calls has happened, with error_reason.
+
+local run_tests = {}
+local run_test_by = {}
+
+local DAY = 86400
+
+local function run_test(t)
+  t.index = #run_tests + 1
+  t.id = string.format("c0ffee00-0000-4000-8000-00000000a%03x", t.index)
+  t.scenarios = {}
+  for s, name in ipairs(t.scenario_names) do
+    t.scenarios[s] = { id = string.format("c0ffee00-0000-4000-b%03x-%012x", t.index, s), name = name }
+  end
+  for i, e in ipairs(t.history) do
+    e.id = string.format("c0ffee00-0000-4000-9%03x-%012x", t.index, i)
+    e.seed = e.seed or (t.index * 1000 + i)
+    e.start = e.start or (t.first_start + (i - 1) * (t.every or DAY))
+  end
+  run_tests[t.index] = t
+  run_test_by[t.id] = t
+  run_test_by[t.name] = t
+end
+
+local function repeat_runs(n, base, overrides)
+  local out = {}
+  for i = 1, n do
+    local e = {}
+    for k, v in pairs(base) do e[k] = v end
+    for k, v in pairs((overrides or {})[i] or {}) do e[k] = v end
+    out[i] = e
+  end
+  return out
+end
+
+local NIGHTLY_CALL = { status = "completed", calls = 12, mean = 0.86, sd = 0.08, fail = 0.08 }
+
+run_test {
+  name = "nightly",
+  description = "34 past runs (4 pages of 10), two failed, one cancelled; a new run completes healthy (avg_score 0.9)",
+  agent_type = "voice", provider = "vapi", agent_definition = "Appointment booking (outbound)", agent_version = "v12",
+  scenario_names = { "Confirm tomorrow's appointment", "Reschedule to another slot" },
+  evals = { "task_completion", "is_polite" },
+  first_start = 1790820000, -- 2026-10-01T02:00:00Z, one run a day
+  history = repeat_runs(34, NIGHTLY_CALL, {
+    [20] = { status = "failed", fail_at = 0.5,
+      error_reason = "Agent endpoint returned HTTP 503 during call setup" },
+    [27] = { status = "cancelled", fail_at = 0.25 },
+    [31] = { status = "failed", fail_at = 0.1, error_reason = "Simulator quota exceeded for this workspace" },
+  }),
+  next_run = { calls = 12, mean = 0.9, sd = 0.05, fail = 0 },
+}
+
+run_test {
+  name = "broken-agent",
+  description = "3 healthy past runs; a new run fails while running (error_reason set)",
+  agent_type = "voice", provider = "vapi", agent_definition = "Support line (inbound)", agent_version = "v3",
+  scenario_names = { "Order status", "Refund request" },
+  evals = { "task_completion", "is_polite" },
+  first_start = 1790820000 + 3600,
+  history = repeat_runs(3, { status = "completed", calls = 10, mean = 0.88, sd = 0.06, fail = 0.05 }),
+  next_run = { calls = 10, mean = 0.88, sd = 0.06, fail = 0.05, outcome = "failed", fail_at = 0.4,
+    error_reason = "Agent websocket closed: connection refused (code 1006)" },
+}
+
+-- Per-call scores for trend statistics: 8 stable runs (30 calls around
+-- 0.86), a noisy drop that is not significant (8 calls, widely spread),
+-- two stable runs, then a real regression (40 calls around 0.70). A new
+-- run looks good while in flight (best calls first) and ends poor.
+run_test {
+  name = "voice-trend",
+  description = "12 past runs: stable, a noisy non-significant drop (run 9), a real regression (run 12);"
+    .. " a new run ends poor",
+  agent_type = "voice", provider = "retell", agent_definition = "Renewal offers (outbound)", agent_version = "v7",
+  scenario_names = { "Renewal pitch", "Price objection", "Cancel request" },
+  evals = { "task_completion", "is_polite" },
+  first_start = 1793502000, -- 2026-11-01T03:00:00Z
+  history = repeat_runs(12, { status = "completed", calls = 30, mean = 0.86, sd = 0.10, fail = 0 }, {
+    [9] = { calls = 8, mean = 0.81, sd = 0.16 },
+    [12] = { calls = 40, mean = 0.70, sd = 0.10 },
+  }),
+  next_run = { calls = 12, mean = 0.62, sd = 0.2, fail = 0.1, good_first = true },
+}
+
+run_test {
+  name = "in-flight",
+  description = "2 past runs and a third started when the sandbox starts (pending, running, evaluating, completed)",
+  agent_type = "voice", provider = "vapi", agent_definition = "Appointment booking (outbound)", agent_version = "v13",
+  scenario_names = { "Confirm tomorrow's appointment" },
+  evals = { "task_completion", "is_polite" },
+  first_start = 1790820000 + 7200,
+  history = repeat_runs(2, { status = "completed", calls = 8, mean = 0.85, sd = 0.07, fail = 0 }),
+  start_running = true, -- one execution of next_run starts with the sandbox
+  next_run = { calls = 8, mean = 0.85, sd = 0.07, fail = 0 },
+}
+
+-- run_tests() -> the run test fixtures, in order (see above).
+function M.run_tests()
+  return run_tests
+end
+
+-- run_test(id_or_name) -> the run test fixture, or nil.
+function M.run_test(key)
+  return run_test_by[key]
+end
+
+M.run_test_ids = {}
+for _, t in ipairs(run_tests) do M.run_test_ids[t.name] = t.id end
+
 local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 M.UUID_PATTERN = UUID
 

@@ -334,7 +334,8 @@ local function prepare(c)
     errors.raise("config", msg .. " (or call kpis.configure{api_key=..., secret_key=...})",
       { retryable = false })
   end
-  c.root = check_base_url(c.base_url, c.allow_insecure_http) .. "/simulate/test-executions/"
+  c.base = check_base_url(c.base_url, c.allow_insecure_http)
+  c.root = c.base .. "/simulate/test-executions/"
   if c.ca_file then
     -- libcurl would only say "error setting certificate file" on the first
     -- request, and as a tls error at that
@@ -604,19 +605,22 @@ end
 
 local http_request
 
---- Fetch the KPIs of one execution, retrying what is worth a retry. Many
---- `kpis.get` calls in separate tasks run concurrently.
----@async
----@param id string the execution id (a UUID)
----@param opts? kpiwatch.kpis.Options options of this call
----@return kpiwatch.Kpi kpi raises an error object when the request fails
-function M.get(id, opts)
-  local c = prepare(resolve(opts))
-  id = check_id(id)
+-- Transport failures that prove the request never reached the server: the
+-- only ones a request that is not idempotent (POST execute) may retry (and
+-- only those http_retry deems worth a retry: connect, not dns).
+local UNSENT = { connect = true, dns = true }
+
+-- send(c, req, id, parse [, not_idempotent]) -> parse(body, id) of the 2xx
+-- answer, or raises an error object. The client's one request loop: rate
+-- limit, retries with backoff and Retry-After, error classification,
+-- redaction and the verbose trace. parse returns a value, or nil and an
+-- error object. A request that is not idempotent keeps its retries only for
+-- failures that prove it never reached the server (UNSENT), never after a
+-- timeout, a broken connection or an HTTP error.
+local function send(c, req, id, parse, not_idempotent)
   lazy()
   http_request = http_request or http.request
-  local url = c.root .. id .. "/kpis/"
-  local req = { method = "GET", url = url, headers = c.req_headers, timeout = c.timeout, ca_file = c.ca_file }
+  local url, method = req.url, req.method
   local stats = M._stats
   local attempt = 0
   while true do
@@ -629,7 +633,7 @@ function M.get(id, opts)
     if ok then
       local status = resp.status
       if status >= 200 and status <= 299 then
-        local k, perr = model.parse(resp.body, id)
+        local k, perr = parse(resp.body, id)
         if k then
           -- a server echoing a credential (as a key or a value, maybe
           -- written with \u escapes) must not get it into any output
@@ -642,13 +646,13 @@ function M.get(id, opts)
             end
           end
           if c.verbose then
-            trace(c, format("GET %s -> %d (%s)%s", url, status, ms(resp.time or (now() - t0)),
+            trace(c, format("%s %s -> %d (%s)%s", method, url, status, ms(resp.time or (now() - t0)),
               attempt > 1 and format(" after %d attempts", attempt) or ""))
           end
           return k
         end
         -- the message quotes the body: parse a redacted copy for it (see classify)
-        local _, rerr = model.parse(redact(c, resp.body), id)
+        local _, rerr = parse(redact(c, resp.body), id)
         err = rerr or perr
         err.status, err.url = status, url
         err.message = redact(c, err.message)
@@ -670,6 +674,7 @@ function M.get(id, opts)
       error(resp, 0)
     end
     err.attempts = attempt
+    if not_idempotent and not UNSENT[err.kind] then err.retryable = false end
     local outcome = err.status and tostring(err.status) .. " " .. err.kind or err.kind
     local give_up = not err.retryable or attempt > c.retries
     if not give_up and err.retry_after and err.retry_after > c.max_retry_after then
@@ -680,7 +685,7 @@ function M.get(id, opts)
     if give_up then
       stats.failures = stats.failures + 1
       if c.verbose then
-        trace(c, format("GET %s -> %s (%s)%s", url, outcome, ms(now() - t0),
+        trace(c, format("%s %s -> %s (%s)%s", method, url, outcome, ms(now() - t0),
           attempt > 1 and format("; giving up after %d attempts", attempt) or ""))
       end
       error(err, 0)
@@ -688,12 +693,37 @@ function M.get(id, opts)
     local delay = backoff_delay(c, attempt, err.retry_after)
     stats.retries = stats.retries + 1
     if c.verbose then
-      trace(c, format("GET %s -> %s (%s); retry %d/%d in %.2f s%s", url, outcome, ms(now() - t0),
+      trace(c, format("%s %s -> %s (%s); retry %d/%d in %.2f s%s", method, url, outcome, ms(now() - t0),
         attempt, c.retries, delay,
         err.retry_after and format(" (Retry-After %g)", err.retry_after) or ""))
     end
     if delay > 0 then task.sleep(delay) end
   end
+end
+M._send = send
+
+-- _client([opts]) -> the resolved, checked options of one call (c.base,
+-- c.req_headers, c.timeout, ...) for modules that build their own requests
+-- and send them with kpis._send (kpiwatch.execution).
+function M._client(opts)
+  local c = prepare(resolve(opts))
+  lazy()
+  return c
+end
+
+--- Fetch the KPIs of one execution, retrying what is worth a retry. Many
+--- `kpis.get` calls in separate tasks run concurrently.
+---@async
+---@param id string the execution id (a UUID)
+---@param opts? kpiwatch.kpis.Options options of this call
+---@return kpiwatch.Kpi kpi raises an error object when the request fails
+function M.get(id, opts)
+  local c = prepare(resolve(opts))
+  id = check_id(id)
+  lazy()
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
+    ca_file = c.ca_file }
+  return send(c, req, id, model.parse)
 end
 
 -- Run up to `concurrency` workers over ids; each result (a KPI object or
@@ -814,6 +844,12 @@ end
 ---@param b kpiwatch.Kpi|string
 function M.compare(a, b)
   return require("kpiwatch.compare").compare(a, b, M.get)
+end
+
+-- Executions, run tests, runs and calls (kpis.execution, executions,
+-- run_test_id, run, wait, calls, scores): see kpiwatch.execution.
+for _, name in ipairs({ "execution", "executions", "run_test_id", "run", "wait", "calls", "scores" }) do
+  M[name] = function(...) return require("kpiwatch.execution")[name](...) end
 end
 
 return M

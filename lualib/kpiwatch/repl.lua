@@ -466,6 +466,12 @@ kpiwatch adds to Lua:
                             it prints as an aligned summary)
   kpis.get_all(ids)         fetch several, concurrently
   kpis.compare(a, b)        two executions side by side with deltas (objects or ids)
+  kpis.executions(rt)       the executions of a run test (id or name), newest first;
+                            prints as a table
+  kpis.execution(id)        one execution's status (e:is_done(), e.error_reason)
+  kpis.run(rt)              start a run: the new execution id
+  kpis.wait(id)             wait until it is completed, failed or cancelled,
+                            printing each status change (Ctrl-C stops it)
   kpis.configure{...}       base_url, api_key, secret_key, timeout, retries, ...
   kpis.config()             the effective configuration (secrets redacted)
   k.avg_score, k:evals()    fields of a KPI object; k:fields() lists them all,
@@ -615,6 +621,7 @@ function M.run()
   end
   local saved_print = _G.print
   _G.print = repl_print
+  M.active = true -- kpis.wait prints its progress when this is set
   _G.help = M.help
   _G.traceback = M.traceback
 
@@ -678,6 +685,7 @@ function M.run()
     end
   end
   io.stdout:flush()
+  M.active = false
   _G.print = saved_print
   rl.set_completer(nil)
   -- Ctrl-D ends the process: tasks started at the prompt and still running

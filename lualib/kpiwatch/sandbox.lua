@@ -6,7 +6,9 @@
 --
 -- It serves GET /simulate/test-executions/{id}/kpis/ (with the trailing
 -- slash, as the API routes it) for the fixtures of kpiwatch.fixtures and
--- any <uuid>.json files of fixtures_dir, answers as the real API does
+-- any <uuid>.json files of fixtures_dir, the run tests, executions and
+-- calls of kpiwatch.sandbox_runs (sb.runs; per-page faults with the key
+-- "<id>/page/<n>"), answers as the real API does
 -- (401 with its error body and WWW-Authenticate: ApiKey, 404 with its
 -- not-found body, 405 for other methods), and injects faults:
 --
@@ -161,6 +163,8 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   fixtures_dir: a folder of <uuid>.json bodies (served byte for byte)
 --   faults: {ids = {[id] = SPEC}, rates = {[SPEC] = probability}, seed = n}
 --   log: true (stderr) or function(line): one line per request
+--   speed (1): how fast the run tests' executions move through their
+--     phases (kpiwatch.sandbox_runs.PHASES, about 7 s at 1; 50 -> 0.14 s)
 --- The options of `sandbox.start`.
 ---@class kpiwatch.sandbox.Options
 ---@field host? string the address to bind (default `127.0.0.1`)
@@ -173,6 +177,7 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 ---@field faults? {ids?: table<string, string>, rates?: table<string, number>, seed?: integer} faults per id, and at random (seed 1)
 ---@field log? boolean|fun(line: string) one line per request (stderr when `true`)
 ---@field background? boolean do not keep the process alive
+---@field speed? number how fast the run tests' executions move through their phases (default 1: about 7 s)
 
 --- Start a sandbox server.
 ---@param opts? kpiwatch.sandbox.Options
@@ -331,13 +336,30 @@ function M.start(opts)
     return nil
   end
 
+  -- Run tests, executions and calls (kpiwatch.sandbox_runs); their faults
+  -- and counts are keyed by the run test or execution id, and for a page
+  -- of a list by "<id>/page/<n>" as well.
+  local speed = opts.speed or 1
+  if type(speed) ~= "number" or not (speed > 0 and speed < math.huge) then
+    require("kpiwatch.errors").raise("config", "sandbox: speed must be a positive number")
+  end
+  local runs = require("kpiwatch.sandbox_runs").new { speed = speed, new_rng = new_rng }
+  sb.runs = runs
+
   local function answer(req)
     local id = req.path:match(ROUTE)
-    if not id then return 404, JSON, BODY_ROUTE_NOT_FOUND end
+    local route
+    if not id then
+      route = runs.route(req)
+      if not route then return 404, JSON, BODY_ROUTE_NOT_FOUND end
+      id = route.key
+    end
 
     id = id:lower()
     local n = (counts[id] or 0) + 1
     counts[id] = n
+    local page_key = route and route.page_key and route.page_key:lower()
+    if page_key then counts[page_key] = (counts[page_key] or 0) + 1 end
 
     -- Authentication comes first, as in the API's views.
     local h = req.headers
@@ -348,8 +370,9 @@ function M.start(opts)
     if key ~= sb.api_key or secret ~= sb.secret_key then
       return 401, { ["content-type"] = "application/json", ["www-authenticate"] = "ApiKey" }, BODY_AUTH_FAILED
     end
-    if req.method ~= "GET" and req.method ~= "HEAD" then
-      return 405, { ["content-type"] = "application/json", allow = "GET, HEAD" },
+    local allowed = route and route.methods or "GET"
+    if req.method ~= allowed and not (allowed == "GET" and req.method == "HEAD") then
+      return 405, { ["content-type"] = "application/json", allow = allowed == "GET" and "GET, HEAD" or allowed },
         format('{"status": false, "type": "client_error", "code": "method_not_allowed", "detail": "Method \\"%s\\" not allowed."}',
           req.method:gsub("[^%w%-_]", "?"))
     end
@@ -366,16 +389,20 @@ function M.start(opts)
           (perr:gsub('[%c"\\]', "?")))
       end
     else
-      local q = queue[id]
+      local q = page_key and queue[page_key]
+      if not (q and #q > 0) then q = queue[id] end
       if q and #q > 0 then
         fault = table.remove(q, 1)
       else
-        fault = always[id] or draw()
+        fault = (page_key and always[page_key]) or always[id] or draw()
       end
     end
 
-    local fixture = store[id]
-    local body = fixture and fixture.body
+    local body
+    if not route then
+      local fixture = store[id]
+      body = fixture and fixture.body or runs.kpis_body(id)
+    end
     if fault then
       for _, f in ipairs(fault) do
         local k = f.kind
@@ -402,11 +429,16 @@ function M.start(opts)
         elseif k == "flaky" then
           if n % 2 == 1 then return 500, JSON, BODY_SERVER_ERROR end
         elseif k == "broken" then
+          if route then
+            local st, hd, b = route.handle(req)
+            return st, hd, b:sub(1, #b // 2)
+          end
           if body then return 200, JSON, body:sub(1, #body // 2) end
           return 200, JSON, '{"total_calls": 12, "avg_sc'
         end
       end
     end
+    if route then return route.handle(req) end
     if not body then return 404, JSON, BODY_NOT_FOUND end
     return 200, JSON, body
   end
@@ -434,6 +466,7 @@ function M.start(opts)
   sb.host = opts.host or "127.0.0.1"
   local host = sb.host:find(":", 1, true) and ("[" .. sb.host .. "]") or sb.host
   sb.url = format("http://%s:%d", host, server.port)
+  runs.host_port = format("%s:%d", host, server.port)
 
   local closed = false
   --- Stop serving and free the port.
@@ -466,6 +499,10 @@ end
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start_for_client(opts)
   local o = { background = true }
+  -- KPIWATCH_SANDBOX_SPEED: the run tests' clock for `--sandbox` (tests
+  -- run executions in a fraction of a second with it)
+  local env_speed = tonumber(os.getenv("KPIWATCH_SANDBOX_SPEED") or "")
+  if env_speed then o.speed = env_speed end
   for k, v in pairs(opts or {}) do o[k] = v end
   local sb = M.start(o)
   M.current = sb -- the REPL completes fixture ids from it

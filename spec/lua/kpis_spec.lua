@@ -16,13 +16,7 @@ local UNKNOWN = "0b5e7c1d-9a2f-4e8b-8c3d-5f6a7b8c9d0e"
 
 local wall = require("kpiwatch.task").now -- monotonic seconds
 
--- Run fn, return its error object (fails the test when fn does not raise).
-local function raises(fn)
-  local ok, e = pcall(fn)
-  assert(not ok, "expected an error, got success")
-  assert(errors.is(e), "expected an error object, got " .. tostring(e))
-  return e
-end
+local raises = require("spec.lua.helpers.util").raises
 
 -- Capture what is written to io.stderr while fn runs.
 local function capture_stderr(fn)

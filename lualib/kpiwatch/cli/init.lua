@@ -15,6 +15,7 @@ M.commands = {
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
   compare = "kpiwatch.cli.compare",
+  executions = "kpiwatch.cli.executions",
 }
 
 M.usage = [==[
@@ -23,6 +24,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
        kpiwatch [options] compare A B [--format text|json|markdown]
+       kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -55,6 +57,7 @@ Commands:
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
                         (--list: the fixtures and what each is for)
   compare A B           two executions side by side, with deltas
+  executions RUN_TEST   list a run test's executions (id or name), newest first
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)

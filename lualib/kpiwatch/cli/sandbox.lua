@@ -4,11 +4,12 @@
 local USAGE = [[
 usage: kpiwatch sandbox [--port N] [--host H] [--fixtures DIR]
                         [--fault-rate SPEC=P ...] [--seed N] [--fault ID=SPEC ...]
-                        [--api-key K] [--secret-key S] [--log]
+                        [--api-key K] [--secret-key S] [--speed X] [--log]
        kpiwatch sandbox --list
 
 Serve a stand-in of GET /simulate/test-executions/{id}/kpis/ with the
-built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
+built-in fixture executions (and DIR/<uuid>.json files), and the run tests,
+executions, calls and execute/cancel routes of the run test fixtures, until Ctrl-C.
   --port N             port to listen on (default 0: any free port)
   --host H             address to bind (default 127.0.0.1)
   --fixtures DIR       also serve the recorded bodies DIR/<uuid>.json
@@ -17,6 +18,8 @@ built-in fixture executions (and DIR/<uuid>.json files), until Ctrl-C.
   --seed N             seed of the fault draws (default 1)
   --fault ID=SPEC      every request for ID gets fault SPEC
   --api-key K, --secret-key S   credentials to accept (default: the sandbox's)
+  --speed X            run executions X times faster (default 1: about 7 s from
+                       pending to completed; also KPIWATCH_SANDBOX_SPEED for --sandbox)
   --log, --verbose     one line per request on stderr
   --list               print the built-in fixtures (id, name, what each is
                        for) and exit, serving nothing
@@ -75,6 +78,10 @@ return function(args)
         opts.api_key = value(a)
       elseif a == "--secret-key" then
         opts.secret_key = value(a)
+      elseif a == "--speed" then
+        local x = tonumber(value(a))
+        if not x or not (x > 0 and x < math.huge) then error({ usage = "--speed needs a positive number" }) end
+        opts.speed = x
       elseif a == "--list" then
         opts.list = true
       elseif a == "--log" or a == "--verbose" then
@@ -101,6 +108,11 @@ return function(args)
     local out = { string.format("%-36s  %-18s %s", "ID", "NAME", "WHAT IT IS FOR") }
     for _, f in ipairs(fixtures.list()) do
       out[#out + 1] = string.format("%-36s  %-18s %s", f.id, f.name, f.description or "")
+    end
+    out[#out + 1] = ""
+    out[#out + 1] = string.format("%-36s  %-18s %s", "RUN TEST", "NAME", "WHAT IT IS FOR")
+    for _, rt in ipairs(fixtures.run_tests()) do
+      out[#out + 1] = string.format("%-36s  %-18s %s", rt.id, rt.name, rt.description)
     end
     io.stdout:write(table.concat(out, "\n"), "\n")
     return 0
@@ -131,6 +143,10 @@ return function(args)
   for _, id in ipairs(sb.ids()) do
     local f = fixtures.get(id) or sb.fixture(id) or {}
     out[#out + 1] = string.format("  %s  %-18s %s", id, f.name or "", f.description or "")
+  end
+  out[#out + 1] = "run tests (GET " .. sb.url .. "/simulate/run-tests/ID/executions/):"
+  for _, rt in ipairs(fixtures.run_tests()) do
+    out[#out + 1] = string.format("  %s  %-18s %s", rt.id, rt.name, rt.description)
   end
   out[#out + 1] = "Ctrl-C to stop."
   io.stdout:write(table.concat(out, "\n"), "\n")

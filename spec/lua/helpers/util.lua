@@ -12,6 +12,15 @@ function M.kpi(name)
   return assert(model.parse(f.body, f.id))
 end
 
+-- raises(fn) -> the error object fn raises (fails the test when fn does not
+-- raise, or raises something else than a kpiwatch error object)
+function M.raises(fn)
+  local ok, e = pcall(fn)
+  assert(not ok, "expected an error, got success")
+  assert(require("kpiwatch.errors").is(e), "expected an error object, got " .. tostring(e))
+  return e
+end
+
 -- tmpdir() -> a new empty directory's path
 function M.tmpdir()
   local p = os.tmpname()
