@@ -40,6 +40,7 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
   return era * 146097 + doe - 719468
 end
+M.days_from_civil = days_from_civil
 
 local function epoch_of(y, mon, d, hh, mm, ss)
   local m = MONTHS[mon:lower()]

@@ -581,6 +581,10 @@ end
 
 M._stats = { requests = 0, retries = 0, failures = 0 }
 
+-- _observer(event, ...): set by kpiwatch.metrics to count requests;
+-- ("request", outcome, seconds) per attempt, ("rate_wait", seconds).
+M._observer = nil
+
 --- Counters of this process's KPIs requests.
 ---@return {requests: integer, retries: integer, failures: integer} stats
 function M.stats()
@@ -625,8 +629,10 @@ local function send(c, req, id, parse, not_idempotent)
   local attempt = 0
   while true do
     attempt = attempt + 1
-    acquire(c)
-    local t0 = c.verbose and now()
+    local waited = acquire(c)
+    local observe = M._observer
+    if observe and waited > 0 then observe("rate_wait", waited) end
+    local t0 = (c.verbose or observe) and now()
     stats.requests = stats.requests + 1
     local ok, resp = pcall(http_request, req)
     local err
@@ -641,10 +647,13 @@ local function send(c, req, id, parse, not_idempotent)
           local body = resp.body
           for _, sec in ipairs(secrets) do
             if body:find(sec, 1, true) or body:find("\\u") then
-              shared.redact_tree(k:raw(), secrets)
+              -- a KPI or execution object keeps its body behind raw();
+              -- a list page is the decoded body itself
+              shared.redact_tree(type(k.raw) == "function" and k:raw() or k, secrets)
               break
             end
           end
+          if observe then observe("request", "ok", now() - t0) end
           if c.verbose then
             trace(c, format("%s %s -> %d (%s)%s", method, url, status, ms(resp.time or (now() - t0)),
               attempt > 1 and format(" after %d attempts", attempt) or ""))
@@ -674,6 +683,7 @@ local function send(c, req, id, parse, not_idempotent)
       error(resp, 0)
     end
     err.attempts = attempt
+    if observe then observe("request", err.kind, now() - t0) end
     if not_idempotent and not UNSENT[err.kind] then err.retryable = false end
     local outcome = err.status and tostring(err.status) .. " " .. err.kind or err.kind
     local give_up = not err.retryable or attempt > c.retries

@@ -77,6 +77,15 @@ for _, mm in ipairs({ "__lt", "__le", "__add", "__sub", "__mul", "__div", "__mod
 end
 Invalid.__tostring = function(v) return "invalid number " .. v.text end
 
+-- v, or an invalid-number object for name when v is NaN or infinite.
+local huge = math.huge
+local function nonfinite(name, v)
+  if v ~= v or v == huge or v == -huge then
+    return setmetatable({ field = name, text = shared.format_number(v) }, Invalid)
+  end
+  return v
+end
+
 --- Whether `v` stands for a number the body gave that is not finite or not
 --- JSON (`1e400`, `Infinity`, `0x1`): such a field is a protocol error, never
 --- a pass; comparing or doing arithmetic with it raises a `protocol` error.
@@ -199,15 +208,15 @@ local function lookup(body, name)
     if v == nil and f.camel then v = body[f.camel] end
     if v == nil then return nil, false end
     if f.kind == "int" then v = fix_int(v) end
-    return v, true
+    return nonfinite(f.snake, v), true
   end
   local v = body[name]
-  if v ~= nil then return v, true end
+  if v ~= nil then return nonfinite(name, v), true end
   if type(name) ~= "string" then return nil, false end
   local other = other_casing(name)
   if other then
     v = body[other]
-    if v ~= nil then return v, true end
+    if v ~= nil then return nonfinite(other, v), true end
   end
   return nil, false
 end
@@ -327,7 +336,7 @@ function M.eval(k, name)
   end
   if v == nil or FIELDS["avg_" .. name] then return nil, false end
   if v == NULL then return nil, true end
-  return v, true
+  return nonfinite("avg_" .. name, v), true
 end
 
 local function is_choice(v)
@@ -343,7 +352,7 @@ local function evals_of(body)
       if key:sub(1, 4) == "avg_" and (type(v) == "number" or v == NULL or getmetatable(v) == Invalid) then
         local name = key:sub(5)
         names[#names + 1] = name
-        if v ~= NULL then out[name] = v end
+        if v ~= NULL then out[name] = nonfinite(key, v) end
       elseif is_choice(v) then
         names[#names + 1] = key
         out[key] = v
@@ -694,7 +703,14 @@ end
 -- the gate reports that field as an error, JSON outputs write null.
 -- Where a raw text may hold a number the grammar refuses; only then are
 -- the values' tokens checked one by one (a cost only hostile bodies pay).
-local SUSPECT = { "[%[:,]%s*[+-]?0[xX]", "Infinity", "NaN", "[%[:,]%s*%+", "[%[:,]%s*%-?0%d" }
+-- Each is a plain string (memchr-fast) and the whole value it starts,
+-- delimited on both sides, so times and prose in strings rarely count.
+-- Leading zeros (01) are not looked for: they read as the number written.
+local SUSPECT = {
+  { "0x", "[:,%[]%s*[+-]?0x%x*%s*[,}%]]" }, { "0X", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]" },
+  { "Infinity", "[:,%[]%s*[+-]?Infinity%s*[,}%]]" }, { "NaN", "[:,%[]%s*[+-]?NaN%s*[,}%]]" },
+  { "+", "[:,%[]%s*%+[%d.]" },
+}
 
 -- A strict JSON number followed by the end of the value.
 local function json_number_at(text, pos)
@@ -722,25 +738,25 @@ local function raw_values(text, key)
   return out
 end
 
+-- Non-finite values (1e400, a NaN the prefilter did not see) are found
+-- where they are read (nonfinite), at no cost to a parse.
 local function check_numbers(text, inner)
   local suspect = false
   for _, p in ipairs(SUSPECT) do
-    if text:find(p) then suspect = true break end
+    if text:find(p[1], 1, true) and text:find(p[2]) then
+      suspect = true
+      break
+    end
   end
+  if not suspect then return end
   local bad
   for key, v in next, inner do
     if type(v) == "number" and type(key) == "string" then
-      local why = v ~= v or v == math.huge or v == -math.huge
-      local positions
-      if why or suspect then
-        positions = raw_values(text, key)
-        if suspect and not why then
-          -- a key written with escapes the encoder does not use: not provable
-          why = positions == nil or #positions == 0
-          for _, pos in ipairs(positions or {}) do
-            if not json_number_at(text, pos) then why = true break end
-          end
-        end
+      local positions = raw_values(text, key)
+      -- a key written with escapes the encoder does not use: not provable
+      local why = positions == nil or #positions == 0
+      for _, pos in ipairs(positions or {}) do
+        if not json_number_at(text, pos) then why = true break end
       end
       if why then
         local tok = positions and positions[#positions] and text:match("^([^,}%]%s]*)", positions[#positions])

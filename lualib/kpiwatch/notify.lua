@@ -26,7 +26,10 @@
 --   notify.file(path | {path=, mode=0600, sync=true})
 --       Appends the event as one JSON line (fsync'ed unless sync=false).
 --   notify.stdout{format = "text" | "json"}
---       One line per event on stdout.
+--       One line per event on stdout (text: one line per alert of a group).
+--   notify.alertmanager{url=, labels=, resend="1m", generator_url=}
+--       POST /api/v2/alerts of a Prometheus Alertmanager
+--       (kpiwatch.notify.alertmanager).
 --
 -- webhook and slack without a url (an unset environment variable) make a
 -- disabled hook: its notifications are reported as skipped, once, on stderr.
@@ -255,6 +258,7 @@ end
 ---@param event table
 ---@return string line
 function M.format_text(event)
+  if M.is_group(event) then return M.format_group_text(event) end
   local parts = { (event.state or "firing"):upper() }
   if event.severity then parts[#parts + 1] = "[" .. tostring(event.severity) .. "]" end
   parts[#parts + 1] = tostring(event.rule) .. ":"
@@ -269,6 +273,7 @@ end
 ---@param opts? {channel?: string, username?: string, icon_emoji?: string}
 ---@return table payload
 function M.slack_payload(event, opts)
+  if M.is_group(event) then return M.slack_group_payload(event, opts) end
   opts = opts or {}
   local firing = event.state ~= "resolved"
   local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.rule), 150)
@@ -296,6 +301,69 @@ function M.slack_payload(event, opts)
       { type = "section", fields = json.array(fields) },
       { type = "context", elements = json.array({ { type = "mrkdwn", text = mrkdwn(context) } }) },
     }),
+  }
+  if opts.channel then payload.channel = opts.channel end
+  if opts.username then payload.username = opts.username end
+  if opts.icon_emoji then payload.icon_emoji = opts.icon_emoji end
+  return payload
+end
+
+-- ---- groups (kpiwatch.alert.group) --------------------------------------------------
+
+---Whether an event is a group of several alerts (a group of one is
+---formatted as its alert).
+---@param event table
+---@return boolean
+function M.is_group(event)
+  return type(event.alerts) == "table" and #event.alerts > 1
+end
+
+---One line for a group: its state, count and execution, then each alert.
+---@param event table a group event
+---@return string
+function M.format_group_text(event)
+  local names = {}
+  for i, a in ipairs(event.alerts) do names[i] = tostring(a.rule) .. (a.state == "resolved" and " (resolved)" or "") end
+  local s = (event.state or "firing"):upper() .. " " .. tostring(event.summary) .. ": " .. concat(names, ", ")
+  return (s:gsub("[%c]", " "))
+end
+
+-- Slack allows 50 blocks a message: header, context, and up to this many
+-- alerts of 2 blocks each (the rest are counted).
+local SLACK_MAX_ALERTS = 20
+
+---The Slack payload of a group: one message, a section per alert.
+---@param event table a group event
+---@param opts table|nil {channel=, username=, icon_emoji=}
+---@return table payload
+function M.slack_group_payload(event, opts)
+  opts = opts or {}
+  local firing = event.state ~= "resolved"
+  local title = shared.clean((firing and "Firing: " or "Resolved: ") .. tostring(event.summary), 150)
+  local blocks = { { type = "header", text = { type = "plain_text", text = title } } }
+  for i, a in ipairs(event.alerts) do
+    if i > SLACK_MAX_ALERTS then
+      blocks[#blocks + 1] = { type = "section", text = { type = "mrkdwn",
+        text = format("_and %d more_", #event.alerts - SLACK_MAX_ALERTS) } }
+      break
+    end
+    local mark = a.state == "resolved" and ":white_check_mark:" or ":rotating_light:"
+    local line = format("%s *%s* [%s] %s", mark, mrkdwn(a.rule or "?"), mrkdwn(a.severity or "-"),
+      mrkdwn(a.summary or ""))
+    local fields = {}
+    if a.metric then fields[#fields + 1] = { type = "mrkdwn", text = "*Metric*\n" .. mrkdwn(a.metric) } end
+    if a.value ~= nil then fields[#fields + 1] = { type = "mrkdwn", text = "*Value*\n" .. mrkdwn(fmt(a.value)) } end
+    local section = { type = "section", text = { type = "mrkdwn", text = line } }
+    if #fields > 0 then section.fields = json.array(fields) end
+    blocks[#blocks + 1] = section
+    blocks[#blocks + 1] = { type = "divider" }
+  end
+  local exec = event.execution_id and ("execution `" .. mrkdwn(event.execution_id) .. "` · ") or ""
+  local context = "kpiwatch · " .. exec .. tostring(event.id)
+  blocks[#blocks + 1] = { type = "context", elements = json.array({ { type = "mrkdwn", text = context } }) }
+  local payload = {
+    text = (firing and ":rotating_light: " or ":white_check_mark: ") .. mrkdwn(M.format_group_text(event)),
+    blocks = json.array(blocks),
   }
   if opts.channel then payload.channel = opts.channel end
   if opts.username then payload.username = opts.username end
@@ -465,10 +533,28 @@ function M.stdout(opts)
   local f = opts.format or "text"
   if f ~= "text" and f ~= "json" then config_error("notify.stdout: format must be \"text\" or \"json\"") end
   return function(event)
-    local line = f == "json" and encode_event(event) or M.format_text(event)
+    local line
+    if f == "json" then
+      line = encode_event(event)
+    elseif M.is_group(event) then
+      -- a group prints as its alerts' lines, written at once
+      local lines = {}
+      for i, a in ipairs(event.alerts) do lines[i] = M.format_text(a) end
+      line = concat(lines, "\n")
+    else
+      line = M.format_text(event)
+    end
     io.stdout:write(line, "\n")
     io.stdout:flush()
   end
+end
+
+---A hook posting alerts to a Prometheus Alertmanager (API v2); see
+---kpiwatch.notify.alertmanager.
+---@param opts table {url=, labels=, resend="1m", generator_url=, timeout=10, headers=}
+---@return table notifier
+function M.alertmanager(opts)
+  return require("kpiwatch.notify.alertmanager").new(opts)
 end
 
 return M

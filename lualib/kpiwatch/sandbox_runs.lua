@@ -495,7 +495,7 @@ function M.new(opts)
       for _, sc in ipairs(rt.scenarios) do known[sc.id] = sc end
       for _, sid in ipairs(ids) do
         if type(sid) ~= "string" or not known[sid:lower()] then
-          return bad("scenario_ids: not a scenario of this run test: " .. tostring(sid):sub(1, 60):gsub("%c", "?"))
+          return bad("scenario_ids: not a scenario of this run test: " .. require("kpiwatch.shared").clean(sid, 60))
         end
         chosen[#chosen + 1] = known[sid:lower()]
       end

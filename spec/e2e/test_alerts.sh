@@ -87,15 +87,17 @@ run "$FAILING"
 python3 - "$tmp/received.jsonl" "$FAILING" <<'EOF' || fail "webhook deliveries wrong"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-assert len(rows) == 2, rows                       # score-floor and failed-calls go to ops
+assert len(rows) == 1, rows                       # one execution: one grouped notification
 assert all(r["valid"] for r in rows), rows        # signatures verified independently
-rules = sorted(r["event"]["rule"] for r in rows)
-assert rules == ["failed-calls", "score-floor"], rules
-for r in rows:
-    e = r["event"]
-    assert e["id"] == r["id"] and e["state"] == "firing" and e["execution_id"] == sys.argv[2], e
+g = rows[0]["event"]
+assert g["id"] == rows[0]["id"] and g["type"] == "kpiwatch.alert.group", g
+assert g["state"] == "firing" and g["execution_id"] == sys.argv[2] and g["firing"] == 2, g
+rules = sorted(e["rule"] for e in g["alerts"])
+assert rules == ["failed-calls", "score-floor"], rules   # score-floor and failed-calls go to ops
+for e in g["alerts"]:
+    assert e["state"] == "firing" and e["execution_id"] == sys.argv[2], e
     assert e["fired_at"].endswith("Z") and e["kpis"]["total_calls"] == 80, e
-fc = [r["event"] for r in rows if r["event"]["rule"] == "failed-calls"][0]
+fc = [e for e in g["alerts"] if e["rule"] == "failed-calls"][0]
 assert fc["summary"] == "23 of 80 calls failed", fc
 EOF
 grep -q "ops" "$tmp/err" && fail "unexpected hook message: $err"
@@ -110,8 +112,8 @@ spool="$HOME/.local/state/kpiwatch/spool.json"
 [ -f "$spool" ] || fail "nothing spooled: $err"
 [ "$(stat -c %a "$spool")" = 600 ] || fail "spool mode is $(stat -c %a "$spool")"
 grep -q "spooled to $spool" "$tmp/err" || fail "stderr does not say it spooled: $err"
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["entries"]) == 2, d' "$spool" \
-  || fail "spool should hold 2 entries"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["entries"]) == 1, d; assert len(d["entries"][0]["event"]["alerts"]) == 2, d' "$spool" \
+  || fail "spool should hold 1 entry, the group of 2 alerts"
 
 start_receiver "$port"
 run "$GOOD"
@@ -119,12 +121,12 @@ run "$GOOD"
 python3 - "$tmp/received.jsonl" "$spool" <<'EOF' || fail "spooled notifications not delivered exactly once"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-assert len(rows) == 2 and all(r["valid"] for r in rows), rows
-assert len({r["id"] for r in rows}) == 2, rows
+assert len(rows) == 1 and all(r["valid"] for r in rows), rows
+assert len(rows[0]["event"]["alerts"]) == 2, rows
 assert json.load(open(sys.argv[2]))["entries"] == [], "spool not emptied"
 EOF
 run "$GOOD"
-[ "$(wc -l <"$tmp/received.jsonl")" = 2 ] || fail "a spooled notification was delivered twice"
+[ "$(wc -l <"$tmp/received.jsonl")" = 1 ] || fail "a spooled notification was delivered twice"
 stop_receiver
 
 # ---- 4. neither delivered nor spooled: exit 3 ------------------------------------

@@ -185,6 +185,23 @@ describe("eval globs (the semantics of --require 'eval:GLOB', kpiwatch.shared)",
   end)
 end)
 
+describe("numbers JSON does not have (issue 13 item 8)", function()
+  it("are a rule error for that metric, never ok or firing", function()
+    for _, body in ipairs({ '{"total_calls": 3, "avg_score": 1e400, "avg_tone": 0x1}',
+      '{"total_calls": 3, "avg_score": Infinity, "avg_tone": NaN}' }) do
+      local k = assert(model.parse(body, "x"))
+      for _, spec in ipairs({ { name = "s", metric = "avg_score", below = 0.8 },
+        { name = "e", evals = "*", above = 100 }, { name = "q", metric = "avg_score", equals = 1 } }) do
+        local rep = eval1(spec, k)
+        assert.are.equal(0, #rep.passed, body)
+        assert.are.equal(0, #rep.firing, body)
+        assert.is_true(#rep.errors >= 1, body)
+        assert.matches("not a finite JSON number", rep.errors[1].reason)
+      end
+    end
+  end)
+end)
+
 describe("predicate rules", function()
   it("fire when the function returns true, with a template summary", function()
     local rep = eval1({ name = "failed-calls",
@@ -743,7 +760,11 @@ describe("alert.watch", function()
       on_cycle = function(rep, n) cycles[n] = rep end,
     }
     assert.are.equal(2, s.cycles)
-    assert.are.equal(5, #sent) -- fired once, not re-sent on cycle 2
+    -- one notification: the five alerts of the failing execution, grouped;
+    -- fired once, not re-sent on cycle 2
+    assert.are.equal(1, #sent)
+    assert.are.equal(5, #sent[1].alerts)
+    assert.are.equal("kpiwatch.alert.group", sent[1].type)
     assert.are.equal(5, #cycles[2].firing)
     assert.are.equal(1, #cycles[1].errors) -- the 500 fixture
     assert.are.equal(fixtures.ids["fault-500"], cycles[1].errors[1].execution_id)

@@ -132,8 +132,19 @@ describe("executions client", function()
       local l = kpis.executions(NIGHTLY, { base_url = s.url })
       local t = tostring(l)
       assert.truthy(t:find("^ID%s+STATUS%s+START%s+CALLS%s+SUCCESS%s+ERROR\n"))
-      assert.truthy(t:find(UNKNOWN .. "  failed  2026-11-01T00:00:00Z  4      50%      boom?[31mred?line", 1, true))
+      assert.truthy(t:find(UNKNOWN .. "  failed  2026-11-01T00:00:00Z  4      50%      boom?[31mred line", 1, true))
       assert.is_nil(t:find("\27", 1, true))
+      s:close()
+    end)
+
+    it("never keeps a credential the server echoes", function()
+      local s = serve(function(req)
+        return { json = { count = 1, next = json.null, results = {
+          { id = UNKNOWN, status = "Failed", error_reason = "bad key " .. req.headers["x-api-key"] } } } }
+      end)
+      local l = kpis.executions(NIGHTLY, { base_url = s.url })
+      assert.are.equal("bad key [REDACTED]", l[1].error_reason)
+      assert.is_nil(tostring(l):find(sb.api_key, 1, true))
       s:close()
     end)
 

@@ -395,8 +395,9 @@ describe("delivery", function()
     reg:hook("good", function(e) seen[#seen + 1] = e end)
     reg:rule { name = "evals", evals = "*", below = 70, notify = { "broken", "good" } }
     local rep = reg:check(kpi("failing"))
-    assert.are.equal(5, #seen)                 -- five evals under 70
-    assert.are.equal(5, rep.spooled)           -- the broken hook's five
+    assert.are.equal(1, #seen)                 -- one execution: one group
+    assert.are.equal(5, #seen[1].alerts)       -- of five evals under 70
+    assert.are.equal(1, rep.spooled)           -- the broken hook's group
     assert.are.equal(1, rep.skipped)           -- ops has no url
     for _, d in ipairs(rep.deliveries) do
       if d.hook == "broken" then assert.are.equal(3, d.attempts) end

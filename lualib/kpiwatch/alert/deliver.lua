@@ -91,8 +91,10 @@ end
 
 local function job_label(job)
   local ev = job.event
-  return format("hook '%s': %s notification of rule '%s'%s", job.hook, ev.state or "?",
-    tostring(ev.rule), ev.execution_id and (" on " .. tostring(ev.execution_id)) or "")
+  local what = type(ev.alerts) == "table" and #ev.alerts > 1 and (#ev.alerts .. " alerts")
+    or ("rule '" .. tostring(ev.rule) .. "'")
+  return format("hook '%s': %s notification of %s%s", job.hook, ev.state or "?",
+    what, ev.execution_id and (" on " .. tostring(ev.execution_id)) or "")
 end
 
 local function record(rep, job, res)

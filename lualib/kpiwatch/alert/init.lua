@@ -62,6 +62,7 @@ local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
 local watch = require "kpiwatch.alert.watch"
 local rules_file = require "kpiwatch.alert.rules_file"
+local group = require "kpiwatch.alert.group"
 
 local M = {}
 
@@ -204,17 +205,22 @@ function Registry:rule(spec)
   return r
 end
 
---- Registers (or replaces) a notification hook.
+--- Registers (or replaces) a notification hook. By default it gets one
+--- event per execution per check or watch cycle, listing every alert that
+--- fired or resolved (kpiwatch.alert.group); group_by = false: one per alert.
 ---@param name string
 ---@param fn function function(event); raising an error object with retryable = false
 --- stops its retries
+---@param opts table|nil {group_by = {"execution_id"} | false, group_wait = duration}
 ---@return function fn
-function Registry:hook(name, fn)
+function Registry:hook(name, fn, opts)
   local where = caller_where()
   if type(name) ~= "string" or name == "" then
     config_error(where, "alert.hook: the name must be a non-empty string, got " .. type(name))
   end
   require("kpiwatch.shared").validate("alert.hook '" .. name .. "'", { fn = { fn, "callable" } }, where)
+  self.hook_opts = self.hook_opts or {}
+  self.hook_opts[name] = group.options(where, name, opts)
   if not self.hooks[name] then self.hook_names[#self.hook_names + 1] = name end
   self.hooks[name] = fn
   return fn
@@ -317,7 +323,7 @@ function Registry:check(x, opts)
       jobs[#jobs + 1] = { hook = h, event = ev }
     end
   end
-  self:_deliver(jobs, sp, nil, rep)
+  self:_deliver(group.jobs(self, jobs), sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",

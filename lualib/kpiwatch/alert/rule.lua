@@ -333,6 +333,12 @@ local function short_error(e)
   return ok and s or ("(" .. type(e) .. ")")
 end
 
+-- A value the server sent as NaN, Infinity, 1e400 or 0x1: an error for
+-- that metric (a protocol error), never firing or ok.
+local function invalid_reason(metric, v)
+  return "protocol error: " .. metric .. " is not a finite JSON number in the server's answer ('" .. v.text .. "')"
+end
+
 -- eval_rule(r, k) -> list of {status = firing|ok|no_data|error, metric=,
 -- value=, reason=}
 local function eval_rule(r, k)
@@ -345,6 +351,8 @@ local function eval_rule(r, k)
     end
     if v == nil then
       out[1] = { status = "no_data", metric = r.metric, reason = describe_missing(r.metric, present) }
+    elseif model.is_invalid(v) then
+      out[1] = { status = "error", metric = r.metric, reason = invalid_reason(r.metric, v) }
     elseif r.op ~= "equals" and type(v) ~= "number" then
       local what = type(v) == "table" and type(rawget(v, "choices")) == "table"
         and "a choice eval (test it with a 'when' predicate)" or ("a " .. type(v))
@@ -368,6 +376,8 @@ local function eval_rule(r, k)
             local v = values[name]
             if v == nil then
               out[#out + 1] = { status = "no_data", metric = name, reason = name .. " is null" }
+            elseif model.is_invalid(v) then
+              out[#out + 1] = { status = "error", metric = name, reason = invalid_reason(name, v) }
             elseif type(v) ~= "number" then
               -- choice evals: skipped by globs, an error when named exactly
               if not p.wild then

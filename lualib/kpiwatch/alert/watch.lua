@@ -9,6 +9,7 @@ local rule = require "kpiwatch.alert.rule"
 local report = require "kpiwatch.alert.report"
 local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
+local group = require "kpiwatch.alert.group"
 
 local M = {}
 
@@ -30,19 +31,23 @@ rule.internal(debug.getinfo(1, "S").source)
 ---@param ctx table|nil the watch's stop context
 ---@param rep table|nil report the deliveries are recorded in
 ---@param state_path string|nil the state file
+---@param now number|nil epoch seconds: groups whose group_wait runs past it stay
 ---@return integer lost notifications (only when neither file can be written)
-function M.flush_outbox(self, st, sp, ctx, rep, state_path)
+function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
   if #st.outbox == 0 then return 0 end
-  local jobs = {}
+  local jobs, waiting = {}, {}
   for _, o in ipairs(st.outbox) do
-    if self.hooks[o.hook] then
+    if not group.due(o, now) then
+      waiting[#waiting + 1] = o
+    elseif self.hooks[o.hook] then
       jobs[#jobs + 1] = { hook = o.hook, event = o.event }
     else
       sp:add(o.hook, o.event, { attempts = 0, last_error = "hook not registered" })
     end
   end
+  if #jobs == 0 and #waiting == #st.outbox then return 0 end
   local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
-  st.outbox = {}
+  st.outbox = waiting
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
   if not state_path then return #unspooled end
   local ok, err = save_state(state_path, st)
@@ -69,19 +74,38 @@ local function resolve_ids(ids)
   return ids
 end
 
+-- After a cycle, hooks with an on_cycle method (notify.alertmanager's
+-- re-sends) get the alerts firing for them; a failure is logged, not fatal.
+local function hook_cycles(self, rep, now)
+  for _, name in ipairs(self.hook_names) do
+    local h = self.hooks[name]
+    local on_cycle = type(h) == "table" and h.on_cycle
+    if on_cycle then
+      local mine = {}
+      for _, a in ipairs(rep.firing) do
+        for _, hn in ipairs(self:_hooks_of(self.by_name[a.rule])) do
+          if hn == name then mine[#mine + 1] = a break end
+        end
+      end
+      local ok, e = pcall(on_cycle, h, mine, now)
+      if not ok then self:_log("hook '" .. name .. "': re-sending firing alerts failed: " .. tostring(e)) end
+    end
+  end
+end
+
 --- Polls executions and notifies alerts as they fire and resolve, until
 --- SIGINT/SIGTERM, max_cycles or on_cycle returning false (Registry:watch).
 ---@param self table the registry
 ---@param opts table {ids = list or function returning one, every = duration (60),
 --- state = file, spool = file, max_cycles = n, on_cycle = function(report, n),
---- concurrency = n, clock = function}
+--- concurrency = n, clock = function, metrics = "ADDR:PORT" (serve /metrics, kpiwatch.metrics)}
 ---@return table summary {cycles=, delivered=, spooled=, lost=, interrupted=, last=, spool=}
 function M.watch(self, opts)
   local where = caller_where()
   if type(opts) ~= "table" then config_error(where, "alert.watch expects a table of options") end
   for k in pairs(opts) do
     if not ({ ids = 1, every = 1, state = 1, spool = 1, max_cycles = 1, on_cycle = 1,
-      concurrency = 1, clock = 1 })[k] then
+      concurrency = 1, clock = 1, metrics = 1 })[k] then
       config_error(where, "alert.watch: unknown option '" .. tostring(k) .. "'")
     end
   end
@@ -95,6 +119,16 @@ function M.watch(self, opts)
     config_error(where, "alert.watch: 'max_cycles' must be an integer")
   end
   self:_check_hooks()
+  local collector, metrics_server
+  if opts.metrics ~= nil then
+    local metrics = require "kpiwatch.metrics"
+    if not metrics.parse_listen(opts.metrics) then
+      config_error(where, "alert.watch: 'metrics' " .. select(2, metrics.parse_listen(opts.metrics)))
+    end
+    collector = metrics.collector()
+    metrics_server = metrics.serve(collector, opts.metrics)
+    require("kpiwatch.kpis")._observer = collector:observer()
+  end
   local clock = opts.clock or os.time
   local state_path = opts.state
   local st = state_path and load_state(state_path) or state.new()
@@ -124,7 +158,7 @@ function M.watch(self, opts)
   local ok, err = pcall(function()
     if #st.outbox > 0 then
       local rep = new_report()
-      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
     end
     while not ctx.stopping do
@@ -136,23 +170,35 @@ function M.watch(self, opts)
       local rep = self:step(st, list, clock(), { failed = failed })
       print_problems(self, rep)
       self:_replay(sp, ctx, rep)
-      for _, e in ipairs(rep.events) do
-        for _, h in ipairs(e.hooks) do st.outbox[#st.outbox + 1] = { hook = h, event = e.event } end
-      end
+      group.enqueue(self, st.outbox, rep.events, clock())
       if state_path then
         local saved, serr = save_state(state_path, st)
         if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end
       end
-      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
+      hook_cycles(self, rep, clock())
+      if collector then require("kpiwatch.metrics").watch_cycle(collector, list, failed, rep, clock()) end
       summary.last = rep
       if opts.on_cycle and opts.on_cycle(rep, summary.cycles) == false then break end
       if opts.max_cycles and summary.cycles >= opts.max_cycles then break end
       if ctx.stopping then break end
       ctx_sleep(ctx, every)
     end
+    -- groups still in their group_wait go now rather than wait for a next run
+    local holding = false
+    for _, o in ipairs(st.outbox) do if o.not_before then holding = true end end
+    if holding then
+      local rep = new_report()
+      summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path)
+      add(rep)
+    end
   end)
   ctx.done = true
+  if metrics_server then
+    require("kpiwatch.kpis")._observer = nil
+    metrics_server:close()
+  end
   for _, t in ipairs(sigtasks) do pcall(T.cancel, t) end
   for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
   if state_path then

@@ -15,6 +15,7 @@ M.commands = {
   gate = "kpiwatch.cli.gate",
   sandbox = "kpiwatch.cli.sandbox",
   compare = "kpiwatch.cli.compare",
+  exporter = "kpiwatch.cli.exporter",
   executions = "kpiwatch.cli.executions",
 }
 
@@ -24,6 +25,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
        kpiwatch [options] compare A B [--format text|json|markdown]
+       kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
 
 Lua options (as lua):
@@ -57,6 +59,7 @@ Commands:
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
                         (--list: the fixtures and what each is for)
   compare A B           two executions side by side, with deltas
+  exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
   executions RUN_TEST   list a run test's executions (id or name), newest first
 
 Environment:
