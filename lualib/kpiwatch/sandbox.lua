@@ -155,6 +155,11 @@ end
 
 local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 
+-- The API's requests are GETs: a request body is never needed, and
+-- http.serve's own default (64 MiB per request) is for servers that take
+-- uploads. Small, so a flood of bodies cannot exhaust memory.
+M.MAX_BODY = 64 * 1024
+
 -- start{...} -> sandbox object. Options:
 --   host ("127.0.0.1"), port (0: any free port)
 --   api_key, secret_key (the sandbox's fixed ones by default)
@@ -165,6 +170,8 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   log: true (stderr) or function(line): one line per request
 --   speed (1): how fast the run tests' executions move through their
 --     phases (kpiwatch.sandbox_runs.PHASES, about 7 s at 1; 50 -> 0.14 s)
+--   max_body (M.MAX_BODY, 64 KiB): the most a request body may have; more
+--     is answered 413 before it is buffered or the credentials checked
 --- The options of `sandbox.start`.
 ---@class kpiwatch.sandbox.Options
 ---@field host? string the address to bind (default `127.0.0.1`)
@@ -178,6 +185,7 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 ---@field log? boolean|fun(line: string) one line per request (stderr when `true`)
 ---@field background? boolean do not keep the process alive
 ---@field speed? number how fast the run tests' executions move through their phases (default 1: about 7 s)
+---@field max_body? integer the largest request body (default 64 KiB; more is answered 413 before auth)
 
 --- Start a sandbox server.
 ---@param opts? kpiwatch.sandbox.Options
@@ -460,7 +468,7 @@ function M.start(opts)
   end
 
   local server = http.serve { host = opts.host or "127.0.0.1", port = opts.port or 0, handler = handler,
-                             background = opts.background }
+                             background = opts.background, max_body = opts.max_body or M.MAX_BODY }
   sb.server = server
   sb.port = server.port
   sb.host = opts.host or "127.0.0.1"

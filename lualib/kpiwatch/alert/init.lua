@@ -52,7 +52,8 @@
 --- exponential backoff and full jitter; what still fails is appended to the spool
 --- (`$KPIWATCH_SPOOL`, else `$XDG_STATE_HOME/kpiwatch/spool.json`) and re-sent
 --- on the next run or cycle. The library never ends the process: a notification
---- that could be neither delivered nor spooled makes `check` raise kind `lost`.
+--- that could be neither delivered nor spooled makes `check` raise an error of
+--- kind `lost` (the command line exits 3).
 
 local errors = require "kpiwatch.errors"
 local spool = require "kpiwatch.spool"
@@ -81,10 +82,18 @@ local function warn(msg)
 end
 
 -- Helpers for scripts and tests (the names the single-file module had).
-M.rfc3339, M.new_id, M.parse_duration = report.rfc3339, report.new_id, rule.parse_duration
+M.rfc3339, M.new_id = report.rfc3339, report.new_id
+--- Parse a duration: `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2d"`, or seconds.
+---@param v string|number
+---@return number|nil seconds
+---@return string? err why it is not a duration
+M.parse_duration = rule.parse_duration
 M._compile, M._eval_rule = rule.compile, rule.eval_rule
 M._lookup_for, M._fingerprint, M._make_event = rule.lookup_for, rule.fingerprint, report.make_event
-M.new_state, M.load_state, M.save_state = state.new, state.load, state.save
+--- An empty watch state, for `alert.step`.
+---@return table state `{alerts = {}, outbox = {}}`
+M.new_state = state.new
+M.load_state, M.save_state = state.load, state.save
 
 -- ---- the registry ---------------------------------------------------------------
 
@@ -142,6 +151,8 @@ local DEFAULT_CONFIG = {
   spool = false,          -- spool file; false: spool.default_path()
   exit_on_lost = true,    -- check(): raise kind "lost" (exit 3) when a notification is lost
   quiet = false,          -- no no-data / rule-error lines on stderr
+  spool_max_age = spool.DEFAULTS.max_age,           -- seconds; older entries go to PATH.dead
+  spool_max_attempts = spool.DEFAULTS.max_attempts, -- attempts; then PATH.dead
 }
 
 local CONFIG_CHECK = {
@@ -153,11 +164,12 @@ local CONFIG_CHECK = {
   spool = function(v) return v == false or (type(v) == "string" and v ~= "") end,
   exit_on_lost = function(v) return type(v) == "boolean" end,
   quiet = function(v) return type(v) == "boolean" end,
+  spool_max_age = function(v) return rule.parse_duration(v) ~= nil and rule.parse_duration(v) > 0 end,
+  spool_max_attempts = function(v) return math_type(v) == "integer" and v >= 1 end,
 }
 
---- A fresh, empty registry: rules, hooks and delivery options of its own.
---- It has the module's functions as methods (reg:rule{...}, reg:check(x)).
----@return table registry
+--- A fresh, empty registry.
+---@return kpiwatch.alert.Registry registry
 function M.registry()
   local config = {}
   for k, v in pairs(DEFAULT_CONFIG) do config[k] = v end
@@ -165,10 +177,16 @@ function M.registry()
     Registry)
 end
 
---- Sets delivery options: retries, backoff, max_backoff, max_retry_wait,
---- concurrency, spool, exit_on_lost, quiet (see DEFAULT_CONFIG).
----@param t table
----@return table self
+--- Set delivery options. `exit_on_lost`: `check` raises a `lost` error when a
+--- notification could be neither delivered nor spooled (else it only counts it).
+--- Spool retention: an entry spooled longer than `spool_max_age` (a duration,
+--- default 7 days) or tried `spool_max_attempts` times (default 100, the first
+--- run's retries included) moves to the dead-letter file `<spool>.dead`, with a
+--- warning. The spool is shared by concurrent runs: every change is a locked
+--- read-modify-write (flock of `<spool>.lock`), and a replayed entry leaves the
+--- file as soon as it is delivered, so it is delivered once.
+---@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean, spool_max_age?: string|number, spool_max_attempts?: integer} defaults 3, 0.5, 30, 60, 8, the default spool, true, false, "7d", 100
+---@return kpiwatch.alert.Registry self
 function Registry:configure(t)
   if type(t) ~= "table" then config_error(caller_where(), "alert.configure expects a table") end
   for k, v in pairs(t) do
@@ -177,6 +195,7 @@ function Registry:configure(t)
     if not check(v) then
       config_error(caller_where(), "alert.configure: bad value for '" .. k .. "': " .. tostring(v))
     end
+    if k == "spool_max_age" then v = rule.parse_duration(v) end
     self.config[k] = v
   end
   return self
@@ -188,10 +207,8 @@ function Registry:_log(msg, force)
   if force or not self.config.quiet then warn(msg) end
 end
 
---- Registers a rule; a bad spec raises a config error naming file:line,
---- the rule and the field.
----@param spec table {name=, metric= | evals= | when=, below= | above= | at_most= |
---- at_least= | equals=, severity=, labels=, summary=, notify=, no_data=, after=, ...}
+--- Register a rule.
+---@param spec kpiwatch.alert.Rule
 ---@return table rule the compiled rule
 function Registry:rule(spec)
   local where = caller_where()
@@ -248,7 +265,10 @@ end
 --- (what `gate --rules` uses). A firing entry means the condition holds now.
 ---@param x kpiwatch.Kpi|table a KPI object, a decoded body, or a list of those
 ---@return kpiwatch.alert.Report report
-Registry.evaluate = rule.evaluate
+function Registry:evaluate(x)
+  return rule.evaluate(self, x)
+end
+
 --- One watch evaluation without sending anything (for tests): alerts go pending,
 --- then firing (after `after`), then resolved (after `keep_firing_for`); a
 --- still-firing alert is re-sent after `repeat_interval`. Advances `st` in place.
@@ -257,7 +277,10 @@ Registry.evaluate = rule.evaluate
 ---@param now? number epoch seconds (default `os.time()`)
 ---@param opts? {failed?: table<string, table>} executions that could not be fetched keep their alerts unchanged
 ---@return kpiwatch.alert.Report report with `events` (each `{event, hooks}`), `pending`, `resolved` and `firing`
-Registry.step = state.step
+function Registry:step(st, kpis_in, now, opts)
+  return state.step(self, st, kpis_in, now, opts)
+end
+
 --- The options of `alert.watch`.
 ---@class kpiwatch.alert.WatchOptions
 ---@field ids string[]|fun(): string[] the executions, or a function returning them each cycle
@@ -278,7 +301,10 @@ Registry.step = state.step
 ---@async
 ---@param opts kpiwatch.alert.WatchOptions
 ---@return table summary `{cycles, delivered, spooled, lost, spool, interrupted, last}`
-Registry.watch = watch.watch
+function Registry:watch(opts)
+  return watch.watch(self, opts)
+end
+
 Registry._spool_path = deliver.spool_path
 Registry._replay = deliver.replay
 Registry._deliver = deliver.deliver
@@ -292,13 +318,18 @@ local function fetch(x)
   return kpis.resolve(kpi_list(x))
 end
 
---- Evaluates every rule once, notifies each firing alert's hooks, spools
---- what cannot be delivered.
----@param x any an execution id, a KPI object, a decoded body, or a list of those
----@param opts table|nil {spool = path}
----@return table report evaluate's, with deliveries, delivered, spooled, lost, skipped;
---- when a notification is lost (and exit_on_lost), raises instead an error of kind
---- "lost" whose `report` field is this report (the CLI exits 3)
+--- Evaluate every rule once, notify the hooks of what fires (re-sending what is
+--- spooled first), and spool what cannot be delivered. A notification that could
+--- be neither delivered nor spooled is lost: with `exit_on_lost` (the default)
+--- `check` then raises an error of kind `lost` whose `report` field is the
+--- report (the command line exits 3); the library never ends the process.
+--- SIGTERM or SIGHUP during the deliveries cancels them, spools them, and
+--- raises an error of kind `interrupted` with `signal` ("term", "hup") and
+--- `report` (the command line exits 143 or 129).
+---@async
+---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@param opts? {spool?: string} another spool path
+---@return kpiwatch.alert.Report report with `deliveries` and their counts
 function Registry:check(x, opts)
   opts = opts or {}
   self:_check_hooks()
@@ -311,19 +342,32 @@ function Registry:check(x, opts)
   report.finish(rep)
   report.print_problems(self, rep)
 
-  local sp = spool.open(self:_spool_path(opts))
+  local sp = deliver.open_spool(self, self:_spool_path(opts))
   rep.spool = sp.path
-  self:_replay(sp, nil, rep)
-  local now = os.time()
-  local jobs = {}
-  for _, a in ipairs(rep.firing) do
-    local src = report.SOURCES[a]
-    local ev = report.make_event(a, "firing", now, src[2])
-    for _, h in ipairs(self:_hooks_of(src[1])) do
-      jobs[#jobs + 1] = { hook = h, event = ev }
+  -- SIGTERM or SIGHUP (a CI job cancelled while a webhook is down) cancels
+  -- the deliveries, which then spool, and check raises kind "interrupted":
+  -- the CLI exits 143 or 129. SIGINT keeps its own path (the interrupt).
+  local ctx = deliver.stop_context({ "term", "hup" })
+  local ok, err = pcall(function()
+    self:_replay(sp, ctx, rep)
+    local now = os.time()
+    local jobs = {}
+    for _, a in ipairs(rep.firing) do
+      local src = report.SOURCES[a]
+      local ev = report.make_event(a, "firing", now, src[2])
+      for _, h in ipairs(self:_hooks_of(src[1])) do
+        jobs[#jobs + 1] = { hook = h, event = ev }
+      end
     end
+    self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+  end)
+  deliver.stop_end(ctx)
+  if not ok then error(err, 0) end
+  if ctx.signal then
+    errors.raise("interrupted", format("SIG%s during delivery: %d notification%s spooled to %s, %d lost",
+      ctx.signal:upper(), rep.spooled, rep.spooled == 1 and "" or "s", sp.path, rep.lost),
+      { signal = ctx.signal, report = rep })
   end
-  self:_deliver(group.jobs(self, jobs), sp, nil, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",
@@ -336,11 +380,14 @@ end
 
 local default = M.registry()
 
---- Loads a rules file into a fresh registry: the file's alert.rule{...}
---- calls register there, or it returns a list of rule tables. Errors name
---- the file, the line and the field.
+--- A fresh registry holding a file's rules. The file calls `alert.rule{}` or
+--- returns a list of rule tables; it sees `alert` and `notify` without a
+--- `require`, and its globals stay its own. It has no way to end the process:
+--- `os.exit`, `alert.check` and `alert.watch` raise a `config` error there, also
+--- later, from the predicates and tasks it defines (a failed task of the file is
+--- a warning). Errors name the file, the line and the field.
 ---@param path string
----@return table registry
+---@return kpiwatch.alert.Registry registry
 function M.load_rules(path)
   return rules_file.load(M, path, function(reg)
     local saved = default
@@ -349,15 +396,15 @@ function M.load_rules(path)
   end)
 end
 
---- Empties the default registry (rules, hooks, options).
----@return table registry the new default registry
+--- Empty the default registry.
+---@return kpiwatch.alert.Registry registry the new default registry
 function M.reset()
   default = M.registry()
   return default
 end
 
---- The default registry, which the module-level functions act on.
----@return table registry
+--- The default registry (what the module functions act on).
+---@return kpiwatch.alert.Registry registry
 function M.default()
   return default
 end
@@ -366,8 +413,8 @@ for _, name in ipairs({ "rule", "hook", "configure", "evaluate", "check", "watch
   M[name] = function(...) return default[name](default, ...) end
 end
 
---- The rules of the default registry, in registration order.
----@return table rules
+--- The default registry's rules.
+---@return kpiwatch.alert.Rule[] rules
 function M.rules()
   return default.rules
 end
