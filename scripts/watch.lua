@@ -29,7 +29,7 @@ alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, severity =
              after = 2, keep_firing_for = "10m", repeat_interval = "1h",
              labels = { agent = "{agent_type}" } }
 
--- Latency passes through in the server's units (see README).
+-- Latency passes through in the server's units (see kpiwatch.model in doc/lua-api.md).
 alert.rule { name = "agent-latency", metric = "avg_agent_latency", above = 1500, after = "5m",
              summary = "agent latency is {value:%.0f}, above {threshold}" }
 

@@ -13,10 +13,12 @@
 --   function Class.m(...)     `---@class Name` block, shown as Name:m(a) (the
 --                             parameters from @param when the code has `...`)
 --   M.f = ...                 a function when the block has @param/@return,
---                             otherwise a value
+--   Class.m = ...             otherwise a value (Class.m is shown as Name:m)
 --   local Class = {}          after a block with `---@class Name` (and @field lines)
 -- A block holding `---@brief` is the module's introduction. Names starting
--- with `_`, and blocks tagged `---@private` or `---@nodoc`, are left out.
+-- with `_`, and blocks tagged `---@private` or `---@nodoc`, are left out. A
+-- public `function M.f` or `function Class:m` with no block is named on
+-- stderr, so a new function does not go undocumented unnoticed.
 -- Tags: @param name[?] type desc, @return type desc, @class, @field,
 -- @overload, @async, @see, @deprecated; text lines after a tag continue it.
 
@@ -169,18 +171,26 @@ local function scan(path, module, mod, items)
             item = { kind = "function", name = prefix .. name, args = table.concat(list, ", "), b = b }
           else
             local var, vname = line:match("^%s*([%a_][%w_]*)%.([%a_][%w_]*)%s*=")
-            if var == modvar and vname:sub(1, 1) ~= "_" then
+            local prefix = var == modvar and short(module) .. "."
+              or classes[var] and short(classes[var]) .. ":"
+            if prefix and vname:sub(1, 1) ~= "_" then
               if #b.params > 0 or #b.returns > 0 then
                 local list = {}
                 for _, p in ipairs(b.params) do list[#list + 1] = (p.name:gsub("%?$", "")) end
-                item = { kind = "function", name = short(module) .. "." .. vname,
+                item = { kind = "function", name = prefix .. vname,
                   args = table.concat(list, ", "), b = b }
               else
-                item = { kind = "value", name = short(module) .. "." .. vname, b = b }
+                item = { kind = "value", name = prefix .. vname, b = b }
               end
             end
           end
           items[#items + 1] = item
+        end
+      elseif not path:find("/_meta/", 1, true) then
+        -- a public function with no annotation: say so (stderr only)
+        local owner, name = line:match("^function%s+([%a_][%w_]*)[.:]([%a_][%w_]*)%s*%(")
+        if owner and (owner == modvar or classes[owner]) and name:sub(1, 1) ~= "_" then
+          io.stderr:write("gen_lua_api: ", path, ": ", owner, ".", name, " has no annotation\n")
         end
       end
       block = nil

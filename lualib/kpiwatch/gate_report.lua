@@ -11,7 +11,7 @@
 --    started_at = "YYYY-MM-DDThh:mm:ssZ", duration = seconds}
 -- opts.color: ANSI colours in the text report.
 --
--- The JSON report is a documented interface (README, "gate JSON schema"):
+-- The JSON report is a documented interface (doc/kpiwatch.1, GATE REPORTS):
 -- every key is always present, null when it has no value, so consumers never
 -- test for absence. Its `schema` key changes only when the shape does.
 

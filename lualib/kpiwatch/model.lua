@@ -86,7 +86,11 @@ local function nonfinite(name, v)
   return v
 end
 
--- is_invalid(v) -> whether v stands for a non-finite or non-JSON number.
+--- Whether `v` stands for a number the body gave that is not finite or not
+--- JSON (`1e400`, `Infinity`, `0x1`): such a field is a protocol error, never
+--- a pass; comparing or doing arithmetic with it raises a `protocol` error.
+---@param v any
+---@return boolean
 function M.is_invalid(v)
   return getmetatable(v) == Invalid
 end
@@ -686,6 +690,7 @@ end
 
 -- The server's own message in an error body: detail, then message, then
 -- result (a string, or an object with a message), then error.
+---@private
 function M.server_message(body)
   if type(body) ~= "table" then return nil end
   for _, key in ipairs({ "detail", "message", "result", "error" }) do

@@ -409,12 +409,20 @@ local function event_lookup(event)
 end
 M._event_lookup = event_lookup
 
+--- What `notify.exec` takes: the program and its arguments as the list part
+--- (or `argv`), and options.
+---@class kpiwatch.notify.ExecSpec
+---@field argv? string[] the program and its arguments, instead of the list part
+---@field timeout? number seconds (default 30)
+---@field env? table<string, string> added to the environment
+---@field cwd? string the working directory
+
 --- A hook that runs a program directly (never through a shell) with the event as
 --- JSON on stdin. Arguments are templates (`"{summary}"`, `"{value:%.2f}"`);
 --- `KPIWATCH_EVENT_ID`, `KPIWATCH_ALERT_STATE` and `KPIWATCH_ALERT_RULE` are
 --- added to its environment. Exit 0 is delivered; 75 (EX_TEMPFAIL) and a
 --- timeout are retryable; any other status is a failure.
----@param spec {[integer]: string, argv?: string[], timeout?: number, env?: table<string, string>, cwd?: string} the program and its arguments (or `argv`); timeout defaults to 30 s
+---@param spec kpiwatch.notify.ExecSpec
 ---@return fun(event: table) hook for `alert.hook`
 function M.exec(spec)
   spec = check_opts("exec", spec, EXEC_OPTS)

@@ -32,7 +32,7 @@ local M = {}
 --- not survive from one line to the next (use globals). TAB completes globals,
 --- fields and methods (and fixture ids with `--sandbox`). Ctrl-C cancels the
 --- running line, Ctrl-D exits with status 0. The history is kept in
---- `$XDG_STATE_HOME/kpiwatch/history`, without lines that name a credential.
+--- `$XDG_STATE_HOME/kpiwatch/history`, without lines that may hold a credential.
 --- The settings below (`repl.prompt`, ...) may be changed from the prompt.
 
 local rl = require "kpiwatch._repl"
@@ -271,6 +271,7 @@ end
 -- `return <src>` first, as lua.c does, so an expression prints its value;
 -- unlike lua.c this is also tried on continued chunks, so a table written
 -- over several lines is an expression too.
+---@private
 function M.compile(src)
   local f, err1 = load("return " .. src, "=stdin", "t")
   if f then return f end
@@ -283,6 +284,7 @@ end
 -- run(fn) -> table.pack(ok, results or error): fn runs in its own task;
 -- Ctrl-C while it runs cancels the task (what it waits on is cancelled and
 -- it raises "interrupted!" there).
+---@private
 function M.run_chunk(fn)
   local t = task.spawn(function()
     return table.pack(xpcall(fn, on_error))
@@ -541,7 +543,12 @@ local function configured_secrets()
   return list
 end
 
----Whether a REPL line must stay out of the history file (see above).
+--- Whether a REPL line must stay out of the history file because it may hold
+--- a credential: it names one (`secret`, `api_key`, `token`, `password`,
+--- `authorization`, ...), holds a configured secret (`FI_API_KEY`,
+--- `FI_SECRET_KEY`, the keys given to `kpis.configure` or the command line), a
+--- known key prefix (`whsec_`, Slack's `xox?-`, GitHub's and GitLab's tokens,
+--- AWS key ids, JWTs), or a URL with userinfo or a token-looking path or query.
 ---@param line string
 ---@return boolean
 function M.mentions_secret(line)

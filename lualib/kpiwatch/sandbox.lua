@@ -172,8 +172,23 @@ M.MAX_BODY = 64 * 1024
 --     phases (kpiwatch.sandbox_runs.PHASES, about 7 s at 1; 50 -> 0.14 s)
 --   max_body (M.MAX_BODY, 64 KiB): the most a request body may have; more
 --     is answered 413 before it is buffered or the credentials checked
+--- The options of `sandbox.start`.
+---@class kpiwatch.sandbox.Options
+---@field host? string the address to bind (default `127.0.0.1`)
+---@field port? integer default 0: any free port
+---@field api_key? string the credentials to accept (default the sandbox's own)
+---@field secret_key? string
+---@field builtin? boolean serve the built-in fixtures (default true)
+---@field fixtures? {id: string, body: string, fault?: string}[] more executions
+---@field fixtures_dir? string serve every `<uuid>.json` of this folder byte for byte
+---@field faults? {ids?: table<string, string>, rates?: table<string, number>, seed?: integer} faults per id, and at random (seed 1)
+---@field log? boolean|fun(line: string) one line per request (stderr when `true`)
+---@field background? boolean do not keep the process alive
+---@field speed? number how fast the run tests' executions move through their phases (default 1: about 7 s)
+---@field max_body? integer the largest request body (default 64 KiB; more is answered 413 before auth)
+
 --- Start a sandbox server.
----@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number, max_body?: integer} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1, speed 1
+---@param opts? kpiwatch.sandbox.Options
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}

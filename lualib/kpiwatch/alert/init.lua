@@ -4,7 +4,7 @@
 -- watch state machine), alert/deliver.lua (hooks, retries, spool),
 -- alert/watch.lua (the loop), alert/rules_file.lua (load_rules).
 --
---   alert.rule{...}            register a rule (see README "Alert rules")
+--   alert.rule{...}            register a rule (doc/lua-api.md)
 --   alert.hook(name, fn)       register a notification hook
 --   alert.evaluate(x)          -> report, no notification, no state (the gate)
 --   alert.check(x)             -> report, after notifying what fires
@@ -32,11 +32,11 @@
 --- mode. Rules say when an execution is bad; hooks say who hears about it.
 --- The module functions `alert.rule`, `alert.hook`, `alert.configure`,
 --- `alert.evaluate`, `alert.check`, `alert.watch` and `alert.step` act on the
---- default registry: they are the `registry:` methods below.
+--- default registry: they are the `Registry:` methods below.
 ---
---- `x` (what `evaluate`, `check` and `step` take) is an execution id (fetched
---- with `kpis.get`), a KPI object, a plain decoded body, or a list of those, so
---- rules can be unit-tested with no server.
+--- `x` (what `evaluate` and `check` take) is a KPI object, a plain decoded body,
+--- or a list of those; `check` also takes execution ids (fetched with
+--- `kpis.get`). So rules can be unit-tested with no server.
 ---
 --- No data: a missing or null field, a listed eval the execution does not have,
 --- or a glob matching nothing is reported as `no_data`, never as a pass; so is a
@@ -46,6 +46,7 @@
 --- Templates (`summary`, `labels`): `{field}` or `{field:%.1f}`, looked up in the
 --- alert (`rule`, `metric`, `value`, `threshold`, `op`, `severity`,
 --- `execution_id`, `state`, `labels.x`), then the KPI fields, then the evals.
+--- `{{` and `}}` are literal braces; an unknown name stays as written.
 ---
 --- Delivery: each hook runs in its own task; retryable failures are retried with
 --- exponential backoff and full jitter; what still fails is appended to the spool
@@ -262,8 +263,7 @@ end
 
 --- Evaluate every rule once against each execution: no notification, no state
 --- (what `gate --rules` uses). A firing entry means the condition holds now.
----@async
----@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@param x kpiwatch.Kpi|table a KPI object, a decoded body, or a list of those
 ---@return kpiwatch.alert.Report report
 function Registry:evaluate(x)
   return rule.evaluate(self, x)
@@ -272,8 +272,8 @@ end
 --- One watch evaluation without sending anything (for tests): alerts go pending,
 --- then firing (after `after`), then resolved (after `keep_firing_for`); a
 --- still-firing alert is re-sent after `repeat_interval`. Advances `st` in place.
----@param st table a state from `alert.new_state()`
----@param kpis_in string|kpiwatch.Kpi|table what `evaluate` takes
+---@param st table a state from `alert.new_state()` or `alert.load_state(path)`
+---@param kpis_in table a list of KPI objects or decoded bodies
 ---@param now? number epoch seconds (default `os.time()`)
 ---@param opts? {failed?: table<string, table>} executions that could not be fetched keep their alerts unchanged
 ---@return kpiwatch.alert.Report report with `events` (each `{event, hooks}`), `pending`, `resolved` and `firing`
@@ -281,14 +281,26 @@ function Registry:step(st, kpis_in, now, opts)
   return state.step(self, st, kpis_in, now, opts)
 end
 
---- Poll through `kpis.get_all` every `every` until SIGINT or SIGTERM, then stop
---- cleanly. With `state`, alert states and not-yet-sent events persist across
---- restarts (written atomically, mode 0600): a restart neither re-fires nor
---- forgets. An execution that fails to fetch keeps its alerts; one no longer in
---- `ids`, or a removed rule, resolves its alerts.
+--- The options of `alert.watch`.
+---@class kpiwatch.alert.WatchOptions
+---@field ids string[]|fun(): string[] the executions, or a function returning them each cycle
+---@field every? string|number the poll interval (default 60 s)
+---@field state? string the state file (alert states and unsent events survive restarts)
+---@field spool? string default `<state>.spool`, else the default spool
+---@field max_cycles? integer stop after this many cycles
+---@field on_cycle? fun(report: kpiwatch.alert.Report, n: integer): boolean? called after each cycle; `false` stops
+---@field concurrency? integer fetches in flight
+
+--- Poll through `kpis.get_all` every `every` until SIGINT or SIGTERM,
+--- `max_cycles`, or `on_cycle` returning false, then stop cleanly. With `state`,
+--- alert states and not-yet-sent events persist across restarts (written
+--- atomically, mode 0600): a restart neither re-fires nor forgets. An execution
+--- that fails to fetch keeps its alerts; one no longer in `ids`, or a removed
+--- rule, resolves its alerts. The summary's `interrupted` is the signal
+--- (`"int"`, `"term"`) that stopped it, `last` the last cycle's report.
 ---@async
----@param opts {ids: string[]|fun(): string[], every?: string|number, state?: string, spool?: string, max_cycles?: integer, on_cycle?: fun(report: kpiwatch.alert.Report, n: integer), concurrency?: integer} `every` defaults to 60 s; `spool` to `<state>.spool`, else the default spool
----@return {cycles: integer, delivered: integer, spooled: integer, lost: integer, spool: string, interrupted?: "int"|"term", last?: kpiwatch.alert.Report} result
+---@param opts kpiwatch.alert.WatchOptions
+---@return table summary `{cycles, delivered, spooled, lost, spool, interrupted, last}`
 function Registry:watch(opts)
   return watch.watch(self, opts)
 end

@@ -3,7 +3,7 @@
 -- Two shapes share one parser:
 --   kpiwatch [options] [script [args]]      lua.c-compatible
 --   kpiwatch [options] COMMAND [args]       get, gate, sandbox
--- The returned integer is the process exit status (see README: 0 ok,
+-- The returned integer is the process exit status (doc/kpiwatch.1: 0 ok,
 -- 1 a check failed, 2 usage/config/script error, 3 API or network error).
 
 local M = {}
