@@ -13,6 +13,7 @@ local errors = require "kpiwatch.errors"
 local model = require "kpiwatch.model"
 local kpis = require "kpiwatch.kpis"
 local json = require "kpiwatch.json"
+local shared = require "kpiwatch.shared"
 
 --- Executions, run tests, runs and calls. Re-exported by `kpis`:
 --- `kpis.execution`, `kpis.executions`, `kpis.run_test_id`, `kpis.run`,
@@ -104,20 +105,27 @@ function methods:to_json()
   return out
 end
 
---- The execution's KPIs (kpis.get of its id); partial unless is_done().
+--- The execution's KPIs (kpis.get of its id); partial unless is_done(). Those of a
+--- completed execution are recorded in the history (kpiwatch.history).
 ---@async
 ---@param opts table|nil options of kpis.get
 ---@return kpiwatch.Kpi kpi
 function methods:kpis(opts)
-  return kpis.get(self.id, opts)
+  local k = kpis.get(self.id, opts)
+  -- a completed execution's KPIs are final: kept in the history
+  if self.status == "completed" then
+    require("kpiwatch.history.fetch").record(k, { execution_id = self.id, status = "completed",
+      start_time = self.start_time })
+  end
+  return k
 end
 
 Execution.__tostring = function(self)
   local parts = { "execution " .. self.id .. ": " .. tostring(self.status) }
-  if self.calls then parts[#parts + 1] = format("%s calls", model.format_value(self.calls)) end
-  if self.agent_type then parts[#parts + 1] = model.format_value(self.agent_type) end
-  if self.start_time then parts[#parts + 1] = "started " .. model.format_value(self.start_time) end
-  if self.error_reason then parts[#parts + 1] = "error: " .. model.format_value(self.error_reason) end
+  if self.calls then parts[#parts + 1] = format("%s calls", shared.format_value(self.calls)) end
+  if self.agent_type then parts[#parts + 1] = shared.format_value(self.agent_type) end
+  if self.start_time then parts[#parts + 1] = "started " .. shared.format_value(self.start_time) end
+  if self.error_reason then parts[#parts + 1] = "error: " .. shared.format_value(self.error_reason) end
   return table.concat(parts, ", ")
 end
 
@@ -161,12 +169,12 @@ end
 
 local List = { __name = "kpiwatch.execution.list" }
 
--- A cell of server text for a table: control characters neutralised and
--- cut short by model.format_value (shared.format_value: the one escape of
--- server text).
+-- A cell of server text for a table: shared.format_value, the one
+-- formatter of values (server text through shared.clean: control
+-- characters and escape sequences neutralised, cut at 60 bytes).
 local function cell(v)
   if v == nil then return "-" end
-  return model.format_value(v)
+  return shared.format_value(v)
 end
 
 --- The executions as an aligned table (id, status, start, calls, success
@@ -177,7 +185,7 @@ function M.table(list)
   local rows = { { "ID", "STATUS", "START", "CALLS", "SUCCESS", "ERROR" } }
   for _, e in ipairs(list) do
     rows[#rows + 1] = { cell(e.id), cell(e.status), cell(e.start_time), cell(e.calls),
-      e.success_rate and (model.format_value(e.success_rate) .. "%") or "-", cell(e.error_reason) }
+      e.success_rate and (shared.format_value(e.success_rate) .. "%") or "-", cell(e.error_reason) }
   end
   local width = {}
   for _, r in ipairs(rows) do
@@ -239,10 +247,12 @@ local function split(opts, own, where)
   return mine, client
 end
 
-local function positive_integer(v, what)
-  if math.type(v) == "float" and v == math.floor(v) then v = math.tointeger(v) end
-  if math.type(v) ~= "integer" or v < 1 then errors.raise("config", what .. " must be a positive integer") end
-  return v
+-- shared.validate checkers
+local function positive_integer(v)
+  return math.type(v) == "integer" and v >= 1, "a positive integer"
+end
+local function positive_seconds(v)
+  return type(v) == "number" and v > 0 and v < math.huge, "a positive number of seconds"
 end
 
 -- The path and query of an absolute or relative URL.
@@ -358,17 +368,17 @@ local EXECUTIONS_OPTS = { status = true, limit = true, page_size = true, stop = 
 ---@return kpiwatch.Execution[]
 function M.executions(run_test, opts)
   local o, client = split(opts, EXECUTIONS_OPTS, "kpis.executions")
-  local limit = o.limit and positive_integer(o.limit, "kpis.executions: limit")
-  local page_size = o.page_size and positive_integer(o.page_size, "kpis.executions: page_size")
+  shared.validate("kpis.executions", {
+    limit = { o.limit, positive_integer, true },
+    page_size = { o.page_size, positive_integer, true },
+    stop = { o.stop, "callable", true },
+    status = { o.status, function(v)
+      return type(v) == "string" and v:find("%a") ~= nil, 'a status name such as "completed"'
+    end, true },
+  })
+  local limit, page_size, stop = o.limit, o.page_size, o.stop
   if not page_size and limit and limit < 10 then page_size = limit end
-  local stop = o.stop
-  if stop ~= nil and type(stop) ~= "function" then
-    errors.raise("config", "kpis.executions: stop must be a function")
-  end
   local want = o.status ~= nil and norm_status(o.status)
-  if o.status ~= nil and (not want or want == "") then
-    errors.raise("config", "kpis.executions: status must be a status name such as \"completed\"")
-  end
   local c = kpis._client(client)
   local rid = run_test_of(run_test, client)
   local q = {}
@@ -403,7 +413,8 @@ function M.calls(id, opts)
   local o, client = split(opts, { page_size = true }, "kpis.calls")
   local c = kpis._client(client)
   id = kpis.check_id(id)
-  local size = o.page_size and positive_integer(o.page_size, "kpis.calls: page_size") or 100
+  shared.validate("kpis.calls", { page_size = { o.page_size, positive_integer, true } })
+  local size = o.page_size or 100
   local out, status = {}, nil
   each_page(c, c.root .. id .. "/?limit=" .. size, id, function(body)
     status = status or norm_status(body.status)
@@ -445,9 +456,13 @@ local RUN_OPTS = { scenario_ids = true, simulator_id = true, select_all = true }
 ---@return table answer the server's answer (message, total_calls, ...)
 function M.run(run_test, opts)
   local o, client = split(opts, RUN_OPTS, "kpis.run")
+  shared.validate("kpis.run", {
+    scenario_ids = { o.scenario_ids, "table", true },
+    simulator_id = { o.simulator_id, "string", true },
+    select_all = { o.select_all, "boolean", true },
+  })
   local body = {}
   if o.scenario_ids ~= nil then
-    if type(o.scenario_ids) ~= "table" then errors.raise("config", "kpis.run: scenario_ids must be a list of ids") end
     local ids = {}
     for i, sid in ipairs(o.scenario_ids) do
       if not kpis.is_uuid(sid) then
@@ -457,14 +472,8 @@ function M.run(run_test, opts)
     end
     body.scenario_ids = #ids > 0 and ids or json.array()
   end
-  if o.simulator_id ~= nil then
-    if type(o.simulator_id) ~= "string" then errors.raise("config", "kpis.run: simulator_id must be a string") end
-    body.simulator_id = o.simulator_id
-  end
-  if o.select_all ~= nil then
-    if type(o.select_all) ~= "boolean" then errors.raise("config", "kpis.run: select_all must be true or false") end
-    body.select_all = o.select_all
-  end
+  body.simulator_id = o.simulator_id
+  body.select_all = o.select_all
   local c = kpis._client(client)
   local rid = run_test_of(run_test, client)
   local headers = {}
@@ -528,22 +537,20 @@ function M.wait(id, opts)
   for k in pairs(opts) do
     if not WAIT_OPTS[k] then errors.raise("config", "kpis.wait: unknown option '" .. tostring(k) .. "'") end
   end
-  local function secs(v, name, default)
-    if v == nil then return default end
-    if type(v) ~= "number" or not (v > 0 and v < math.huge) then
-      errors.raise("config", "kpis.wait: " .. name .. " must be a positive number of seconds")
-    end
-    return v
-  end
+  shared.validate("kpis.wait", {
+    timeout = { opts.timeout, function(v)
+      return v == false or positive_seconds(v), "a positive number of seconds, or false"
+    end, true },
+    every = { opts.every, positive_seconds, true },
+    max_every = { opts.max_every, positive_seconds, true },
+    on_status = { opts.on_status, "callable", true },
+    client = { opts.client, "table", true },
+  })
   local timeout = opts.timeout
-  if timeout ~= false then timeout = secs(timeout, "timeout", M.WAIT.timeout) end
-  local every = secs(opts.every, "every", M.WAIT.every)
-  local max_every = math.max(every, secs(opts.max_every, "max_every", M.WAIT.max_every))
-  local on_status = opts.on_status
-  if on_status ~= nil and type(on_status) ~= "function" then
-    errors.raise("config", "kpis.wait: on_status must be a function")
-  end
-  on_status = on_status or repl_progress()
+  if timeout == nil then timeout = M.WAIT.timeout end
+  local every = opts.every or M.WAIT.every
+  local max_every = math.max(every, opts.max_every or M.WAIT.max_every)
+  local on_status = opts.on_status or repl_progress()
   id = kpis.check_id(id)
   local task = require "kpiwatch.task"
   local t0 = task.now()

@@ -4,7 +4,8 @@
 --
 -- format is text | json | junit | github | markdown. result is what
 -- kpiwatch.cli.gate builds:
---   {execution_id=, baseline_id=, verdict = "pass"|"fail"|"error",
+--   {execution_id=, baseline_id=, run_test=, execution_status=, error_reason=,
+--    verdict = "pass"|"fail"|"error",
 --    exit_code=, summary = {total, passed, failed, no_data, skipped, errors},
 --    checks = {...} (see kpiwatch.requirement), error = {kind=, message=},
 --    started_at = "YYYY-MM-DDThh:mm:ssZ", duration = seconds}
@@ -104,9 +105,18 @@ function M.verdict_line(result)
   return format("gate FAIL: %s (%s): %s", n, counts_text(s), names)
 end
 
+-- The execution's status as reports show it (server text: one line, no
+-- control characters), or nil when it was never read (an API error).
+local function status_text(result)
+  if result.execution_status == nil then return nil end
+  return shared.clean(tostring(result.execution_status), 300)
+end
+
 local function header_line(result)
   local h = "kpiwatch gate: execution " .. tostring(result.execution_id)
   if result.baseline_id then h = h .. ", baseline " .. tostring(result.baseline_id) end
+  local st = status_text(result)
+  if st then h = h .. ", status " .. st end
   return one_line(h)
 end
 
@@ -124,9 +134,11 @@ function M.text(result, opts)
       extra = "baseline " .. fmt(c.baseline)
       if c.delta ~= nil then extra = extra .. ", delta " .. signed(c.delta) end
     end
-    if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule") then
+    if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule" or c.source == "status") then
       extra = (extra ~= "" and (extra .. "; ") or "") .. one_line(c.message or "")
     end
+    -- --significance: exact means, p-value, interval (kpiwatch.significance)
+    if c.stats_text then extra = (extra ~= "" and (extra .. "; ") or "") .. c.stats_text end
     local r = { STATUS_WORD[c.status] or c.status, one_line(c.metric or "?"), one_line(value_text(c)),
       one_line(requirement_text(c)), extra, c.status }
     for i = 1, 4 do
@@ -190,6 +202,15 @@ function M.json(result)
       delta = n(c.delta),
       status = c.status,
       message = c.message or "",
+      -- --significance (kpiwatch.significance)
+      test = n(c.test),
+      p_value = n(c.p),
+      ci = c.ci and { c.ci[1], c.ci[2] } or null,
+      significant = n(c.significant),
+      calls = n(c.n),
+      baseline_calls = n(c.n_base),
+      server_value = n(c.server_value),
+      server_baseline = n(c.server_baseline),
     }
   end
   if json.array then checks = json.array(checks) end
@@ -198,6 +219,10 @@ function M.json(result)
     schema = M.SCHEMA,
     execution_id = n(result.execution_id),
     baseline_execution_id = n(result.baseline_id),
+    run_test = n(result.run_test),
+    execution_status = n(status_text(result)),
+    error_reason = n(result.error_reason ~= nil and result.error_reason ~= json.null
+      and shared.clean(tostring(result.error_reason), 300) or nil),
     verdict = result.verdict,
     exit_code = result.exit_code,
     summary = {
@@ -288,7 +313,8 @@ function M.junit(result)
       cases[#cases + 1] = head .. ">\n      <error" .. attrs({ "message", c.message or "error", "type", "error" })
         .. ">" .. xml_text(details(c)) .. "</error>\n    </testcase>\n"
     else
-      local t = c.status == "no_data" and "no_data" or (c.source == "rule" and "rule" or "threshold")
+      local t = c.status == "no_data" and "no_data"
+        or ((c.source == "rule" or c.source == "status") and c.source or "threshold")
       cases[#cases + 1] = head .. ">\n      <failure" .. attrs({ "message", c.message or "failed", "type", t })
         .. ">" .. xml_text(details(c)) .. "</failure>\n    </testcase>\n"
     end
@@ -297,6 +323,7 @@ function M.junit(result)
   local suite_name = "kpiwatch gate " .. tostring(result.execution_id)
   local props = { { "execution_id", result.execution_id }, { "verdict", result.verdict } }
   if result.baseline_id then props[#props + 1] = { "baseline_execution_id", result.baseline_id } end
+  if status_text(result) then props[#props + 1] = { "execution_status", status_text(result) } end
   local prop_xml = {}
   for _, p in ipairs(props) do
     prop_xml[#prop_xml + 1] = "      <property" .. attrs({ "name", p[1], "value", tostring(p[2]) }) .. "/>\n"
@@ -350,6 +377,7 @@ function M.markdown(result)
   out[#out + 1] = ""
   local line = "Execution " .. md_code(tostring(result.execution_id))
   if result.baseline_id then line = line .. ", baseline " .. md_code(tostring(result.baseline_id)) end
+  if status_text(result) then line = line .. ", status " .. md_code(status_text(result)) end
   out[#out + 1] = line .. ". " .. md(M.verdict_line(result))
   out[#out + 1] = ""
   if result.verdict == "error" then return concat(out, "\n") .. "\n" end

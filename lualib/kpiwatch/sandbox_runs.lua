@@ -495,7 +495,7 @@ function M.new(opts)
       for _, sc in ipairs(rt.scenarios) do known[sc.id] = sc end
       for _, sid in ipairs(ids) do
         if type(sid) ~= "string" or not known[sid:lower()] then
-          return bad("scenario_ids: not a scenario of this run test: " .. tostring(sid):sub(1, 60):gsub("%c", "?"))
+          return bad("scenario_ids: not a scenario of this run test: " .. require("kpiwatch.shared").clean(sid, 60))
         end
         chosen[#chosen + 1] = known[sid:lower()]
       end
@@ -565,6 +565,11 @@ function M.new(opts)
       eid = eid:lower()
       local e = execs[eid]
       local function handle(r)
+        if not e and rest == "" and st.static_detail then
+          -- a KPI fixture: an execution that completed long ago, no calls
+          local body = st.static_detail(eid)
+          if body then return encode(body) end
+        end
         if not e then return not_found("Test execution not found.") end
         if rest == "cancel/" then return cancel(r, e) end
         return detail(r, e)

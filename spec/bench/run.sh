@@ -6,7 +6,9 @@
 #   1. throughput and client CPU: N KPI documents at concurrency C, from
 #      kpis.each, from a C program driving libcurl's multi interface
 #      (http_bench_curl.c, the ceiling), from Python asyncio + aiohttp and
-#      from Node.js fetch; also a plain http.request loop (no decoding)
+#      from Node.js fetch; also a plain http.request loop (no decoding) and
+#      the C program decoding each body with lua-cjson (the floor of a
+#      client that decodes: kpis.each's goal is 1.25x its CPU, issue 14)
 #   2. CI gate latency: `kpiwatch gate` against curl | jq and a Python
 #      urllib script (hyperfine, whole processes)
 #   3. startup: `kpiwatch -e ''` against `curl -V` (the same libraries
@@ -14,6 +16,8 @@
 #   4. memory: peak RSS of kpis.each at N and N/10, results consumed as
 #      they arrive
 #   5. idle watch: alert.watch over 200 executions every second, CPU share
+#   7. history: reading one metric of a 10,000-execution history file, and
+#      what recording an execution adds to a gate's CPU
 #
 # Every client talks to one `kpiwatch sandbox` running as its own process
 # on 127.0.0.1; it is stopped on exit (and by `timeout` in any case). Every
@@ -32,8 +36,11 @@
 #   BENCH_WATCH_SECONDS   length of one idle-watch run (default 30)
 #   BENCH_WATCH_ROUNDS    idle-watch runs (default 3)
 #   BENCH_WATCH_IDS       executions watched (default 200)
+#   BENCH_RUNS_PAST       past executions of each of the 3 run tests of the
+#                         run-test watch (default 200)
+#   BENCH_HISTORY_N       executions in the history read (default 10000)
 #   BENCH_ONLY            comma-separated subset of
-#                         throughput,gate,startup,memory,watch
+#                         throughput,gate,startup,memory,watch,runs,history
 #   BENCH_PYTHON          Python with aiohttp (default /usr/bin/python3)
 #   BENCH_KEEP=DIR        keep the raw measurements in DIR
 set -euo pipefail
@@ -43,10 +50,11 @@ KW=$(realpath "${1:-build/kpiwatch}")
 [ -x "$KW" ] || { echo "run.sh: no kpiwatch binary at $KW (build it first: make)" >&2; exit 2; }
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1
+  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1 d_past=20 d_hist=500
 else
-  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3
+  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3 d_past=200 d_hist=10000
 fi
+HISTORY_N=${BENCH_HISTORY_N:-$d_hist}
 N=${BENCH_N:-$d_n}
 C=${BENCH_C:-64}
 ROUNDS=${BENCH_ROUNDS:-$d_rounds}
@@ -54,7 +62,8 @@ RUNS=${BENCH_RUNS:-$d_runs}
 WATCH_SECONDS=${BENCH_WATCH_SECONDS:-$d_watch}
 WATCH_ROUNDS=${BENCH_WATCH_ROUNDS:-$d_wrounds}
 WATCH_IDS=${BENCH_WATCH_IDS:-200}
-ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch}
+RUNS_PAST=${BENCH_RUNS_PAST:-$d_past}
+ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch,runs,history}
 N_SMALL=$((N / 10))
 [ "$N_SMALL" -ge 1 ] || N_SMALL=1
 wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -93,6 +102,12 @@ say "building the C helpers"
 cc -O2 -o "$tmp/measure" spec/bench/measure.c
 if pkg-config --exists libcurl; then
   cc -O2 -o "$tmp/http_bench_curl" spec/bench/http_bench_curl.c $(pkg-config --cflags --libs libcurl)
+  # the same, decoding every body with lua-cjson (-j): issue 14 §5's floor
+  cjson_a=$(find /usr/lib -name liblua5.4-cjson.a 2>/dev/null | head -1)
+  if [ -n "$cjson_a" ] && pkg-config --exists lua5.4; then
+    cc -O2 -DKW_BENCH_CJSON -o "$tmp/http_bench_curl_json" spec/bench/http_bench_curl.c \
+      $(pkg-config --cflags --libs libcurl lua5.4) "$cjson_a" -lm
+  fi
 fi
 
 # measure NAME [TIMEOUT] -- CMD...: one run, appended to $tmp/NAME
@@ -143,6 +158,9 @@ if wants throughput || wants memory; then
     wants throughput || continue
     if [ -x "$tmp/http_bench_curl" ]; then
       measure curl "$limit" -- "$tmp/http_bench_curl" -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" "$urls" "$N" "$C"
+    fi
+    if [ -x "$tmp/http_bench_curl_json" ]; then
+      measure curl_json "$limit" -- "$tmp/http_bench_curl_json" -j -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" "$urls" "$N" "$C"
     fi
     measure kw_http "$limit" -- "$KW" spec/bench/http_bench_client.lua \
       -H "X-Api-Key: $KEY" -H "X-Secret-Key: $SECRET" -H "Accept: application/json" "$urls" "$N" "$C"
@@ -202,6 +220,27 @@ if wants watch; then
   done
 fi
 
+# ---- 6: watch of run tests ----------------------------------------------------
+
+if wants runs; then
+  say "watch of run tests (3 run tests, $RUNS_PAST past executions each; requests per cycle)"
+  # its own sandbox in its process: it counts the requests it answers
+  "$KW" spec/bench/watch_runs_bench.lua "$RUNS_PAST" 5 >"$tmp/runs" || { say "watch_runs_bench.lua failed"; exit 1; }
+fi
+
+# ---- 7: history -----------------------------------------------------------------
+
+if wants history; then
+  say "history: $HISTORY_N executions into a fresh file, then reads and records"
+  "$KW" spec/bench/history_bench.lua fill "$tmp/history.db" "$HISTORY_N"
+  "$KW" spec/bench/history_bench.lua read "$tmp/history.db" 9 >"$tmp/history_read"
+  for r in $(seq "$ROUNDS"); do
+    "$KW" spec/bench/history_bench.lua record "$tmp/history.db" 40 >>"$tmp/history_record"
+    # the gate alone (no history), whole process: what recording is weighed against
+    measure gate_cpu 120 -- "$KW" --no-history gate "$ID" --require 'avg_score>=0.8'
+  done
+fi
+
 # ---- the table ----------------------------------------------------------------
 
 # med NAME COLUMN: median of a column of $tmp/NAME (empty when absent)
@@ -250,10 +289,11 @@ if wants throughput; then
   echo
   echo "1. Throughput and client cost: N=$N KPI documents, concurrency $C"
   row "client" "req/s" "CPU ms/1000" "peak RSS MiB"
-  for k in curl kw_each kw_http python node; do
+  for k in curl curl_json kw_each kw_http python node; do
     wall=$(med $k 1) cpu=$(med $k 2) rss=$(med $k 3)
     case $k in
       curl) label="libcurl multi, C (no JSON decoding; ceiling)" ;;
+      curl_json) label="libcurl multi, C + lua-cjson decode (floor)" ;;
       kw_each) label="kpiwatch kpis.each (JSON -> KPI objects)" ;;
       kw_http) label="kpiwatch http.request loop (no decoding)" ;;
       python) label="Python asyncio + aiohttp (resp.json())" ;;
@@ -262,9 +302,10 @@ if wants throughput; then
     row "$label" "$(na "$(calc '%.0f' 'b / a' "$wall" "$N")")" "$(na "$(calc '%.1f' 'b * 1000000 / a' "$N" "$cpu")")" \
       "$(na "$(calc '%.1f' 'a / 1024' "$rss")")"
   done
-  each_cpu=$(med kw_each 2) http_cpu=$(med kw_http 2) curl_cpu=$(med curl 2)
-  goal "kpiwatch CPU/request <= 1.25x libcurl's (kpis.each)" "$(calc '%.2f' 'a / b' "$each_cpu" "$curl_cpu")" "<=" 1.25 x
-  echo "         (the same ratio for the http.request loop, no decoding either: $(na "$(calc '%.2fx' 'a / b' "$http_cpu" "$curl_cpu")"))"
+  each_cpu=$(med kw_each 2) http_cpu=$(med kw_http 2) curl_cpu=$(med curl 2) cj_cpu=$(med curl_json 2)
+  goal "kpis.each CPU/request <= 1.25x libcurl + lua-cjson's" "$(calc '%.2f' 'a / b' "$each_cpu" "$cj_cpu")" "<=" 1.25 x
+  echo "         (kpis.each against libcurl without decoding: $(na "$(calc '%.2fx' 'a / b' "$each_cpu" "$curl_cpu")");"
+  echo "          the http.request loop, no decoding either: $(na "$(calc '%.2fx' 'a / b' "$http_cpu" "$curl_cpu")"))"
   goal "kpiwatch CPU/request <= 0.5x Python's" "$(calc '%.2f' 'a / b' "$each_cpu" "$(med python 2)")" "<=" 0.5 x
   goal "kpiwatch CPU/request <= 0.5x Node's" "$(calc '%.2f' 'a / b' "$each_cpu" "$(med node 2)")" "<=" 0.5 x
 fi
@@ -307,6 +348,36 @@ if wants watch; then
   ww=$(med watch 1) wc=$(med watch 2)
   printf '   %-46s %10s\n' "wall, CPU (user+sys)" "$(na "$(calc '%.1f s, %.2f s' 'a, b' "$ww" "$wc")")"
   goal "CPU share of one core < 5%" "$(calc '%.2f' 'b * 100 / a' "$ww" "$wc")" "<" 5 "%"
+fi
+
+if wants runs; then
+  echo
+  echo "6. API requests per steady-state watch cycle: 3 run tests, $RUNS_PAST past executions each"
+  # kv NAME: a value of the key=value line of watch_runs_bench.lua
+  kv() { [ -s "$tmp/runs" ] && tr ' ' '\n' <"$tmp/runs" | sed -n "s/^$1=//p" || true; }
+  printf '   %-46s %10s\n' "watch" "requests"
+  printf '   %-46s %10s\n' "alert.watch{run_tests}, nothing in flight" "$(na "$(kv runs)")"
+  printf '   %-46s %10s\n' "alert.watch{run_tests}, $(na "$(kv inflight)") runs in flight" "$(na "$(kv running)")"
+  printf '   %-46s %10s\n' "alert.watch{ids}, all $(na "$(kv executions)") executions" "$(na "$(kv ids)")"
+  goal "run_tests cycle <= 1 per run test" "$(kv runs_max)" "<=" 3 ""
+  goal "cycle in flight <= 1 per run test + 1 per running" "$(kv running_max)" "<=" $((3 + $(kv inflight || echo 0))) ""
+fi
+
+if wants history; then
+  echo
+  echo "7. History (SQLite, WAL): one metric of $HISTORY_N executions; recording one execution"
+  read -r _ hw hc hf hn <"$tmp/history_read" || true
+  rec_cpu=$(awk '$1 == "record_cpu_ms" {print $2}' "$tmp/history_record" | sort -g |
+    awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}')
+  rec_wall=$(awk '$1 == "record_wall_ms" {print $2}' "$tmp/history_record" | sort -g |
+    awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}')
+  gate_cpu=$(med gate_cpu 2)
+  printf '   %-46s %10s\n' "read $hn points, median of 9: wall, CPU" "$(na "$(calc '%.1f, %.1f ms' 'a, b' "$hw" "$hc")")"
+  printf '   %-46s %10s\n' "read $hn points, first read (cold): wall" "$(na "$(calc '%.1f ms' 'a' "$hf")")"
+  printf '   %-46s %10s\n' "record (open, record, close): CPU, wall" "$(na "$(calc '%.2f, %.1f ms' 'a, b' "$rec_cpu" "$rec_wall")")"
+  printf '   %-46s %10s\n' "gate, whole process, --no-history: CPU" "$(na "$(calc '%.1f ms' 'a * 1000' "$gate_cpu")")"
+  goal "read one metric of $HISTORY_N executions < 50 ms (CPU)" "$(calc '%.1f' 'a' "$hc")" "<" 50 " ms"
+  goal "recording <= 5% of a gate's CPU" "$(calc '%.1f' 'a / (b * 1000) * 100' "$rec_cpu" "$gate_cpu")" "<=" 5 "%"
 fi
 
 echo

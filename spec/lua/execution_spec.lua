@@ -137,6 +137,17 @@ describe("executions client", function()
       s:close()
     end)
 
+    it("never keeps a credential the server echoes", function()
+      local s = serve(function(req)
+        return { json = { count = 1, next = json.null, results = {
+          { id = UNKNOWN, status = "Failed", error_reason = "bad key " .. req.headers["x-api-key"] } } } }
+      end)
+      local l = kpis.executions(NIGHTLY, { base_url = s.url })
+      assert.are.equal("bad key [REDACTED]", l[1].error_reason)
+      assert.is_nil(tostring(l):find(sb.api_key, 1, true))
+      s:close()
+    end)
+
     it("follows next by its query on the configured base only", function()
       local n = 0
       local s
