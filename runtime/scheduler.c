@@ -246,6 +246,12 @@ static void resume_task(lua_State *L, kw_job *job) {
   lua_State *prev = S.running;
   int nres = 0, status, nargs = t->nargs;
   if (t->state == TASK_DONE || t->state == TASK_FAILED) return;
+  if (!t->started && t->was_cancelled) {
+    lua_settop(t->co, 0);
+    lua_pushstring(t->co, t->cancel_reason);
+    task_finished(L, t, LUA_ERRRUN, 0);
+    return;
+  }
   t->nargs = 0;
   t->op = NULL;
   t->started = 1;
@@ -372,12 +378,10 @@ void kw_task_cancel(lua_State *L, int idx, const char *reason) {
       op->cancelled = 1;
       kw_op_done(op);
     }
-  } else if (t->state == TASK_READY) {
-    /* Never started: it ends without running. */
-    lua_pushstring(t->co, reason);
-    task_finished(L, t, LUA_ERRRUN, 0);
-    t->state = TASK_FAILED;
   }
+  /* A task that never started ends without running when its queued job
+   * comes (resume_task): ending it here would release the handle while the
+   * queue still points at it, and the collector could free it first. */
 }
 
 static int l_cancel(lua_State *L) {

@@ -96,6 +96,17 @@ describe("task", function()
     assert.is_false(ran)
   end)
 
+  it("keeps a task cancelled before it started alive until its turn comes", function()
+    -- Handles nobody keeps, cancelled while still queued, then collected:
+    -- the queue must not point at freed memory (ASan: use after free).
+    local ran = 0
+    for _ = 1, 50 do task.cancel(task.spawn(function() ran = ran + 1 end), "never") end
+    collectgarbage()
+    collectgarbage()
+    task.sleep(0)
+    assert.equal(0, ran)
+  end)
+
   describe("where the caller cannot yield", function()
     it("waits inside a require'd module's top level", function()
       package.loaded["spec.lua.helpers.slow_module"] = nil
