@@ -194,7 +194,8 @@ end
 --- Evaluates every rule once, notifies each firing alert's hooks, spools
 --- what cannot be delivered.
 ---@param x any an execution id, a KPI object, a decoded body, or a list of those
----@param opts table|nil {spool = path}
+---@param opts table|nil {spool = path, ctx = a stop context {stopping=, sleepers={}}: once
+--- stopping, deliveries are not retried and what failed is spooled}
 ---@return table report evaluate's, with deliveries, delivered, spooled, lost, skipped;
 --- when a notification is lost (and exit_on_lost), raises instead an error of kind
 --- "lost" whose `report` field is this report (the CLI exits 3)
@@ -212,7 +213,7 @@ function Registry:check(x, opts)
 
   local sp = spool.open(self:_spool_path(opts))
   rep.spool = sp.path
-  self:_replay(sp, nil, rep)
+  self:_replay(sp, opts.ctx, rep)
   local now = os.time()
   local jobs = {}
   for _, a in ipairs(rep.firing) do
@@ -222,7 +223,7 @@ function Registry:check(x, opts)
       jobs[#jobs + 1] = { hook = h, event = ev }
     end
   end
-  self:_deliver(group.jobs(self, jobs), sp, nil, rep)
+  self:_deliver(group.jobs(self, jobs), sp, opts.ctx, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",

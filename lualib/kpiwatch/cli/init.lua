@@ -18,6 +18,8 @@ M.commands = {
   compare = "kpiwatch.cli.compare",
   exporter = "kpiwatch.cli.exporter",
   executions = "kpiwatch.cli.executions",
+  check = "kpiwatch.cli.check",
+  watch = "kpiwatch.cli.watch",
 }
 
 M.usage = [==[
@@ -29,6 +31,9 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
+       kpiwatch [options] check RULES.lua ID... [--run-test RT]... [--json]
+       kpiwatch [options] watch RULES.lua [--run-test RT]... [--id ID]...
+                          [--every DUR] [--state FILE] [--metrics A:P]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -64,6 +69,9 @@ Commands:
   compare A B           two executions side by side, with deltas
   exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
   executions RUN_TEST   list a run test's executions (id or name), newest first
+  check RULES.lua ...   run a rules file's rules and hooks once (kpiwatch check --help)
+  watch RULES.lua ...   watch executions and run tests with a rules file until
+                        Ctrl-C or SIGTERM (kpiwatch watch --help)
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
