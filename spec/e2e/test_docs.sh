@@ -46,12 +46,16 @@ check_help() { # NAME HELPFILE PARSER...
 "$KPIWATCH" gate --help >"$tmp/help-gate" || fail "kpiwatch gate --help exited $?"
 "$KPIWATCH" sandbox --help >"$tmp/help-sandbox" || fail "kpiwatch sandbox --help exited $?"
 "$KPIWATCH" exporter --help >"$tmp/help-exporter" || fail "kpiwatch exporter --help exited $?"
+"$KPIWATCH" check --help >"$tmp/help-check" || fail "kpiwatch check --help exited $?"
+"$KPIWATCH" watch --help >"$tmp/help-watch" || fail "kpiwatch watch --help exited $?"
 
 check_help kpiwatch "$tmp/help" lualib/kpiwatch/cli/init.lua
 check_help "kpiwatch gate" "$tmp/help-gate" lualib/kpiwatch/cli/gate.lua
 check_help "kpiwatch get" "$tmp/help-get" lualib/kpiwatch/cli/get.lua
 check_help "kpiwatch sandbox" "$tmp/help-sandbox" lualib/kpiwatch/cli/sandbox.lua
 check_help "kpiwatch exporter" "$tmp/help-exporter" lualib/kpiwatch/cli/exporter.lua
+check_help "kpiwatch check" "$tmp/help-check" lualib/kpiwatch/cli/check.lua lualib/kpiwatch/cli/rules_cmd.lua
+check_help "kpiwatch watch" "$tmp/help-watch" lualib/kpiwatch/cli/watch.lua lualib/kpiwatch/cli/rules_cmd.lua
 
 for code in 0 1 2 3 129 130 143; do
   for f in help help-gate; do
