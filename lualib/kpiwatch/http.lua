@@ -46,7 +46,7 @@ function M.request(opts)
   if type(opts) ~= "table" then
     error("http.request: expected a table of options, got " .. type(opts), 2)
   end
-  local resp, kind, message, code = c_request(opts)
+  local resp, message, kind, code = c_request(opts)
   if resp then return resp end
   error(errors.new(kind, message, { url = opts.url, curl_code = code }), 0)
 end
@@ -96,10 +96,25 @@ M.stats = C.stats
 ---@type string
 M.user_agent = C.user_agent
 
--- When a request may be tried again: retryable(err_or_kind) and
--- parse_retry_after(value [, now]) (see kpiwatch.http_retry).
+-- When a request may be tried again: one rule for every client (kpis,
+-- notify), in kpiwatch.http_retry (which loads no libcurl).
 local retry = require "kpiwatch.http_retry"
-M.retryable, M.parse_retry_after = retry.retryable, retry.parse_retry_after
+
+--- Whether a transport failure may pass if the request is tried again: kinds
+--- `timeout`, `connect` and `network`. Not `dns` (the system resolver has
+--- already retried before libcurl reports it, and it is nearly always a name
+--- that does not exist), nor `tls`, `too_large`, `invalid_url`.
+---@param e string|table an error kind, or an error object `http.request` raised
+---@return boolean
+M.retryable = retry.retryable
+
+--- Seconds to wait from a Retry-After value: delay-seconds or an HTTP date (RFC
+--- 9110 10.2.3, all three forms); a number (as a JSON body carries it) is
+--- delay-seconds. Never raises.
+---@param value any the header value, or a number
+---@param now? number the current time, epoch seconds (default `os.time()`)
+---@return number|nil seconds to wait (>= 0, at most 2^31); nil when not a Retry-After
+M.parse_retry_after = retry.parse_retry_after
 
 -- The server lives in its own module; loaded on first use so that the
 -- client works (and starts fast) without it.

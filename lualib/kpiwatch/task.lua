@@ -12,7 +12,7 @@ local M = {
   cancel = core.cancel,           -- cancel(t [, reason]): t raises reason where it waits
   status = core.status,           -- "ready" | "running" | "waiting" | "done" | "failed"
   running = core.running,         -- the current task handle, or nil outside tasks
-  wait_signal = core.wait_signal, -- wait_signal("int" | "term"): take over that signal
+  wait_signal = core.wait_signal, -- wait_signal("int" | "term" | "hup"): take over that signal
   now = core.now,                 -- monotonic clock, seconds
 }
 

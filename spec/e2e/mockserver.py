@@ -11,8 +11,18 @@ values), headers (an email.message.Message: case-insensitive), body (bytes)
 and json() (the body decoded, or None)."""
 import http.server
 import json
+import socket
 import threading
 import urllib.parse
+
+
+def closed_port():
+    """A loopback port nobody listens on (bound, then closed: it is free)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 class Request:

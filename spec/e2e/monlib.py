@@ -2,22 +2,20 @@
 test_alertmanager, test_monitoring_examples): the binary's path, a free
 loopback port, polling until a condition holds, a GET."""
 import os
-import socket
+import sys
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import closed_port  # noqa: E402
 
 KW = os.path.abspath(os.environ.get(
     "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
 SRC = os.path.abspath(os.environ.get("KPIWATCH_SRC", os.path.join(os.path.dirname(__file__), "../..")))
 
 
-def free_port():
-    """A port nothing listens on at the moment, on 127.0.0.1."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+# A port nothing listens on at the moment, on 127.0.0.1.
+free_port = closed_port
 
 
 def wait_for(fn, timeout=15, what="condition"):

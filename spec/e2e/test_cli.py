@@ -133,12 +133,24 @@ class ExitCodes(unittest.TestCase):
     def test_error_object_is_printed_with_tostring(self):
         r = run("-e", "error(require('kpiwatch.errors').new('config', 'no credentials'))")
         self.assertEqual(r.returncode, 2)
-        self.assertEqual(r.stderr.splitlines()[0], "kpiwatch: config: no credentials")
+        self.assertEqual(r.stderr.splitlines()[0], "kpiwatch: (command line):1: config: no credentials")
 
     def test_api_error_escaping_a_script_is_3_in_one_line(self):
-        r = run("--sandbox", "-e", "kpis.get('c0ffee00-0000-4000-8000-000000000099')")
+        """With the script's file:line and the execution id (issue 13 item 21)."""
+        missing = "c0ffee00-0000-4000-8000-000000000099"
+        r = run("--sandbox", "-e", "kpis.get('%s')" % missing)
         self.assertEqual(r.returncode, 3)
-        self.assertEqual(r.stderr, "kpiwatch: not_found: Test execution not found.\n")
+        self.assertEqual(r.stderr, "kpiwatch: (command line):1: not_found: Test execution not found."
+                         " (execution %s)\n" % missing)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write("local ids = { '%s' }\n\nlocal k = kpis.get(ids[1])\n" % missing)
+        try:
+            r = run("--sandbox", f.name)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r.returncode, 3)
+        self.assertEqual(r.stderr, "kpiwatch: %s:3: not_found: Test execution not found."
+                         " (execution %s)\n" % (f.name, missing))
 
     def test_config_error_escaping_a_script_is_2_in_one_line(self):
         r = run("-e", "kpis.get('c0ffee00-0000-4000-8000-000000000001')",

@@ -7,13 +7,16 @@ directions, a rules file, and API failures that must give 3, never 0."""
 import json
 import os
 import re
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
 import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import closed_port  # noqa: E402
 
 KW = os.path.abspath(os.environ.get(
     "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
@@ -97,14 +100,6 @@ def gate(*args, env=None, credentials=True, pre=(), timeout=60):
 def slurp(path):
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---- the JUnit XML schema Jenkins publishes (jenkins-junit.xsd), as rules --------

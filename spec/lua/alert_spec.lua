@@ -670,6 +670,27 @@ describe("alert.watch", function()
     return reg, sent
   end
 
+  it("says an identical no-data line once per change, not every cycle", function()
+    local reg = watched({ name = "helpful", metric = "avg_is_helpful", below = 50 })
+    reg.config.quiet = false
+    local lines = {}
+    reg._log = function(_, msg) lines[#lines + 1] = msg end
+    local missing = snap(0.7)
+    local present = snap(0.7)
+    present.avg_is_helpful = 60
+    local seq = { missing, missing, missing, present, missing, missing }
+    local n = 0
+    reg:watch { ids = function() n = n + 1 return { seq[n] } end, every = 0, max_cycles = #seq,
+      spool = dir .. "/spool.json" }
+    local said = {}
+    for _, l in ipairs(lines) do
+      if l:find("no data", 1, true) then said[#said + 1] = l end
+    end
+    -- cycles 1-3: once; 4: data; 5-6: once again
+    assert.are.equal(2, #said, table.concat(lines, "\n"))
+    assert.matches("no data: rule 'helpful' on exec%-1: avg_is_helpful is not in this execution", said[1])
+  end)
+
   it("persists alert states across restarts: no re-fire, no forgetting", function()
     local state = dir .. "/state.json"
     local t = 1000

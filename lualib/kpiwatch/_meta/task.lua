@@ -54,11 +54,13 @@ function task.status(t) end
 ---@return kpiwatch.Task|nil t `nil` outside tasks
 function task.running() end
 
---- Suspend until SIGINT or SIGTERM arrives. While a task waits for a signal,
---- that signal's default action is off (a watch uses this to stop cleanly).
+--- Suspend until SIGINT, SIGTERM or SIGHUP arrives. While a task waits for a
+--- signal, that signal's default action is off (a watch uses this to stop
+--- cleanly; `alert.check` to spool what it was delivering). The default action
+--- of SIGTERM and SIGHUP is to stop: exit 143 and 129.
 ---@async
----@param which "int"|"term"
----@return "int"|"term" which the signal that arrived
+---@param which "int"|"term"|"hup"
+---@return "int"|"term"|"hup" which the signal that arrived
 function task.wait_signal(which) end
 
 --- A monotonic clock (libuv's hrtime), for durations and deadlines.

@@ -48,13 +48,45 @@ local function ctx_sleep(ctx, secs)
 end
 M.sleep = ctx_sleep
 
+--- A stop context for deliveries: tasks wait for the given signals (taking
+--- over their default action); the first to arrive sets ctx.stopping and
+--- ctx.signal and cancels the sleeps and the deliveries in flight, whose
+--- failures are then spooled. End it with stop_end.
+---@param signals table list of "int", "term", "hup"
+---@return table ctx {stopping=, signal=, sleepers={}, tasks={}}
+function M.stop_context(signals)
+  local T = tasks()
+  local ctx = { stopping = false, sleepers = {}, tasks = {}, sigtasks = {} }
+  for _, sig in ipairs(signals) do
+    ctx.sigtasks[#ctx.sigtasks + 1] = T.spawn(function()
+      -- A caller that never yielded ends before this task first runs, and
+      -- cancelling a task that has not started is not reliable: check.
+      if ctx.done then return end
+      T.wait_signal(sig)
+      ctx.stopping, ctx.signal = true, sig
+      for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
+      for t in pairs(ctx.tasks) do pcall(T.cancel, t, "stopping") end
+    end)
+  end
+  return ctx
+end
+
+--- Ends a stop context: its signals get their default action back.
+---@param ctx table
+function M.stop_end(ctx)
+  local T = tasks()
+  ctx.done = true
+  for _, t in ipairs(ctx.sigtasks) do pcall(T.cancel, t) end
+  for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
+end
+
 -- deliver_one(reg, job, opts) -> {status = delivered|failed|skipped,
 -- attempts=, error=}. Never raises.
 local function deliver_one(reg, job, opts)
   local cfg = reg.config
   local fn = reg.hooks[job.hook]
   local retries = opts.retries or cfg.retries
-  local attempts, last = 0, nil
+  local attempts, last = 0
   while true do
     attempts = attempts + 1
     local ok, e = pcall(fn, job.event)
@@ -79,9 +111,23 @@ local function run_jobs(reg, jobs, opts)
   -- deliveries in flight, and what they did not finish is reported so
   -- (results is filled as they come: a cancelled map returns nothing)
   local results = {}
-  pcall(tasks().map, jobs, function(job, i)
-    local done, r = pcall(deliver_one, reg, job, opts)
+  local ctx = opts.ctx
+  local T = tasks()
+  pcall(T.map, jobs, function(job, i)
+    -- stopping: what is left is not tried, and is spooled as interrupted
+    if ctx and ctx.stopping then return end
+    local done, r
+    if ctx and ctx.tasks then
+      -- in a task of its own, which a stop cancels where it waits
+      local t = T.spawn(deliver_one, reg, job, opts)
+      ctx.tasks[t] = true
+      done, r = pcall(T.wait, t)
+      ctx.tasks[t] = nil
+    else
+      done, r = pcall(deliver_one, reg, job, opts)
+    end
     results[i] = done and r or { status = "failed", attempts = 0, error = short_error(r) }
+    if opts.on_done then opts.on_done(i, results[i]) end
   end, { concurrency = reg.config.concurrency })
   for i = 1, #jobs do
     results[i] = results[i] or { status = "failed", attempts = 0, error = "delivery was interrupted" }
@@ -120,56 +166,66 @@ function M.spool_path(self, opts)
   return spool.default_path()
 end
 
+--- Opens a spool with the registry's retention (spool_max_age, spool_max_attempts).
+---@param self table the registry
+---@param path string
+---@return table spool
+function M.open_spool(self, path)
+  local cfg = self.config
+  return spool.open(path, { max_age = cfg.spool_max_age, max_attempts = cfg.spool_max_attempts })
+end
+
 --- Re-sends what the spool holds for the hooks this registry has: one
 --- attempt each (the backoff happened when it was spooled; the next run or
---- cycle is the next retry). Delivered entries leave the spool.
+--- cycle is the next retry). The entries are claimed under the spool's lock
+--- (another run's replay skips them) and each is settled as it ends: a
+--- delivered entry leaves the file at once. Entries past the spool's age or
+--- attempt limit move to its dead-letter file, with a warning.
 ---@param self table the registry
 ---@param sp table the spool object (kpiwatch.spool.open)
 ---@param ctx table|nil the watch's stop context
 ---@param rep table|nil report whose `replayed` counts are updated
 ---@return integer delivered
 function M.replay(self, sp, ctx, rep)
-  local jobs = {}
-  local unknown = {}
-  for _, e in ipairs(sp.entries) do
-    if self.hooks[e.hook] then
-      jobs[#jobs + 1] = { hook = e.hook, event = e.event, entry = e }
-    else
-      unknown[e.hook] = (unknown[e.hook] or 0) + 1
-    end
+  local hooks = {}
+  for name in pairs(self.hooks) do hooks[name] = true end
+  local ok, claimed, info = pcall(sp.claim, sp, hooks)
+  if not ok then
+    self:_log("cannot replay the spool: " .. short_error(claimed), true)
+    return 0
+  end
+  if info.dead > 0 then
+    self:_log(format("%d spooled notification%s given up (after %d attempts or %gs): moved to %s",
+      info.dead, info.dead == 1 and "" or "s", sp.max_attempts, sp.max_age, sp.dead_path), true)
   end
   if not sp.warned_unknown then
-    for h, n in pairs(unknown) do
+    for h, n in pairs(info.unknown) do
       self:_log(format("%d spooled notification%s for hook '%s', which is not registered here, " ..
         "stay in %s", n, n == 1 and "" or "s", h, sp.path))
     end
     sp.warned_unknown = true
   end
-  if #jobs == 0 then return 0 end
-  local results = run_jobs(self, jobs, { retries = 0, ctx = ctx })
-  local done, changed = {}, false
+  if #claimed == 0 then return 0 end
+  local jobs = {}
+  for i, e in ipairs(claimed) do jobs[i] = { hook = e.hook, event = e.event, entry = e } end
+  local settled = {}
+  local function settle(i, res)
+    local sok, serr = sp:settle(jobs[i].entry, res)
+    if not sok then self:_log("cannot update the spool: " .. short_error(serr)) end
+    settled[i] = true
+  end
+  -- Written back as each ends (on_done), so that a run killed mid-replay
+  -- leaves nothing it delivered in the spool.
+  local results = run_jobs(self, jobs, { retries = 0, ctx = ctx, on_done = settle })
   local delivered = 0
-  for i, job in ipairs(jobs) do
-    local res = results[i]
-    if res.status == "delivered" then
-      done[job.entry] = true
-      delivered = delivered + 1
-      changed = true
-    else
-      job.entry.attempts = (job.entry.attempts or 0) + res.attempts
-      job.entry.last_error = res.error
-      changed = true
-    end
+  for i, res in ipairs(results) do
+    if not settled[i] then pcall(settle, i, res) end -- interrupted: the claim is released
+    if res.status == "delivered" then delivered = delivered + 1 end
     if rep then
       rep.replayed = rep.replayed or { delivered = 0, failed = 0 }
       if res.status == "delivered" then rep.replayed.delivered = rep.replayed.delivered + 1
       else rep.replayed.failed = rep.replayed.failed + 1 end
     end
-  end
-  sp:remove(done)
-  if changed then
-    local ok, err = sp:save()
-    if not ok then self:_log("cannot update the spool: " .. tostring(err)) end
   end
   if delivered > 0 then
     self:_log(format("delivered %d spooled notification%s from %s", delivered,
@@ -190,11 +246,12 @@ end
 ---@return table unspooled the jobs that could not be spooled
 function M.deliver(self, jobs, sp, ctx, rep, fallback)
   local results = run_jobs(self, jobs, { ctx = ctx })
-  local failed = {}
+  local failed, items = {}, {}
   for i, job in ipairs(jobs) do
     local res = results[i]
     if res.status == "failed" then
-      sp:add(job.hook, job.event, { attempts = res.attempts, last_error = res.error })
+      items[#items + 1] = { hook = job.hook, event = job.event, attempts = res.attempts,
+        last_error = res.error }
       failed[#failed + 1] = { job = job, res = res }
     elseif res.status == "skipped" then
       self._warned_skip = self._warned_skip or {}
@@ -206,7 +263,7 @@ function M.deliver(self, jobs, sp, ctx, rep, fallback)
   end
   local unspooled = {}
   if #failed > 0 then
-    local ok, err = sp:save()
+    local ok, err = sp:add_all(items)
     for _, f in ipairs(failed) do
       local n = f.res.attempts
       local what = format("%s failed after %d attempt%s (%s)", job_label(f.job), n,
@@ -216,21 +273,11 @@ function M.deliver(self, jobs, sp, ctx, rep, fallback)
         self:_log(what .. "; spooled to " .. sp.path .. " for the next run")
       else
         f.res.status = fallback and "outbox" or "lost"
-        f.res.error = tostring(f.res.error) .. "; spooling failed: " .. tostring(err)
+        f.res.error = tostring(f.res.error) .. "; spooling failed: " .. short_error(err)
         unspooled[#unspooled + 1] = f.job
-        self:_log(what .. " and could not be spooled (" .. tostring(err) .. ")" ..
+        self:_log(what .. " and could not be spooled (" .. short_error(err) .. ")" ..
           (fallback and ("; kept in " .. fallback) or ": the notification is lost"), not fallback)
       end
-    end
-    if not ok then
-      -- keep the spool object in step with the file it failed to write
-      local set = {}
-      for _, f in ipairs(failed) do
-        for _, e in ipairs(sp.entries) do
-          if e.event == f.job.event and e.hook == f.job.hook then set[e] = true end
-        end
-      end
-      sp:remove(set)
     end
   end
   if rep then
@@ -238,4 +285,5 @@ function M.deliver(self, jobs, sp, ctx, rep, fallback)
   end
   return unspooled
 end
+
 return M

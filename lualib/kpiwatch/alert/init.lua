@@ -27,6 +27,33 @@
 -- "lost" carrying the report in its `report` field (the CLI exits 3), unless
 -- configure{exit_on_lost = false}; watch() counts it.
 
+---@brief
+--- Alert rules over KPI objects, notification hooks, one-shot checks and watch
+--- mode. Rules say when an execution is bad; hooks say who hears about it.
+--- The module functions `alert.rule`, `alert.hook`, `alert.configure`,
+--- `alert.evaluate`, `alert.check`, `alert.watch` and `alert.step` act on the
+--- default registry: they are the `registry:` methods below.
+---
+--- `x` (what `evaluate`, `check` and `step` take) is an execution id (fetched
+--- with `kpis.get`), a KPI object, a plain decoded body, or a list of those, so
+--- rules can be unit-tested with no server.
+---
+--- No data: a missing or null field, a listed eval the execution does not have,
+--- or a glob matching nothing is reported as `no_data`, never as a pass; so is a
+--- predicate that read a missing field and did not fire. Both make `report.ok`
+--- false.
+---
+--- Templates (`summary`, `labels`): `{field}` or `{field:%.1f}`, looked up in the
+--- alert (`rule`, `metric`, `value`, `threshold`, `op`, `severity`,
+--- `execution_id`, `state`, `labels.x`), then the KPI fields, then the evals.
+---
+--- Delivery: each hook runs in its own task; retryable failures are retried with
+--- exponential backoff and full jitter; what still fails is appended to the spool
+--- (`$KPIWATCH_SPOOL`, else `$XDG_STATE_HOME/kpiwatch/spool.json`) and re-sent
+--- on the next run or cycle. The library never ends the process: a notification
+--- that could be neither delivered nor spooled makes `check` raise an error of
+--- kind `lost` (the command line exits 3).
+
 local errors = require "kpiwatch.errors"
 local spool = require "kpiwatch.spool"
 local rule = require "kpiwatch.alert.rule"
@@ -54,13 +81,63 @@ local function warn(msg)
 end
 
 -- Helpers for scripts and tests (the names the single-file module had).
-M.rfc3339, M.new_id, M.parse_duration = report.rfc3339, report.new_id, rule.parse_duration
+M.rfc3339, M.new_id = report.rfc3339, report.new_id
+--- Parse a duration: `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2d"`, or seconds.
+---@param v string|number
+---@return number|nil seconds
+---@return string? err why it is not a duration
+M.parse_duration = rule.parse_duration
 M._compile, M._eval_rule = rule.compile, rule.eval_rule
 M._lookup_for, M._fingerprint, M._make_event = rule.lookup_for, rule.fingerprint, report.make_event
-M.new_state, M.load_state, M.save_state = state.new, state.load, state.save
+--- An empty watch state, for `alert.step`.
+---@return table state `{alerts = {}, outbox = {}}`
+M.new_state = state.new
+M.load_state, M.save_state = state.load, state.save
 
 -- ---- the registry ---------------------------------------------------------------
 
+--- A rule, as given to `alert.rule`. Exactly one of `metric`, `evals` or `when`;
+--- `metric` and `evals` rules take one threshold. Unknown fields and wrong types
+--- raise a `config` error naming the file, line and field.
+---@class kpiwatch.alert.Rule
+---@field name string unique
+---@field metric? string any KPI field in either casing, or an eval name
+---@field evals? string|string[] `"*"`, a glob, or a list of eval names: one alert per matching eval (globs skip choice evals)
+---@field when? fun(k: kpiwatch.Kpi): (boolean, any) a predicate over a read-only KPI view, and optionally the value to report
+---@field below? number
+---@field above? number
+---@field at_most? number
+---@field at_least? number
+---@field equals? number|string|boolean
+---@field severity? string default `"warning"`
+---@field labels? table<string, string> templates
+---@field summary? string template
+---@field resolved_summary? string template
+---@field description? string
+---@field notify? string|string[] hook names (default: every hook)
+---@field no_data? "report"|"ok"|"alert" default `"report"`
+---@field after? integer|string watch: consecutive evaluations, or a duration (`"5m"`) the condition must hold (also `["for"]`)
+---@field keep_firing_for? string|number watch: how long a cleared alert keeps firing
+---@field repeat_interval? string|number watch: re-send a still-firing alert after this (default `"4h"`)
+
+--- What `evaluate`, `check` and `step` return.
+---@class kpiwatch.alert.Report
+---@field ok boolean no alert firing, no data missing, no error
+---@field firing table[] `{rule, execution_id, metric, value, threshold, op, severity, labels, summary}`
+---@field no_data table[] `{rule, execution_id, metric, reason}`
+---@field errors table[] rule errors and executions that failed to fetch
+---@field passed table[]
+---@field deliveries table[] `check`: `{hook, event_id, status = "delivered"|"spooled"|"skipped"|"lost", attempts, error}`
+---@field delivered integer
+---@field spooled integer
+---@field skipped integer
+---@field lost integer
+---@field spool? string `check`: the spool's path
+
+--- A set of rules and hooks with its delivery options. `alert.registry()` and
+--- `alert.load_rules()` make one; the module functions use the default one.
+---@class kpiwatch.alert.Registry
+---@field rules kpiwatch.alert.Rule[] the compiled rules, in order
 local Registry = {}
 Registry.__index = Registry
 
@@ -73,6 +150,8 @@ local DEFAULT_CONFIG = {
   spool = false,          -- spool file; false: spool.default_path()
   exit_on_lost = true,    -- check(): raise kind "lost" (exit 3) when a notification is lost
   quiet = false,          -- no no-data / rule-error lines on stderr
+  spool_max_age = spool.DEFAULTS.max_age,           -- seconds; older entries go to PATH.dead
+  spool_max_attempts = spool.DEFAULTS.max_attempts, -- attempts; then PATH.dead
 }
 
 local CONFIG_CHECK = {
@@ -84,11 +163,12 @@ local CONFIG_CHECK = {
   spool = function(v) return v == false or (type(v) == "string" and v ~= "") end,
   exit_on_lost = function(v) return type(v) == "boolean" end,
   quiet = function(v) return type(v) == "boolean" end,
+  spool_max_age = function(v) return rule.parse_duration(v) ~= nil and rule.parse_duration(v) > 0 end,
+  spool_max_attempts = function(v) return math_type(v) == "integer" and v >= 1 end,
 }
 
---- A fresh, empty registry: rules, hooks and delivery options of its own.
---- It has the module's functions as methods (reg:rule{...}, reg:check(x)).
----@return table registry
+--- A fresh, empty registry.
+---@return kpiwatch.alert.Registry registry
 function M.registry()
   local config = {}
   for k, v in pairs(DEFAULT_CONFIG) do config[k] = v end
@@ -96,10 +176,16 @@ function M.registry()
     Registry)
 end
 
---- Sets delivery options: retries, backoff, max_backoff, max_retry_wait,
---- concurrency, spool, exit_on_lost, quiet (see DEFAULT_CONFIG).
----@param t table
----@return table self
+--- Set delivery options. `exit_on_lost`: `check` raises a `lost` error when a
+--- notification could be neither delivered nor spooled (else it only counts it).
+--- Spool retention: an entry spooled longer than `spool_max_age` (a duration,
+--- default 7 days) or tried `spool_max_attempts` times (default 100, the first
+--- run's retries included) moves to the dead-letter file `<spool>.dead`, with a
+--- warning. The spool is shared by concurrent runs: every change is a locked
+--- read-modify-write (flock of `<spool>.lock`), and a replayed entry leaves the
+--- file as soon as it is delivered, so it is delivered once.
+---@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean, spool_max_age?: string|number, spool_max_attempts?: integer} defaults 3, 0.5, 30, 60, 8, the default spool, true, false, "7d", 100
+---@return kpiwatch.alert.Registry self
 function Registry:configure(t)
   if type(t) ~= "table" then config_error(caller_where(), "alert.configure expects a table") end
   for k, v in pairs(t) do
@@ -108,6 +194,7 @@ function Registry:configure(t)
     if not check(v) then
       config_error(caller_where(), "alert.configure: bad value for '" .. k .. "': " .. tostring(v))
     end
+    if k == "spool_max_age" then v = rule.parse_duration(v) end
     self.config[k] = v
   end
   return self
@@ -119,10 +206,8 @@ function Registry:_log(msg, force)
   if force or not self.config.quiet then warn(msg) end
 end
 
---- Registers a rule; a bad spec raises a config error naming file:line,
---- the rule and the field.
----@param spec table {name=, metric= | evals= | when=, below= | above= | at_most= |
---- at_least= | equals=, severity=, labels=, summary=, notify=, no_data=, after=, ...}
+--- Register a rule.
+---@param spec kpiwatch.alert.Rule
 ---@return table rule the compiled rule
 function Registry:rule(spec)
   local where = caller_where()
@@ -175,9 +260,39 @@ function Registry:_check_hooks()
   end
 end
 
-Registry.evaluate = rule.evaluate
-Registry.step = state.step
-Registry.watch = watch.watch
+--- Evaluate every rule once against each execution: no notification, no state
+--- (what `gate --rules` uses). A firing entry means the condition holds now.
+---@async
+---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@return kpiwatch.alert.Report report
+function Registry:evaluate(x)
+  return rule.evaluate(self, x)
+end
+
+--- One watch evaluation without sending anything (for tests): alerts go pending,
+--- then firing (after `after`), then resolved (after `keep_firing_for`); a
+--- still-firing alert is re-sent after `repeat_interval`. Advances `st` in place.
+---@param st table a state from `alert.new_state()`
+---@param kpis_in string|kpiwatch.Kpi|table what `evaluate` takes
+---@param now? number epoch seconds (default `os.time()`)
+---@param opts? {failed?: table<string, table>} executions that could not be fetched keep their alerts unchanged
+---@return kpiwatch.alert.Report report with `events` (each `{event, hooks}`), `pending`, `resolved` and `firing`
+function Registry:step(st, kpis_in, now, opts)
+  return state.step(self, st, kpis_in, now, opts)
+end
+
+--- Poll through `kpis.get_all` every `every` until SIGINT or SIGTERM, then stop
+--- cleanly. With `state`, alert states and not-yet-sent events persist across
+--- restarts (written atomically, mode 0600): a restart neither re-fires nor
+--- forgets. An execution that fails to fetch keeps its alerts; one no longer in
+--- `ids`, or a removed rule, resolves its alerts.
+---@async
+---@param opts {ids: string[]|fun(): string[], every?: string|number, state?: string, spool?: string, max_cycles?: integer, on_cycle?: fun(report: kpiwatch.alert.Report, n: integer), concurrency?: integer} `every` defaults to 60 s; `spool` to `<state>.spool`, else the default spool
+---@return {cycles: integer, delivered: integer, spooled: integer, lost: integer, spool: string, interrupted?: "int"|"term", last?: kpiwatch.alert.Report} result
+function Registry:watch(opts)
+  return watch.watch(self, opts)
+end
+
 Registry._spool_path = deliver.spool_path
 Registry._replay = deliver.replay
 Registry._deliver = deliver.deliver
@@ -191,14 +306,18 @@ local function fetch(x)
   return kpis.resolve(kpi_list(x))
 end
 
---- Evaluates every rule once, notifies each firing alert's hooks, spools
---- what cannot be delivered.
----@param x any an execution id, a KPI object, a decoded body, or a list of those
----@param opts table|nil {spool = path, ctx = a stop context {stopping=, sleepers={}}: once
---- stopping, deliveries are not retried and what failed is spooled}
----@return table report evaluate's, with deliveries, delivered, spooled, lost, skipped;
---- when a notification is lost (and exit_on_lost), raises instead an error of kind
---- "lost" whose `report` field is this report (the CLI exits 3)
+--- Evaluate every rule once, notify the hooks of what fires (re-sending what is
+--- spooled first), and spool what cannot be delivered. A notification that could
+--- be neither delivered nor spooled is lost: with `exit_on_lost` (the default)
+--- `check` then raises an error of kind `lost` whose `report` field is the
+--- report (the command line exits 3); the library never ends the process.
+--- SIGTERM or SIGHUP during the deliveries cancels them, spools them, and
+--- raises an error of kind `interrupted` with `signal` ("term", "hup") and
+--- `report` (the command line exits 143 or 129).
+---@async
+---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
+---@param opts? {spool?: string} another spool path
+---@return kpiwatch.alert.Report report with `deliveries` and their counts
 function Registry:check(x, opts)
   opts = opts or {}
   self:_check_hooks()
@@ -211,19 +330,32 @@ function Registry:check(x, opts)
   report.finish(rep)
   report.print_problems(self, rep)
 
-  local sp = spool.open(self:_spool_path(opts))
+  local sp = deliver.open_spool(self, self:_spool_path(opts))
   rep.spool = sp.path
-  self:_replay(sp, opts.ctx, rep)
-  local now = os.time()
-  local jobs = {}
-  for _, a in ipairs(rep.firing) do
-    local src = report.SOURCES[a]
-    local ev = report.make_event(a, "firing", now, src[2])
-    for _, h in ipairs(self:_hooks_of(src[1])) do
-      jobs[#jobs + 1] = { hook = h, event = ev }
+  -- SIGTERM or SIGHUP (a CI job cancelled while a webhook is down) cancels
+  -- the deliveries, which then spool, and check raises kind "interrupted":
+  -- the CLI exits 143 or 129. SIGINT keeps its own path (the interrupt).
+  local ctx = deliver.stop_context({ "term", "hup" })
+  local ok, err = pcall(function()
+    self:_replay(sp, ctx, rep)
+    local now = os.time()
+    local jobs = {}
+    for _, a in ipairs(rep.firing) do
+      local src = report.SOURCES[a]
+      local ev = report.make_event(a, "firing", now, src[2])
+      for _, h in ipairs(self:_hooks_of(src[1])) do
+        jobs[#jobs + 1] = { hook = h, event = ev }
+      end
     end
+    self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+  end)
+  deliver.stop_end(ctx)
+  if not ok then error(err, 0) end
+  if ctx.signal then
+    errors.raise("interrupted", format("SIG%s during delivery: %d notification%s spooled to %s, %d lost",
+      ctx.signal:upper(), rep.spooled, rep.spooled == 1 and "" or "s", sp.path, rep.lost),
+      { signal = ctx.signal, report = rep })
   end
-  self:_deliver(group.jobs(self, jobs), sp, opts.ctx, rep)
   if rep.lost > 0 and self.config.exit_on_lost then
     -- The library does not end the process: the CLI exits 3 on this kind.
     errors.raise("lost", format("%d notification%s could be neither delivered nor spooled",
@@ -236,11 +368,14 @@ end
 
 local default = M.registry()
 
---- Loads a rules file into a fresh registry: the file's alert.rule{...}
---- calls register there, or it returns a list of rule tables. Errors name
---- the file, the line and the field.
+--- A fresh registry holding a file's rules. The file calls `alert.rule{}` or
+--- returns a list of rule tables; it sees `alert` and `notify` without a
+--- `require`, and its globals stay its own. It has no way to end the process:
+--- `os.exit`, `alert.check` and `alert.watch` raise a `config` error there, also
+--- later, from the predicates and tasks it defines (a failed task of the file is
+--- a warning). Errors name the file, the line and the field.
 ---@param path string
----@return table registry
+---@return kpiwatch.alert.Registry registry
 function M.load_rules(path)
   return rules_file.load(M, path, function(reg)
     local saved = default
@@ -249,15 +384,15 @@ function M.load_rules(path)
   end)
 end
 
---- Empties the default registry (rules, hooks, options).
----@return table registry the new default registry
+--- Empty the default registry.
+---@return kpiwatch.alert.Registry registry the new default registry
 function M.reset()
   default = M.registry()
   return default
 end
 
---- The default registry, which the module-level functions act on.
----@return table registry
+--- The default registry (what the module functions act on).
+---@return kpiwatch.alert.Registry registry
 function M.default()
   return default
 end
@@ -266,8 +401,8 @@ for _, name in ipairs({ "rule", "hook", "configure", "evaluate", "check", "watch
   M[name] = function(...) return default[name](default, ...) end
 end
 
---- The rules of the default registry, in registration order.
----@return table rules
+--- The default registry's rules.
+---@return kpiwatch.alert.Rule[] rules
 function M.rules()
   return default.rules
 end

@@ -113,21 +113,32 @@ end
 M.make_event = make_event
 
 --- Writes a report's no-data and rule-error lines through the registry's log.
+--- With `said` (the set print_problems returned for the previous watch cycle)
+--- a line already said then is not repeated: a problem is told once when it
+--- appears, again only after it went away and came back.
 ---@param reg table the registry
 ---@param rep table the report
-local function print_problems(reg, rep)
+---@param said table|nil {[line] = true} of the previous cycle
+---@return table said the lines of this report
+local function print_problems(reg, rep, said)
+  local now = {}
+  local function say(line)
+    now[line] = true
+    if not (said and said[line]) then reg:_log(line) end
+  end
   for _, nd in ipairs(rep.no_data) do
-    reg:_log(format("no data: rule '%s'%s: %s", nd.rule,
+    say(format("no data: rule '%s'%s: %s", nd.rule,
       nd.execution_id and (" on " .. nd.execution_id) or "", tostring(nd.reason)))
   end
   for _, e in ipairs(rep.errors) do
     if e.rule then
-      reg:_log(format("rule error: rule '%s'%s: %s", e.rule,
+      say(format("rule error: rule '%s'%s: %s", e.rule,
         e.execution_id and (" on " .. e.execution_id) or "", tostring(e.reason)))
     else
-      reg:_log(format("cannot fetch %s: %s", tostring(e.execution_id), tostring(e.reason)))
+      say(format("cannot fetch %s: %s", tostring(e.execution_id), tostring(e.reason)))
     end
   end
+  return now
 end
 M.print_problems = print_problems
 

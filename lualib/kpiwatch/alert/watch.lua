@@ -36,18 +36,27 @@ rule.internal(debug.getinfo(1, "S").source)
 ---@return integer lost notifications (only when neither file can be written)
 function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
   if #st.outbox == 0 then return 0 end
-  local jobs, waiting = {}, {}
+  local jobs, waiting, unregistered = {}, {}, {}
   for _, o in ipairs(st.outbox) do
     if not group.due(o, now) then
       waiting[#waiting + 1] = o
     elseif self.hooks[o.hook] then
       jobs[#jobs + 1] = { hook = o.hook, event = o.event }
     else
-      sp:add(o.hook, o.event, { attempts = 0, last_error = "hook not registered" })
+      unregistered[#unregistered + 1] = { hook = o.hook, event = o.event, attempts = 0,
+        last_error = "hook not registered" }
     end
   end
   if #jobs == 0 and #waiting == #st.outbox then return 0 end
   local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
+  if #unregistered > 0 then
+    local ok, err = sp:add_all(unregistered)
+    if not ok then
+      self:_log("cannot spool notifications for unregistered hooks (" .. tostring(err)
+        .. "); kept in " .. tostring(state_path or "memory"), true)
+      for _, u in ipairs(unregistered) do unspooled[#unspooled + 1] = u end
+    end
+  end
   st.outbox = waiting
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
   if not state_path then return #unspooled end
@@ -151,23 +160,12 @@ function M.watch(self, opts)
   local clock = opts.clock or os.time
   local state_path = opts.state
   local st = state_path and load_state(state_path) or state.new()
-  local sp = spool.open(opts.spool or self.config.spool or
+  local sp = deliver.open_spool(self, opts.spool or self.config.spool or
     (state_path and (state_path .. ".spool")) or spool.default_path())
-  local T = require "kpiwatch.task"
-  local ctx = { stopping = false, sleepers = {} }
+  local ctx = deliver.stop_context({ "int", "term" })
   local summary = { cycles = 0, delivered = 0, spooled = 0, lost = 0, spool = sp.path }
 
-  local sigtasks = {}
-  for _, sig in ipairs({ "int", "term" }) do
-    sigtasks[#sigtasks + 1] = T.spawn(function()
-      -- A watch that never yielded ends before this task first runs, and
-      -- cancelling a task that has not started is not reliable: check.
-      if ctx.done then return end
-      T.wait_signal(sig)
-      ctx.stopping, ctx.signal = true, sig
-      for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
-    end)
-  end
+  local said -- the problem lines of the previous cycle
 
   local function add(rep)
     summary.delivered = summary.delivered + rep.delivered
@@ -198,7 +196,8 @@ function M.watch(self, opts)
         for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
       end
       local rep = self:step(st, list, now, { failed = failed, keep = keep })
-      print_problems(self, rep)
+      -- the same no-data or error line once per change, not every cycle
+      said = print_problems(self, rep, said)
       self:_replay(sp, ctx, rep)
       group.enqueue(self, st.outbox, rep.events, clock())
       if state_path then
@@ -224,13 +223,11 @@ function M.watch(self, opts)
       add(rep)
     end
   end)
-  ctx.done = true
+  deliver.stop_end(ctx)
   if metrics_server then
     require("kpiwatch.kpis")._observer = nil
     metrics_server:close()
   end
-  for _, t in ipairs(sigtasks) do pcall(T.cancel, t) end
-  for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
   if state_path then
     local saved, serr = save_state(state_path, st)
     if not saved then self:_log("cannot save the alert state: " .. tostring(serr), true) end

@@ -32,7 +32,8 @@ Exit status:
   2         usage error, bad or unreadable rules file, invalid ID
   3         the API or the network failed, or a notification could be
             neither delivered nor spooled
-  130, 143  stopped by SIGINT or SIGTERM (undelivered notifications spooled)
+  129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM (SIGHUP and SIGTERM
+            during the deliveries: what is left is spooled)
 ]]
 
 -- The newest completed execution of each run test -> ids, and the run
@@ -98,14 +99,17 @@ return function(args)
   end
   table.move(got, 1, #got, #ids + 1, ids)
 
-  local ctx = cmd.stop_context()
-  local ok, rep = pcall(reg.check, reg, ids, { ctx = ctx })
-  ctx.close()
+  -- SIGTERM or SIGHUP during the deliveries: alert.check spools what is
+  -- left and raises kind "interrupted"
+  local ok, rep = pcall(reg.check, reg, ids)
   local code
   if not ok then
-    if not (errors.is(rep) and rep.kind == "lost" and rep.report) then return cmd.fail(PROG, rep) end
-    io.stderr:write(PROG, ": ", tostring(rep.message), "\n")
-    rep, code = rep.report, 3
+    local e = rep
+    if not (errors.is(e) and (e.kind == "lost" or e.kind == "interrupted") and e.report) then
+      return cmd.fail(PROG, e)
+    end
+    io.stderr:write(PROG, ": ", tostring(e.message), "\n")
+    rep, code = e.report, e.kind == "lost" and 3 or cmd.signal_code(e.signal)
   end
   if #reg.hook_names == 0 then
     local notify = require "kpiwatch.notify"
@@ -115,7 +119,6 @@ return function(args)
   end
   if o.json then write_json(rep, none) end
   io.stdout:flush()
-  if ctx.signal then return cmd.signal_code(ctx.signal) end
   if code then return code end
   for _, e in ipairs(rep.errors) do
     if not e.rule then return 3 end -- an execution whose KPIs could not be fetched

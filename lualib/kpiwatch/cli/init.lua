@@ -193,18 +193,50 @@ M.API_KINDS = {
   lost = true, -- alert.check: a notification could be neither delivered nor spooled
 }
 
+-- The exit status of a stop by a signal (alert.check's "interrupted").
+local SIGNAL_STATUS = { int = 130, term = 143, hup = 129 }
+M.SIGNAL_STATUS = SIGNAL_STATUS
+
+-- The innermost frame of the user's code (not kpiwatch's lualib, not C) on
+-- the stack of an error: "file:line", or nil.
+local function user_where(level)
+  local lib = os.getenv("KPIWATCH_LUALIB")
+  lib = lib and lib ~= "" and ("@" .. lib) or nil
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return nil end
+    local src = info.source
+    if info.what ~= "C" and src:sub(1, 8) ~= "@lualib/" and not (lib and src:sub(1, #lib) == lib)
+      and (info.currentline or 0) > 0 then
+      return info.short_src .. ":" .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
 -- Run a user chunk. A kpiwatch error object that escapes it is one line
--- on stderr (the message says what and where) and exit 3 or 2; any other
--- error is its message and traceback, and exit 2. Returns nil on success.
+-- on stderr (the script's file:line, the message, the execution) and exit
+-- 3 or 2; any other error is its message and traceback, and exit 2.
+-- Returns nil on success.
 local function run_user(chunk, ...)
   local errors = require "kpiwatch.errors"
+  local where
   local ok, e = xpcall(chunk, function(err)
-    if errors.is(err) then return err end
+    if errors.is(err) then
+      where = user_where(3)
+      return err
+    end
     return { message = tostring(err), traceback = debug.traceback("", 2) }
   end, ...)
   if ok then return nil end
   if errors.is(e) then
-    io.stderr:write("kpiwatch: ", tostring(e), "\n")
+    local line = tostring(e)
+    local id = e.execution_id
+    if type(id) == "string" and not line:find(id, 1, true) then
+      line = line .. " (execution " .. id .. ")"
+    end
+    io.stderr:write("kpiwatch: ", where and (where .. ": ") or "", line, "\n")
+    if e.kind == "interrupted" then return SIGNAL_STATUS[e.signal] or 130 end
     return M.API_KINDS[e.kind] and 3 or 2
   end
   -- the frames below the chunk are the driver's, not the script's

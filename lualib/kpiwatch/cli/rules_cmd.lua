@@ -1,7 +1,6 @@
 -- kpiwatch.cli.rules_cmd: what `kpiwatch check` and `kpiwatch watch` share:
 -- their argument parser, loading the rules file (the loader `gate --rules`
--- uses, kpiwatch.alert.rules_file), exit statuses of error objects, and a
--- stop context that SIGINT/SIGTERM set while notifications are delivered.
+-- uses, kpiwatch.alert.rules_file) and the exit statuses of errors and signals.
 
 local errors = require "kpiwatch.errors"
 
@@ -116,34 +115,11 @@ function M.load(path)
   return reg
 end
 
---- A stop context ({stopping=, signal=, sleepers={}}, what alert/deliver
---- reads) that SIGINT and SIGTERM set; call its `close` when done.
----@return table ctx
-function M.stop_context()
-  local T = require "kpiwatch.task"
-  local ctx = { stopping = false, sleepers = {} }
-  local waiters = {}
-  for _, sig in ipairs({ "int", "term" }) do
-    waiters[#waiters + 1] = T.spawn(function()
-      -- cancelling a task that has not started is not reliable: check
-      if ctx.done then return end
-      T.wait_signal(sig)
-      ctx.stopping, ctx.signal = true, ctx.signal or sig
-      for t in pairs(ctx.sleepers) do pcall(T.cancel, t, "stopping") end
-    end)
-  end
-  function ctx.close()
-    ctx.done = true
-    for _, t in ipairs(waiters) do pcall(T.cancel, t) end
-  end
-  return ctx
-end
-
---- The exit status of a signal: 130 for SIGINT, 143 for SIGTERM.
----@param sig string "int" | "term"
+--- The exit status of a stop by signal `sig` ("int", "term", "hup").
+---@param sig string
 ---@return integer
 function M.signal_code(sig)
-  return sig == "term" and 143 or 130
+  return require("kpiwatch.cli").SIGNAL_STATUS[sig] or 130
 end
 
 --- Writes an error object's line for a command and returns its exit status.
