@@ -9,6 +9,7 @@
 -- (--metrics is scraped by examples/prometheus.) Two machines may run the
 -- same watch against one Alertmanager (or an Alertmanager cluster): it
 -- de-duplicates their identical alerts.
+-- luacheck: read globals alert notify
 
 alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, severity = "critical",
   summary = "avg_score is {value}, below {threshold}" }
