@@ -182,17 +182,24 @@ function M.watch(self, opts)
       summary.cycles = summary.cycles + 1
       local now = clock()
       local list, failed, keep = {}, {}, nil
+      local judged = {} -- the KPI objects judged this cycle (for the metrics)
       if run_tests then
         -- first: the run tests' executions that ended, judged once each
         local items, kept, rfailed = runs.cycle(st, run_tests, now)
-        for _, it in ipairs(items) do list[#list + 1] = it end
+        for _, it in ipairs(items) do
+          list[#list + 1] = it
+          if it.k then judged[#judged + 1] = it.k end
+        end
         for id, e in pairs(rfailed) do failed[id] = e end
         keep = kept
       end
       if opts.ids ~= nil then
         local got, failed_list = require("kpiwatch.kpis").resolve(resolve_ids(opts.ids),
           { concurrency = opts.concurrency })
-        for _, k in ipairs(got) do list[#list + 1] = k end
+        for _, k in ipairs(got) do
+          list[#list + 1] = k
+          judged[#judged + 1] = k
+        end
         for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
       end
       local rep = self:step(st, list, now, { failed = failed, keep = keep })
@@ -207,7 +214,7 @@ function M.watch(self, opts)
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
       hook_cycles(self, rep, clock())
-      if collector then require("kpiwatch.metrics").watch_cycle(collector, list, failed, rep, clock()) end
+      if collector then require("kpiwatch.metrics").watch_cycle(collector, judged, failed, rep, clock()) end
       summary.last = rep
       if opts.on_cycle and opts.on_cycle(rep, summary.cycles) == false then break end
       if opts.max_cycles and summary.cycles >= opts.max_cycles then break end
