@@ -8,7 +8,7 @@ local cmd = require "kpiwatch.cli.rules_cmd"
 local PROG = "kpiwatch check"
 
 local USAGE = [[
-usage: kpiwatch [options] check RULES.lua ID... [--run-test RT]... [--json]
+usage: kpiwatch [options] check RULES.lua [ID...] [--id ID]... [--run-test RT]... [--json]
 
 Evaluate the rules of RULES.lua once over the executions ID... and the
 newest completed execution of each run test RT, and notify the hooks the
@@ -18,6 +18,8 @@ of rule tables; hooks registered with alert.hook are called here (the gate
 ignores them). A notification that cannot be delivered is spooled and sent
 again by the next check (KPIWATCH_SPOOL). Without hooks, the firing alerts
 are printed on stdout.
+  --id ID         also execution ID (the same as an ID argument, as for
+                  watch); repeatable
   --run-test RT   also the newest completed execution of run test RT (its
                   id or its name); repeatable
   --json          print a JSON summary on stdout (firing, no_data, errors,
@@ -71,7 +73,8 @@ local function write_json(rep, none)
 end
 
 return function(args)
-  local o, perr = cmd.parse(args, { ["--run-test"] = "list", ["--json"] = "flag" }, cmd.CHECKS)
+  local o, perr = cmd.parse(args, { ["--run-test"] = "list", ["--id"] = "list", ["--json"] = "flag" },
+    cmd.CHECKS)
   if not o then return cmd.usage_error(PROG, perr) end
   if o.help then
     io.stdout:write(USAGE)
@@ -85,6 +88,7 @@ return function(args)
     if not conv then return cmd.usage_error(PROG, "invalid execution ID '" .. cmd.show(id) .. "': " .. msg) end
     ids[#ids + 1] = conv
   end
+  table.move(o.id, 1, #o.id, #ids + 1, ids)
   local run_tests = o["run-test"]
   if #ids == 0 and #run_tests == 0 then
     return cmd.usage_error(PROG, "nothing to check: give execution IDs or --run-test")

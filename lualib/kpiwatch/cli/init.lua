@@ -31,7 +31,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
-       kpiwatch [options] check RULES.lua ID... [--run-test RT]... [--json]
+       kpiwatch [options] check RULES.lua [ID...] [--id ID]... [--run-test RT]... [--json]
        kpiwatch [options] watch RULES.lua [--run-test RT]... [--id ID]...
                           [--every DUR] [--state FILE] [--metrics A:P]
 
