@@ -126,19 +126,22 @@ class Check(Base):
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("could be neither delivered nor spooled", r.stderr)
 
-    def test_sigterm_during_the_delivery_exits_143_and_spools(self):
+    def test_sigterm_or_sighup_during_the_delivery_exits_143_or_129_and_spools(self):
         def slow(req):
             time.sleep(5)
-        with MockServer(slow) as srv:
-            p = subprocess.Popen([KW, "--sandbox", "check", self.rules, BAD], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=dict(self.env, HOOK_URL=srv.url))
-            wait_for(lambda: srv.requests, what="the delivery")
-            p.send_signal(signal.SIGTERM)
-            _, err = p.communicate(timeout=15)
-        self.assertEqual(p.returncode, 143, err)
-        with open(self.spool) as f:
-            entries = json.load(f)["entries"]
-        self.assertEqual([e["event"]["rule"] for e in entries], ["score-floor"])
+        for sig, code in [(signal.SIGTERM, 143), (signal.SIGHUP, 129)]:
+            if os.path.exists(self.spool):
+                os.remove(self.spool)
+            with MockServer(slow) as srv:
+                p = subprocess.Popen([KW, "--sandbox", "check", self.rules, BAD], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=dict(self.env, HOOK_URL=srv.url))
+                wait_for(lambda: srv.requests, what="the delivery")
+                p.send_signal(sig)
+                _, err = p.communicate(timeout=15)
+            self.assertEqual(p.returncode, code, err)
+            with open(self.spool) as f:
+                entries = json.load(f)["entries"]
+            self.assertEqual([e["event"]["rule"] for e in entries], ["score-floor"])
 
 
 class Watch(Base):
@@ -185,6 +188,13 @@ class Watch(Base):
         self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o600)
         with open(state) as f:
             self.assertIn(new_id, f.read())
+
+    def test_metrics_address_in_use_exits_3(self):
+        with MockServer(lambda req: None) as srv:
+            addr = srv.url[len("http://"):]
+            r = self.kw("--sandbox", "watch", self.rules, "--id", GOOD, "--metrics", addr)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("address already in use", r.stderr)
 
     def test_usage_errors_exit_2_in_one_line(self):
         for args, text in [((), "missing the rules file"),

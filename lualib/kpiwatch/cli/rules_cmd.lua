@@ -24,11 +24,12 @@ function M.usage_error(prog, msg)
 end
 
 --- The exit status of an error object: 3 for the API or the network
---- (kpiwatch.cli.API_KINDS), 2 for any other kind (config, invalid_id).
+--- (kpiwatch.cli.API_KINDS) and an address that cannot be bound (as the
+--- exporter), 2 for any other kind (config, invalid_id).
 ---@param e table an error object
 ---@return integer
 function M.code_of(e)
-  return API_KINDS[e.kind] and 3 or 2
+  return (API_KINDS[e.kind] or e.kind == "bind") and 3 or 2
 end
 
 --- Parses a command's arguments. spec maps each option ("--id") to
