@@ -20,6 +20,7 @@ M.commands = {
   executions = "kpiwatch.cli.executions",
   check = "kpiwatch.cli.check",
   watch = "kpiwatch.cli.watch",
+  history = "kpiwatch.cli.history",
 }
 
 M.usage = [==[
@@ -34,6 +35,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] check RULES.lua [ID...] [--id ID]... [--run-test RT]... [--json]
        kpiwatch [options] watch RULES.lua [--run-test RT]... [--id ID]...
                           [--every DUR] [--state FILE] [--metrics A:P]
+       kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -57,6 +59,9 @@ kpiwatch options:
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
   --allow-insecure-http allow plain http:// to a host other than loopback
+  --history FILE        keep completed executions in FILE (default
+                        $KPIWATCH_HISTORY or $XDG_DATA_HOME/kpiwatch/history.db)
+  --no-history          record nothing and read no history
   -h, --help            show this help
   --version             show the version
 
@@ -72,6 +77,8 @@ Commands:
   check RULES.lua ...   run a rules file's rules and hooks once (kpiwatch check --help)
   watch RULES.lua ...   watch executions and run tests with a rules file until
                         Ctrl-C or SIGTERM (kpiwatch watch --help)
+  history RUN_TEST      trends of a run test's completed executions, as a
+                        table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
@@ -79,6 +86,7 @@ Environment:
   KPIWATCH_CA_FILE           CA certificates (PEM) to verify the API's TLS with
   LUA_INIT_5_4, LUA_INIT     run before the script (as lua does; not with -E)
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
+  KPIWATCH_HISTORY           history file ('off': none); see kpiwatch history --help
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
              3 API or network error, 129 hangup (SIGHUP),
@@ -92,7 +100,7 @@ end
 
 -- Global kpiwatch flags that take a value, and the client option they set.
 local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
-  ["--ca-file"] = "ca_file" }
+  ["--ca-file"] = "ca_file", ["--history"] = "history" }
 
 -- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
 -- plus the kpiwatch long options. Returns a plan or nil, message.
@@ -139,6 +147,8 @@ function M.parse(argv)
       plan.flags.verbose = true
     elseif a == "--allow-insecure-http" then
       plan.flags.allow_insecure_http = true
+    elseif a == "--no-history" then
+      plan.flags.no_history = true
     else
       local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
       name = name or a
@@ -151,7 +161,7 @@ function M.parse(argv)
         val = argv[i]
         if val == nil then return nil, "option '" .. name .. "' needs a value" end
       end
-      if key ~= "base_url" and key ~= "ca_file" then
+      if key ~= "base_url" and key ~= "ca_file" and key ~= "history" then
         local num = tonumber(val)
         if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
           return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
@@ -267,6 +277,9 @@ end
 
 local function apply_flags(flags)
   if next(flags) == nil then return end
+  if flags.history or flags.no_history then
+    require("kpiwatch.history").configure({ path = flags.history, disabled = flags.no_history })
+  end
   local client = {
     base_url = flags.base_url, timeout = flags.timeout, retries = flags.retries,
     verbose = flags.verbose, allow_insecure_http = flags.allow_insecure_http,
@@ -311,6 +324,8 @@ function M.main(argv)
   -- leaves running can still use it, and it never keeps the process alive.
   if plan.flags.sandbox then
     require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
+    -- the sandbox's data is not the account's: no default history file
+    require("kpiwatch.history").configure({ sandbox = true })
   end
 
   if not plan.noenv then
