@@ -25,7 +25,7 @@ $(BUILD)/Makefile: CMakeLists.txt
 $(BUILD)/kpiwatch: $(BUILD)/Makefile FORCE
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The main job: the alert rules of scripts/alerts.lua over the sandbox's
+# The main job: the alert rules of scripts/rules.lua (kpiwatch check) over the sandbox's
 # executions, then the CI gate, all with no account.
 run: $(BUILD)/kpiwatch
 	@scripts/demo.sh $(BUILD)/kpiwatch

@@ -20,8 +20,8 @@ step() {
 }
 
 step 0 "$KW" --sandbox scripts/report.lua
-step 0 "$KW" --sandbox scripts/alerts.lua "$GOOD"
-step 1 "$KW" --sandbox scripts/alerts.lua "$BAD"
+step 0 "$KW" --sandbox check scripts/rules.lua "$GOOD"
+step 1 "$KW" --sandbox check scripts/rules.lua "$BAD"
 step 0 "$KW" --sandbox gate "$GOOD" --require 'avg_score>=0.8' --require 'eval:*>=70'
 step 1 "$KW" --sandbox gate "$BAD" --require 'avg_score>=0.8' --require 'eval:*>=70'
 echo

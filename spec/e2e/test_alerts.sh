@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/alerts.lua end to end, as a user runs it: against the built-in
+# kpiwatch check scripts/rules.lua end to end, as a user runs it: against the built-in
 # sandbox (kpiwatch --sandbox), with its webhook pointed at a python3
 # standard-library receiver that checks the Standard Webhooks signature with
 # its own hmac. Exit codes: 0 healthy, 1 firing or no data, 3 when a
@@ -7,7 +7,7 @@
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
-SCRIPT="$SRC/scripts/alerts.lua"
+RULES="$SRC/scripts/rules.lua"
 
 # Never touch the real home's spool; no webhook unless a test sets one.
 export HOME="$tmp/home" XDG_STATE_HOME= KPIWATCH_SPOOL=
@@ -20,7 +20,7 @@ EMPTY=c0ffee00-0000-4000-8000-000000000004    # null averages
 
 run() { # run ID -> sets rc, out, err
   set +e
-  "$KPIWATCH" --sandbox "$SCRIPT" "$1" >"$tmp/out" 2>"$tmp/err"
+  "$KPIWATCH" --sandbox check "$RULES" "$1" >"$tmp/out" 2>"$tmp/err"
   rc=$?
   set -e
   out=$(cat "$tmp/out")
@@ -137,4 +137,4 @@ grep -q "could be neither delivered nor spooled" "$tmp/err" || fail "no lost mes
 # the secret never shows
 grep -qF "$SECRET" "$tmp/out" "$tmp/err" && fail "the webhook secret leaked"
 
-echo "ok: scripts/alerts.lua end to end"
+echo "ok: kpiwatch check scripts/rules.lua end to end"

@@ -58,7 +58,13 @@ commands=$(sed -n 's/^ *\([a-z_]*\) = "kpiwatch\.cli\.\([a-z_]*\)",*$/\1/p' lual
 [ -n "$commands" ] || fail "found no command in lualib/kpiwatch/cli/init.lua"
 for cmd in $commands; do
   "$KPIWATCH" "$cmd" --help >"$tmp/help-$cmd" || fail "kpiwatch $cmd --help exited $?"
-  check_help "kpiwatch $cmd" "$tmp/help-$cmd" "lualib/kpiwatch/cli/$cmd.lua"
+  # the command's parser, and the shared parsers it requires (cli/rules_cmd.lua)
+  parsers="lualib/kpiwatch/cli/$cmd.lua"
+  for dep in $(sed -n 's/.*require[ (]*"kpiwatch\.cli\.\([a-z_]*\)".*/\1/p' "lualib/kpiwatch/cli/$cmd.lua" | sort -u); do
+    case "$dep" in "$cmd" | init) ;; *) [ -f "lualib/kpiwatch/cli/$dep.lua" ] && parsers="$parsers lualib/kpiwatch/cli/$dep.lua" ;; esac
+  done
+  # shellcheck disable=SC2086
+  check_help "kpiwatch $cmd" "$tmp/help-$cmd" $parsers
 done
 
 exit_section=$(sed -n '/^EXIT STATUS/,/^[A-Z]/p' "$tmp/man.txt")

@@ -2,8 +2,8 @@
 - examples/systemd/kpiwatch-watch@.service passes `systemd-analyze verify`
   (ExecStart pointed at the built binary, the man page on MANPATH) and keeps
   its hardening; a broken copy fails, so the check can fail;
-- examples/systemd/watch.lua, run as the unit runs it (state file argument,
-  settings from the environment) against the built-in sandbox, serves
+- examples/systemd/watch.lua, run as the unit runs it (`kpiwatch watch` with
+  --state and the unit's arguments) against the built-in sandbox, serves
   /metrics, stops cleanly on SIGTERM and leaves its state file 0600;
 - examples/grafana/kpiwatch-dashboard.json parses, and every metric name
   its queries use is one that watch's /metrics actually emits."""
@@ -65,11 +65,14 @@ class Examples(unittest.TestCase):
     def test_watch_example_serves_every_dashboard_metric(self):
         port = free_port()
         state = os.path.join(self.tmp, "agents.state")
-        env = dict(os.environ, HOME=self.tmp, XDG_STATE_HOME="", KPIWATCH_SPOOL="",
-                   KPIWATCH_IDS="%s %s" % (FAILING, TEXT), KPIWATCH_EVERY="1s",
-                   KPIWATCH_METRICS="127.0.0.1:%d" % port, ALERTMANAGER_URL="")
-        p = subprocess.Popen([KW, "--sandbox", os.path.join(EX, "systemd", "watch.lua"), state],
-                             env=env, stderr=subprocess.PIPE, text=True)
+        env = dict(os.environ, HOME=self.tmp, XDG_STATE_HOME="", KPIWATCH_SPOOL="", ALERTMANAGER_URL="")
+        with open(os.path.join(EX, "systemd", "kpiwatch-watch@.service")) as f:
+            exec_start = re.search(r"^ExecStart=(.*)$", f.read(), re.M).group(1).split()
+        self.assertEqual(exec_start[1:5], ["watch", "/etc/kpiwatch/%i.lua", "--state", "/var/lib/kpiwatch/%i.state"])
+        # KPIWATCH_ARGS as systemd splits it
+        args = ["--id", FAILING, "--id", TEXT, "--every", "1s", "--metrics", "127.0.0.1:%d" % port]
+        p = subprocess.Popen([KW, "--sandbox", "watch", os.path.join(EX, "systemd", "watch.lua"),
+                              "--state", state] + args, env=env, stderr=subprocess.PIPE, text=True)
         try:
             body = None
             deadline = time.time() + 15
@@ -107,8 +110,8 @@ class Examples(unittest.TestCase):
         finally:
             p.send_signal(signal.SIGTERM)
             _, err = p.communicate(timeout=15)
-        self.assertEqual(0, p.returncode, err)
-        self.assertIn("watch stopped (term)", err)
+        self.assertEqual(143, p.returncode, err)
+        self.assertIn("stopped (SIGTERM)", err)
         self.assertEqual(0o600, stat.S_IMODE(os.stat(state).st_mode))
 
 

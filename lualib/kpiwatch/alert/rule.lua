@@ -636,7 +636,8 @@ M.fingerprint = fingerprint
 
 -- Normalise the argument of evaluate/check: a list of KPI objects.
 local function kpi_list(x)
-  if type(x) == "table" and not model.is(x) and rawlen(x) > 0 then
+  -- an empty list (every id failed to fetch) is no execution, not an empty body
+  if type(x) == "table" and not model.is(x) and (rawlen(x) > 0 or next(x) == nil) then
     local list = {}
     for i, v in ipairs(x) do list[i] = v end
     return list

@@ -18,6 +18,8 @@ M.commands = {
   compare = "kpiwatch.cli.compare",
   exporter = "kpiwatch.cli.exporter",
   executions = "kpiwatch.cli.executions",
+  check = "kpiwatch.cli.check",
+  watch = "kpiwatch.cli.watch",
   history = "kpiwatch.cli.history",
 }
 
@@ -30,6 +32,9 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
+       kpiwatch [options] check RULES.lua [ID...] [--id ID]... [--run-test RT]... [--json]
+       kpiwatch [options] watch RULES.lua [--run-test RT]... [--id ID]...
+                          [--every DUR] [--state FILE] [--metrics A:P]
        kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
@@ -69,6 +74,9 @@ Commands:
   compare A B           two executions side by side, with deltas
   exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
   executions RUN_TEST   list a run test's executions (id or name), newest first
+  check RULES.lua ...   run a rules file's rules and hooks once (kpiwatch check --help)
+  watch RULES.lua ...   watch executions and run tests with a rules file until
+                        Ctrl-C or SIGTERM (kpiwatch watch --help)
   history RUN_TEST      trends of a run test's completed executions, as a
                         table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
@@ -197,6 +205,7 @@ M.API_KINDS = {
 
 -- The exit status of a stop by a signal (alert.check's "interrupted").
 local SIGNAL_STATUS = { int = 130, term = 143, hup = 129 }
+M.SIGNAL_STATUS = SIGNAL_STATUS
 
 -- The innermost frame of the user's code (not kpiwatch's lualib, not C) on
 -- the stack of an error: "file:line", or nil.
