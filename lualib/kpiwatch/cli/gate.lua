@@ -93,11 +93,15 @@ local function show(s)
 end
 
 local stderr = io.stderr -- replaced during M.run (tests capture it)
+-- Set by M.run once the options parse: writes the --output reports of a
+-- usage error, so a CI reading junit.xml sees the error, not "no report".
+local report_usage_error
 
 local function usage_error(msg)
   -- one line, whatever the message (a require failure lists every path)
   msg = tostring(msg):gsub("\n.*", "")
   stderr:write("kpiwatch gate: ", msg, " (see 'kpiwatch gate --help')\n")
+  if report_usage_error then report_usage_error(msg) end
   return 2
 end
 
@@ -411,6 +415,31 @@ local function emit(result, stdout_format, files, code, env)
   return code
 end
 
+-- _usage_reports(o, env, msg): the --output files of a usage error, each an
+-- error report with exit code 2 (the --output specs that plan; an unknown
+-- --format does not stop them, the terminal prints no report anyway).
+function M._usage_reports(o, env, msg)
+  local _, files = M.plan_outputs(o, env.getenv)
+  if type(files) ~= "table" then
+    _, files = M.plan_outputs(setmetatable({ format = false }, { __index = o }), env.getenv)
+  end
+  if type(files) ~= "table" then return end
+  local id = o.ids[1]
+  local result = {
+    execution_id = id and require("kpiwatch.kpis").is_uuid(id) and id:lower() or nil,
+    verdict = "error", exit_code = 2, checks = {}, duration = 0,
+    error = { kind = "usage", message = msg },
+    summary = { total = 0, passed = 0, failed = 0, no_data = 0, skipped = 0, errors = 1 },
+    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  }
+  for _, f in ipairs(files) do
+    local ok, err = write_file(f.path, report.render(f.format, result))
+    if not ok then
+      env.stderr:write("kpiwatch gate: cannot write the ", f.format, " report: ", tostring(err), "\n")
+    end
+  end
+end
+
 -- For the JUnit report's hostname attribute; "localhost" when unknown.
 local function hostname()
   local f = io.open("/proc/sys/kernel/hostname", "r")
@@ -437,8 +466,10 @@ function M.run(args, flags, env)
   env.getenv = env.getenv or os.getenv
   flags = flags or {}
 
+  report_usage_error = nil
   local o, perr = M.parse_args(args or {})
   if not o then return usage_error(perr) end
+  report_usage_error = function(msg) M._usage_reports(o, env, msg) end
   if o.help then
     env.stdout:write(M.USAGE)
     return 0
@@ -482,7 +513,9 @@ function M.run(args, flags, env)
   local id, base_id = o.ids[1], o.baseline
   for _, x in ipairs({ { id, "execution ID" }, base_id and { base_id, "baseline ID" } or nil }) do
     if not kpis.is_uuid(x[1]) then
-      env.stderr:write("kpiwatch gate: invalid ", x[2], ": not a UUID: '", show(x[1]), "'\n")
+      local msg = "invalid " .. x[2] .. ": not a UUID: '" .. show(x[1]) .. "'"
+      env.stderr:write("kpiwatch gate: ", msg, "\n")
+      report_usage_error(msg)
       return 2
     end
   end
