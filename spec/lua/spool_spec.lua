@@ -203,7 +203,7 @@ describe("kpiwatch.spool", function()
     assert.are.same({}, seed:entries())
   end)
 
-  it("gives up a receiver that refuses on every run after spool_max_attempts, with a warning (issue 13 item 3)", function()
+  it("gives up a receiver refusing on every run after spool_max_attempts, with a warning (item 3)", function()
     assert(spool.open(path):add("ops", ev("refused")))
     local calls, lines = 0, {}
     local reg = alert.registry()
