@@ -11,7 +11,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX     ?= /usr/local
 CTEST_ARGS ?=
 
-.PHONY: all deb deps run test test-fast test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format doc clean
+.PHONY: all deb deps run test test-fast test-fresh test-asan test-fuzz fuzz fuzz-build lint test-valgrind install bench format doc clean
 
 all: $(BUILD)/kpiwatch
 
@@ -34,7 +34,7 @@ test: test-fast test-asan test-fuzz lint test-valgrind
 
 test-fast:
 	@tools/deps.sh test
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKW_TESTS_REQUIRED=ON
 	cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure $(CTEST_ARGS)
 
@@ -42,7 +42,7 @@ test-fast:
 # fails the run (halt_on_error, and -fno-sanitize-recover).
 test-asan:
 	@tools/deps.sh test
-	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKW_SANITIZE=ON
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKW_SANITIZE=ON -DKW_TESTS_REQUIRED=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -68,18 +68,25 @@ test-fuzz: fuzz-build
 # clang-tidy and cppcheck over runtime/*.c (.clang-tidy, tools/cppcheck.supp).
 lint:
 	@tools/deps.sh test
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKW_TESTS_REQUIRED=ON >/dev/null
 	tools/lint.sh $(BUILD)
 
 # memcheck over the C unit tests and end-to-end runs of the binary.
 test-valgrind:
 	@tools/deps.sh test
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKW_TESTS_REQUIRED=ON >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 	tools/valgrind.sh $(BUILD)
 
+# --prefix at install time: the prefix cached in an existing build/ (from
+# the first configure) must not win over PREFIX given now.
 install: $(BUILD)/kpiwatch
-	cmake --install $(BUILD)
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# The README's two commands, each first, on a fresh Debian 12 (debootstrap,
+# as root; minutes, not part of `make test`; doc/testing.md).
+test-fresh:
+	tools/test-fresh.sh
 
 # A Debian package of the release build in $(BUILD) (CPack; Depends from
 # dpkg-shlibdeps): $(BUILD)/kpiwatch_<version>_<arch>.deb

@@ -5,7 +5,7 @@
  *   hmac_sha256(key, msg) -> 32 raw bytes     (Standard Webhooks signatures)
  *   sha256(msg)           -> 32 raw bytes
  *   base64_encode(s)      -> string
- *   base64_decode(s)      -> string | nil, "invalid", message
+ *   base64_decode(s)      -> string | nil, message, "invalid"
  *   random_bytes(n)       -> n raw bytes from the CSPRNG (event ids)
  *   equal(a, b)           -> boolean, compared in constant time
  *
@@ -21,6 +21,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "fail.h"
 
 static int l_hmac_sha256(lua_State *L) {
   size_t klen, mlen;
@@ -102,10 +103,8 @@ static int l_base64_decode(lua_State *L) {
   luaL_pushresultsize(&out, (size_t)(n - pad));
   return 1;
 invalid:
-  luaL_pushfail(L);
-  lua_pushliteral(L, "invalid");
   lua_pushliteral(L, "not valid base64");
-  return 3;
+  return kw_fail_kind(L, "invalid");
 }
 
 static int l_random_bytes(lua_State *L) {

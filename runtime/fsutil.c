@@ -2,16 +2,17 @@
  * fsutil.c - the `kpiwatch._fs` module: durable file writes for alert
  * state, notification spools and JSON-lines logs.
  *
- *   write_atomic(path, data [, mode=0600]) -> true | nil, "io", message
+ *   write_atomic(path, data [, mode=0600]) -> true | nil, message, errno
  *       Readers see the old content or the new one, never a mix or an empty
  *       file, even after a crash or kill -9: the data goes to a temporary
  *       file in the same directory, is fsync'ed, renamed over path, and the
  *       directory is fsync'ed so the rename itself survives a power cut.
- *   append(path, data [, mode=0600 [, sync=false]]) -> true | nil, "io", message
+ *   append(path, data [, mode=0600 [, sync=false]]) -> true | nil, message, errno
  *       One write(2) with O_APPEND, so concurrent appenders never interleave
  *       inside a line (for a line under PIPE_BUF on local file systems).
- *   mkdirs(path [, mode=0700]) -> true | nil, "io", message   (mkdir -p)
- *   stat(path) -> {mode=, size=, type=} | nil, "io", message
+ *       A path that is a symbolic link is refused (O_NOFOLLOW).
+ *   mkdirs(path [, mode=0700]) -> true | nil, message, errno   (mkdir -p)
+ *   stat(path) -> {mode=, size=, type=} | nil, message, errno
  *   getpid() -> integer
  *   lock(path) -> lock | nil, message, errno
  *       An exclusive flock(2) on path (created 0600), never waiting: held
@@ -34,11 +35,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fail.h"
+
 static int io_fail(lua_State *L, const char *what, const char *path, int err) {
-  luaL_pushfail(L);
-  lua_pushliteral(L, "io");
   lua_pushfstring(L, "%s %s: %s", what, path, strerror(err));
-  return 3;
+  return kw_fail_errno(L, err);
 }
 
 static int write_all(int fd, const char *p, size_t len) {
@@ -125,7 +126,13 @@ static int l_append(lua_State *L) {
   int sync = lua_toboolean(L, 4);
   int fd, err;
   luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1, "invalid path");
-  fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode);
+  /* O_NOFOLLOW: a link planted where the log goes (a shared /tmp) must not
+   * redirect our writes into a file of the link owner's choosing. */
+  fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0 && errno == ELOOP) {
+    lua_pushfstring(L, "cannot open %s: it is a symbolic link (refused)", path);
+    return kw_fail_errno(L, ELOOP);
+  }
   if (fd < 0) return io_fail(L, "cannot open", path, errno);
   if (write_all(fd, data, len) < 0 || (sync && fsync(fd) < 0)) {
     err = errno;

@@ -30,7 +30,7 @@
  *
  * C API (the Lua wrapper lualib/kpiwatch/http.lua turns failures into error
  * objects):
- *   request(opts) -> response | nil, kind, message, curl_code
+ *   request(opts) -> response | nil, message, kind [, curl_code] (fail.h)
  *   configure(opts), stats() -> table
  */
 #if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
@@ -38,6 +38,7 @@
 #endif
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -48,6 +49,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "fail.h"
 #include "scheduler.h"
 
 #ifndef KW_VERSION
@@ -69,6 +71,29 @@ static struct {
   long timeout_ms;
   char *ca_file;
 } cfg = {HTTP_DEFAULT_MAX_CONCURRENT, HTTP_DEFAULT_MAX_BODY, HTTP_DEFAULT_TIMEOUT_MS, NULL};
+
+/* Loopback never goes through a proxy (http_proxy set on a CI runner
+ * would otherwise get the sandbox's requests, credentials included):
+ * CURLOPT_NOPROXY replaces the no_proxy variable libcurl would read, so
+ * the user's list is kept after ours. "*" alone (no proxy at all) stays
+ * alone: libcurl reads it as "every host" only then. */
+#define KW_NOPROXY_LOOPBACK "localhost,127.0.0.0/8,::1"
+static char *noproxy;
+
+static void noproxy_init(void) {
+  const char *user = getenv("no_proxy");
+  size_t n;
+  if (!user || !*user) user = getenv("NO_PROXY");
+  if (!user) user = "";
+  if (strcmp(user, "*") == 0) {
+    noproxy = strdup("*");
+    return;
+  }
+  n = sizeof KW_NOPROXY_LOOPBACK + 1 + strlen(user);
+  /* out of memory: NULL, libcurl's default (the user's list alone) */
+  if ((noproxy = malloc(n)) != NULL)
+    snprintf(noproxy, n, "%s%s%s", KW_NOPROXY_LOOPBACK, *user ? "," : "", user);
+}
 
 typedef struct sock_ctx sock_ctx;
 struct sock_ctx {
@@ -257,15 +282,20 @@ static sock_ctx *sock_new(curl_socket_t fd) {
   return s;
 }
 
-static void sock_watch(sock_ctx *s, int events) {
+/* 0, or libuv's error when the fd cannot be watched (epoll_ctl: out of
+ * memory, or a descriptor libuv refuses); the watcher is then stopped. */
+static int sock_watch(sock_ctx *s, int events) {
+  int rc = 0;
   /* uv_poll_start always re-registers the fd (epoll DEL then ADD): only
    * call it when the events change. */
-  if (s->events == events) return;
+  if (s->events == events) return 0;
   s->events = events;
-  if (events)
-    uv_poll_start(&s->poll, events, on_poll);
-  else
+  if (events) rc = uv_poll_start(&s->poll, events, on_poll);
+  if (!events || rc != 0) {
     uv_poll_stop(&s->poll);
+    s->events = 0;
+  }
+  return rc;
 }
 
 static void check_multi_info(void);
@@ -278,7 +308,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
      * closed it, most likely): stop watching; libcurl finds out when it
      * next tries to reuse the connection. */
     if (status < 0) s->events = 0; /* libuv stopped it already */
-    sock_watch(s, 0);
+    (void)sock_watch(s, 0);
     return;
   }
   if (status < 0) {
@@ -317,7 +347,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     if (!s) return 0;
     if (s->managed) {
       s->idle = 1;
-      sock_watch(s, UV_READABLE);
+      /* Unwatched, an idle connection is still found dead at its reuse. */
+      (void)sock_watch(s, UV_READABLE);
     } else {
       sock_close(s);
     }
@@ -333,8 +364,9 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  sock_watch(s, events);
-  return 0;
+  /* -1 makes libcurl fail the transfers on this socket, instead of
+   * waiting for events that will never come. */
+  return sock_watch(s, events) == 0 ? 0 : -1;
 }
 
 static curl_socket_t on_opensocket(void *clientp, curlsocktype purpose,
@@ -375,7 +407,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
   if (timeout_ms < 0)
     uv_timer_stop(&G.timer);
   else
-    uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0); /* 0: next turn */
+    KW_CHECK(uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0) == 0); /* 0: next turn */
   return 0;
 }
 
@@ -476,6 +508,7 @@ static void base_options(http_req *r) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  if (noproxy) curl_easy_setopt(e, CURLOPT_NOPROXY, noproxy);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
 }
@@ -608,14 +641,14 @@ static int req_push(kw_op *op, lua_State *L) {
   http_req *r = (http_req *)op;
   if (r->result != CURLE_OK) {
     const char *kind = error_kind(r);
-    lua_pushnil(L);
-    lua_pushstring(L, kind);
     if (strcmp(kind, "too_large") == 0)
       lua_pushfstring(L, "response body exceeds max_body (%I bytes)", (lua_Integer)r->max_body);
     else if (r->errbuf[0])
       lua_pushstring(L, r->errbuf);
     else
       lua_pushstring(L, curl_easy_strerror(r->result));
+    kw_fail_kind(L, kind);
+    /* libcurl's own code, for diagnostics: after the common shape */
     lua_pushinteger(L, (lua_Integer)r->result);
     return 4;
   }
@@ -694,6 +727,8 @@ static void http_atclose(void) {
   uv_close((uv_handle_t *)&G.timer, NULL);
   G.closed = 1;
   pool_trim(0);
+  free(noproxy);
+  noproxy = NULL;
   curl_global_cleanup();
   G.inited = 0;
 }
@@ -705,20 +740,24 @@ static void apply_limits(void) {
 
 static const char *http_init(void) {
   if (G.inited) return NULL;
+  /* First: http_atclose does nothing until G.inited, so nothing to undo. */
+  if (kw_sched_atclose(http_atclose) != 0) return "too many kw_sched_atclose hooks";
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return "curl_global_init failed";
+  noproxy_init();
   G.multi = curl_multi_init();
   if (!G.multi) {
+    free(noproxy);
+    noproxy = NULL;
     curl_global_cleanup();
     return "curl_multi_init failed";
   }
-  uv_timer_init(kw_loop(), &G.timer);
+  KW_CHECK(uv_timer_init(kw_loop(), &G.timer) == 0);
   uv_unref((uv_handle_t *)&G.timer); /* see update_refs */
   G.refd = 0;
   curl_multi_setopt(G.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(G.multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
   curl_multi_setopt(G.multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   apply_limits();
-  kw_sched_atclose(http_atclose);
   G.inited = 1;
   return NULL;
 }
@@ -938,10 +977,8 @@ static int build_headers(lua_State *L, http_req *r, int idx) {
 }
 
 static int push_fail(lua_State *L, const char *kind, const char *msg) {
-  lua_pushnil(L);
-  lua_pushstring(L, kind);
   lua_pushstring(L, msg);
-  return 3;
+  return kw_fail_kind(L, kind);
 }
 
 /* Applies checked options to a fresh or recycled request. Options a plain

@@ -35,7 +35,7 @@
  *    scheduler's final uv_walk must find none of h2o's handles.
  *
  * C API (lualib/kpiwatch/http_server.lua wraps it):
- *   listen(host, port, on_request, opts) -> server | nil, kind, message
+ *   listen(host, port, on_request, opts) -> server | nil, message, kind (fail.h)
  *       on_request(req_handle, req_table) is called between loop turns,
  *       from a protected call; it must not block (it spawns a task).
  *   port(server) -> integer;  stats(server) -> table
@@ -59,6 +59,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "fail.h"
 #include "scheduler.h"
 
 #ifndef KW_VERSION
@@ -337,8 +338,8 @@ static void begin_close(kw_server *srv, kw_sreq *spare, int force) {
    * and the others once their response is written. */
   shutdown_conns(srv, force ? SHUT_RDWR : SHUT_RD);
   if (!uv_is_closing((uv_handle_t *)&srv->grace))
-    uv_timer_start(&srv->grace, grace_expired, force ? FORCE_GRACE_MS : CLOSE_GRACE_MS,
-                   force ? FORCE_GRACE_MS : 0);
+    KW_CHECK(uv_timer_start(&srv->grace, grace_expired, force ? FORCE_GRACE_MS : CLOSE_GRACE_MS,
+                            force ? FORCE_GRACE_MS : 0) == 0);
   maybe_drained(srv);
 }
 
@@ -442,7 +443,7 @@ static void on_accept(uv_stream_t *listener, int status) {
     uv_close((uv_handle_t *)&c->tcp, conn_rejected);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
+  (void)uv_tcp_nodelay(&c->tcp, 1); /* only a latency hint: a failure changes nothing else */
   /* A background server's connections (an idle keep-alive one waits 10 s
    * for h2o's timeout) must not hold the process open either. */
   if (!uv_has_ref((uv_handle_t *)listener)) uv_unref((uv_handle_t *)&c->tcp);
@@ -745,10 +746,8 @@ static int server_gc(lua_State *L) {
 
 static int push_failure(lua_State *L, const char *kind, const char *fmt, const char *host, int port,
                         int err) {
-  lua_pushnil(L);
-  lua_pushstring(L, kind);
   lua_pushfstring(L, fmt, host, port, uv_strerror(err));
-  return 3;
+  return kw_fail_kind(L, kind);
 }
 
 static int resolve(const char *host, int port, struct sockaddr_storage *ss) {
@@ -845,7 +844,7 @@ static int l_listen(lua_State *L) {
   handler = h2o_create_handler(pathconf, sizeof *handler);
   handler->on_req = on_req;
 
-  uv_tcp_init(kw_loop(), &srv->listener);
+  KW_CHECK(uv_tcp_init(kw_loop(), &srv->listener) == 0); /* AF_UNSPEC: no socket yet */
   srv->listener.data = srv;
   if ((r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) != 0 ||
       (r = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_accept)) != 0) {
@@ -860,7 +859,7 @@ static int l_listen(lua_State *L) {
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &namelen) == 0)
     srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                : ((struct sockaddr_in *)&ss)->sin_port);
-  uv_timer_init(kw_loop(), &srv->grace);
+  KW_CHECK(uv_timer_init(kw_loop(), &srv->grace) == 0);
   srv->grace.data = srv;
   srv->handles = 2; /* listener, grace */
 
@@ -888,7 +887,6 @@ static int l_listen(lua_State *L) {
   srv->next = servers;
   servers = srv;
   ignore_sigpipe();
-  kw_sched_atclose(server_atclose);
   return 1;
 }
 
@@ -964,6 +962,9 @@ static const luaL_Reg server_funcs[] = {
     {"wait", l_wait},     {"drop", l_drop},       {NULL, NULL}};
 
 int luaopen_kpiwatch__server(lua_State *L) {
+  /* At open, not at the first listen: nothing to undo if it fails. */
+  if (kw_sched_atclose(server_atclose) != 0)
+    return luaL_error(L, "too many kw_sched_atclose hooks");
   if (luaL_newmetatable(L, SERVER_MT)) {
     lua_pushcfunction(L, server_gc);
     lua_setfield(L, -2, "__gc");

@@ -6,10 +6,13 @@
  * kpiwatch commands and runs as the main task. The exit status is the
  * driver's result, or the scheduler's when the main task failed.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "embed.h"
 #include "scheduler.h"
@@ -22,6 +25,20 @@ static int wants_noenv(int argc, char **argv) {
     if (strcmp(argv[i], "--") == 0 || strcmp(argv[i], "-") == 0) break;
     if (strcmp(argv[i], "-E") == 0) return 1;
     if ((strcmp(argv[i], "-e") == 0 || strcmp(argv[i], "-l") == 0) && i + 1 < argc) i++;
+  }
+  return 0;
+}
+
+/* Started with stdin, stdout or stderr closed (`>&-`), the next open()
+ * would get that number: libuv's own descriptors would become fd 0-2, a
+ * print would write into an eventfd or a socket, and libuv aborts on the
+ * confusion. Fill each closed one with /dev/null first, as daemons do
+ * (lowest number first, so open() returns exactly the closed fd). */
+static int fill_std_fds(void) {
+  int fd;
+  for (fd = 0; fd <= 2; fd++) {
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) return -1;
   }
   return 0;
 }
@@ -51,8 +68,10 @@ static int boot(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
-  lua_State *L = luaL_newstate();
+  lua_State *L;
   int status, code;
+  if (fill_std_fds() != 0) return 2; /* nowhere to say why: stderr is closed */
+  L = luaL_newstate();
   if (!L) {
     fprintf(stderr, "kpiwatch: cannot create the Lua state: not enough memory\n");
     return 2;

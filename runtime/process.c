@@ -4,14 +4,16 @@
  *
  *   spawn(argv, {stdin=, env=, cwd=, timeout=, max_output=})
  *     -> {status=, signal=, stdout=, stderr=, timed_out=, truncated=}
- *      | nil, "spawn", message            (the program could not be started)
+ *      | nil, message, errno              (the program could not be started)
  *   environ() -> {"NAME=value", ...}       (the current environment)
  *
  * argv goes to execvp(3) through uv_spawn as it is: no shell ever parses
  * it, so spaces, quotes and `; rm -rf /` in an argument stay one literal
  * argument. env, when given, is the child's whole environment ("K=V"
  * strings; merging with environ() is the Lua side's business). timeout is
- * in seconds: the child gets SIGTERM, then SIGKILL KILL_GRACE_MS later.
+ * in seconds: the child's process group (the child and what it started)
+ * gets SIGTERM, then SIGKILL KILL_GRACE_MS later; the child runs in a
+ * session of its own, away from the terminal's signals.
  * Output beyond max_output bytes per stream (default 1 MiB) is dropped and
  * `truncated` is set.
  *
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fail.h"
 #include "scheduler.h"
 
 extern char **environ;
@@ -103,6 +106,14 @@ static void finish(proc_op *p) {
 
 static void check_done(proc_op *p);
 
+/* The child leads its own process group (UV_PROCESS_DETACHED: setsid), so
+ * what it started (`sh -c 'a | b'`, a daemonising script) goes with it.
+ * Only called while the child has not been reaped: its pid is still the
+ * group's id, never reused. ESRCH (all gone meanwhile) needs nothing. */
+static void kill_group(proc_op *p, int sig) {
+  if (uv_kill(-p->proc.pid, sig) != 0) (void)uv_process_kill(&p->proc, sig);
+}
+
 static void on_timer(uv_timer_t *t) {
   proc_op *p = (proc_op *)t->data;
   if (p->exited) {
@@ -111,10 +122,10 @@ static void on_timer(uv_timer_t *t) {
   } else if (!p->killed) {
     p->timed_out = 1;
     p->killed = 1;
-    uv_process_kill(&p->proc, SIGTERM);
-    uv_timer_start(&p->timer, on_timer, KILL_GRACE_MS, 0);
+    kill_group(p, SIGTERM);
+    KW_CHECK(uv_timer_start(&p->timer, on_timer, KILL_GRACE_MS, 0) == 0);
   } else {
-    uv_process_kill(&p->proc, SIGKILL);
+    kill_group(p, SIGKILL);
   }
 }
 
@@ -124,7 +135,7 @@ static void check_done(proc_op *p) {
     finish(p);
   } else if (!p->draining) {
     p->draining = 1;
-    uv_timer_start(&p->timer, on_timer, DRAIN_MS, 0);
+    KW_CHECK(uv_timer_start(&p->timer, on_timer, DRAIN_MS, 0) == 0);
   }
 }
 
@@ -134,6 +145,10 @@ static void proc_exited(uv_process_t *proc, int64_t status, int sig) {
   p->exit_status = status;
   p->term_signal = sig;
   uv_timer_stop(&p->timer);
+  /* Killed (timeout, cancel): what it started and what ignored SIGTERM
+   * goes too. The group outlives its leader while a member lives, so its
+   * id cannot have been reused yet. */
+  if (p->killed) (void)uv_kill(-proc->pid, SIGKILL);
   check_done(p);
 }
 
@@ -217,7 +232,7 @@ static void proc_cancel(kw_op *op) {
   if (!p->exited) {
     /* on_exit follows and completes the op */
     p->killed = 1;
-    uv_process_kill(&p->proc, SIGKILL);
+    kill_group(p, SIGKILL);
   } else {
     finish(p);
   }
@@ -299,11 +314,11 @@ static int l_spawn(lua_State *L) {
       return luaL_error(L, "out of memory");
     }
     memcpy(p->stdin_data, in, inlen);
-    uv_pipe_init(kw_loop(), &p->in, 0);
+    KW_CHECK(uv_pipe_init(kw_loop(), &p->in, 0) == 0);
     p->in.data = p;
   }
-  uv_pipe_init(kw_loop(), &p->out, 0);
-  uv_pipe_init(kw_loop(), &p->err, 0);
+  KW_CHECK(uv_pipe_init(kw_loop(), &p->out, 0) == 0);
+  KW_CHECK(uv_pipe_init(kw_loop(), &p->err, 0) == 0);
   p->out.data = p->err.data = p->proc.data = p;
 
   memset(&opts, 0, sizeof opts);
@@ -325,33 +340,35 @@ static int l_spawn(lua_State *L) {
   opts.cwd = cwd;
   opts.stdio_count = 3;
   opts.stdio = stdio;
+  /* its own session and process group: see kill_group */
+  opts.flags = UV_PROCESS_DETACHED;
 
   rc = uv_spawn(kw_loop(), &p->proc, &opts);
   if (rc != 0) {
     /* uv_spawn initialised the handle before failing: it must be closed. */
     p->exited = 1;
     close_all(p);
-    luaL_pushfail(L);
-    lua_pushliteral(L, "spawn");
     lua_pushfstring(L, "cannot run '%s': %s", args[0], uv_strerror(rc));
-    return 3;
+    return kw_fail_errno(L, -rc); /* libuv's codes are -errno on Unix */
   }
 
   /* Only now an op: a failed spawn is freed above without ever having
    * been registered with the scheduler. */
   kw_op_init(&p->op, &proc_class);
-  uv_read_start((uv_stream_t *)&p->out, on_alloc, on_read);
-  uv_read_start((uv_stream_t *)&p->err, on_alloc, on_read);
+  /* fresh pipes uv_spawn just connected: only a bug makes these fail */
+  KW_CHECK(uv_read_start((uv_stream_t *)&p->out, on_alloc, on_read) == 0);
+  KW_CHECK(uv_read_start((uv_stream_t *)&p->err, on_alloc, on_read) == 0);
   if (in) {
     uv_buf_t b = uv_buf_init(p->stdin_data, (unsigned int)p->stdin_len);
     p->wreq.data = p;
     if (p->stdin_len == 0 || uv_write(&p->wreq, (uv_stream_t *)&p->in, &b, 1, on_written) != 0)
       close_handle(p, (uv_handle_t *)&p->in);
   }
-  uv_timer_init(kw_loop(), &p->timer);
+  KW_CHECK(uv_timer_init(kw_loop(), &p->timer) == 0);
   p->timer.data = p;
   p->timer_used = 1;
-  if (timeout > 0) uv_timer_start(&p->timer, on_timer, (uint64_t)(timeout * 1000.0 + 0.5), 0);
+  if (timeout > 0)
+    KW_CHECK(uv_timer_start(&p->timer, on_timer, (uint64_t)(timeout * 1000.0 + 0.5), 0) == 0);
   return kw_await(L, &p->op);
 }
 

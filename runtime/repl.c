@@ -53,6 +53,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "fail.h"
 #include "scheduler.h"
 
 typedef struct {
@@ -370,15 +371,24 @@ static int start_poll(void) {
   return uv_poll_start(R.poll, UV_READABLE, on_readable);
 }
 
+/* Redraw on resize and on return from the background. Without them (out
+ * of memory or descriptors) the prompt still works, only not redrawn. */
 static void start_signals(void) {
   static const int signums[2] = {SIGWINCH, SIGCONT};
   int i;
   for (i = 0; i < 2; i++) {
     if (!R.sig[i]) {
       if (!(R.sig[i] = (uv_signal_t *)malloc(sizeof *R.sig[i]))) continue;
-      uv_signal_init(kw_loop(), R.sig[i]);
+      if (uv_signal_init(kw_loop(), R.sig[i]) != 0) {
+        free(R.sig[i]);
+        R.sig[i] = NULL;
+        continue;
+      }
     }
-    uv_signal_start(R.sig[i], on_signal, signums[i]);
+    if (uv_signal_start(R.sig[i], on_signal, signums[i]) != 0) {
+      uv_close((uv_handle_t *)R.sig[i], free_handle);
+      R.sig[i] = NULL;
+    }
   }
 }
 
@@ -466,9 +476,9 @@ static int l_history_load(lua_State *L) {
   if (max > 0) stifle_history(max);
   err = read_history(path);
   if (err != 0 && err != ENOENT && errno != ENOENT) {
-    luaL_pushfail(L);
-    lua_pushfstring(L, "cannot read history %s: %s", path, strerror(err > 0 ? err : errno));
-    return 2;
+    err = err > 0 ? err : errno;
+    lua_pushfstring(L, "cannot read history %s: %s", path, strerror(err));
+    return kw_fail_errno(L, err);
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -491,9 +501,9 @@ static int l_history_save(lua_State *L) {
   rl_setup();
   err = write_history(path);
   if (err != 0) {
-    luaL_pushfail(L);
-    lua_pushfstring(L, "cannot write history %s: %s", path, strerror(err > 0 ? err : errno));
-    return 2;
+    err = err > 0 ? err : errno;
+    lua_pushfstring(L, "cannot write history %s: %s", path, strerror(err));
+    return kw_fail_errno(L, err);
   }
   chmod(path, 0600);
   if (max > 0) history_truncate_file(path, max);
@@ -512,9 +522,9 @@ static int l_mkdir_p(lua_State *L) {
       char c = p[i];
       p[i] = '\0';
       if (mkdir(p, mode) != 0 && errno != EEXIST) {
-        luaL_pushfail(L);
-        lua_pushfstring(L, "cannot create %s: %s", p, strerror(errno));
-        return 2;
+        int err = errno;
+        lua_pushfstring(L, "cannot create %s: %s", p, strerror(err));
+        return kw_fail_errno(L, err);
       }
       p[i] = c;
     }
@@ -562,7 +572,8 @@ int luaopen_kpiwatch__repl(lua_State *L) {
     R.completer_ref = LUA_NOREF;
     R.co = lua_newthread(L);
     R.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    kw_sched_atclose(repl_atclose);
+    if (kw_sched_atclose(repl_atclose) != 0)
+      return luaL_error(L, "too many kw_sched_atclose hooks");
   }
   luaL_newlib(L, funcs);
   return 1;

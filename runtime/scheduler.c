@@ -22,16 +22,16 @@ typedef enum { TASK_READY, TASK_RUNNING, TASK_WAITING, TASK_DONE, TASK_FAILED } 
 typedef struct join_op join_op;
 
 typedef struct kw_task {
-  kw_job job;       /* resumes the task */
-  lua_State *co;    /* the coroutine (anchored as uservalue 1 of the handle) */
-  int ref;          /* registry ref anchoring the handle until the task ends */
+  kw_job job;    /* resumes the task */
+  lua_State *co; /* the coroutine (anchored as uservalue 1 of the handle) */
+  int ref;       /* registry ref anchoring the handle until the task ends */
   task_state state;
-  int nargs;        /* arguments waiting on co's stack for the first resume */
-  int nresults;     /* results left on co's stack once done */
-  int errref;       /* registry ref of the error value once failed */
-  kw_op *op;        /* what the task waits on */
+  int nargs;                 /* arguments waiting on co's stack for the first resume */
+  int nresults;              /* results left on co's stack once done */
+  int errref;                /* registry ref of the error value once failed */
+  kw_op *op;                 /* what the task waits on */
   const char *cancel_reason; /* static or interned in the registry by its handle */
-  join_op *joiners; /* tasks waiting in task.wait for this one */
+  join_op *joiners;          /* tasks waiting in task.wait for this one */
   int is_main;
   int was_cancelled; /* its failure is the cancellation, not worth a report */
   int unobserved;    /* failed with nobody waiting: counted in failed_tasks */
@@ -47,21 +47,21 @@ struct join_op {
 static struct {
   uv_loop_t loop;
   int open;
-  kw_job *head, *tail;     /* job queue, FIFO */
+  kw_job *head, *tail; /* job queue, FIFO */
   kw_task *main_task;
-  int main_status;         /* exit status decided by the main task */
-  int failed_tasks;        /* tasks that ended in an unobserved error */
-  kw_atclose_fn atclose[8];
+  int main_status;  /* exit status decided by the main task */
+  int failed_tasks; /* tasks that ended in an unobserved error */
+  kw_atclose_fn atclose[KW_ATCLOSE_MAX];
   int natclose;
-  lua_State *running;      /* thread whose Lua code runs now (for SIGINT) */
-  lua_State *L;            /* main thread */
+  lua_State *running; /* thread whose Lua code runs now (for SIGINT) */
+  lua_State *L;       /* main thread */
   volatile sig_atomic_t sigint;
   volatile sig_atomic_t sigint_waiters;
-  int end_with_main;       /* kw_sched_end_with_main: the REPL ended */
+  int end_with_main; /* kw_sched_end_with_main: the REPL ended */
   int sigterm;
-  int sighup;              /* the stop was a SIGHUP (sigterm is set too) */
-  int in_uv_run;           /* kw_sched_step is inside uv_run */
-  uv_async_t wake;         /* SIGINT wakes the loop through this */
+  int sighup;      /* the stop was a SIGHUP (sigterm is set too) */
+  int in_uv_run;   /* kw_sched_step is inside uv_run */
+  uv_async_t wake; /* SIGINT wakes the loop through this */
   uv_signal_t term;
   uv_signal_t hup;
 } S;
@@ -70,8 +70,10 @@ static struct {
 
 void kw_job_post(kw_job *job) {
   job->next = NULL;
-  if (S.tail) S.tail->next = job;
-  else S.head = job;
+  if (S.tail)
+    S.tail->next = job;
+  else
+    S.head = job;
   S.tail = job;
   /* A callback that runs before the poll phase of this loop turn (a timer
    * already due when uv_run(UV_RUN_ONCE) started: task.sleep(0), libcurl's
@@ -113,8 +115,10 @@ void kw_op_init(kw_op *op, const kw_op_class *cls) {
 }
 
 static void op_release(kw_op *op) {
-  if (op->live_prev) op->live_prev->live_next = op->live_next;
-  else live_ops = op->live_next;
+  if (op->live_prev)
+    op->live_prev->live_next = op->live_next;
+  else
+    live_ops = op->live_next;
   if (op->live_next) op->live_next->live_prev = op->live_prev;
   op->cls->release(op);
 }
@@ -152,7 +156,8 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 static void check_interrupt(lua_State *L, kw_op *op) {
   if (!S.sigint || S.sigint_waiters) return;
   if (op->cls->cancel && !op->done) op->cls->cancel(op);
-  while (!op->done && kw_sched_step(L, 1)) {}
+  while (!op->done && kw_sched_step(L, 1)) {
+  }
   op_release(op);
   luaL_error(L, "interrupted!");
 }
@@ -229,7 +234,8 @@ static void task_finished(lua_State *L, kw_task *t, int status, int nres) {
     lua_xmove(t->co, L, 1);
     t->errref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  for (j = t->joiners; j; j = j->next) kw_op_done(&j->op);
+  for (j = t->joiners; j; j = j->next)
+    kw_op_done(&j->op);
   t->joiners = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
   t->ref = LUA_NOREF;
@@ -271,9 +277,9 @@ void kw_task_spawn(lua_State *L, int nargs) {
   luaL_setmetatable(L, TASK_MT);
   co = lua_newthread(L);
   *(kw_task **)lua_getextraspace(co) = t;
-  lua_setiuservalue(L, -2, 1);          /* handle.uv1 = co */
-  lua_rotate(L, -nargs - 2, 1);         /* handle, fn, args... */
-  lua_xmove(L, co, nargs + 1);          /* fn and args onto co */
+  lua_setiuservalue(L, -2, 1);  /* handle.uv1 = co */
+  lua_rotate(L, -nargs - 2, 1); /* handle, fn, args... */
+  lua_xmove(L, co, nargs + 1);  /* fn and args onto co */
   t->co = co;
   t->nargs = nargs;
   t->state = TASK_READY;
@@ -458,12 +464,12 @@ static int l_sleep(lua_State *L) {
   s = (sleep_op *)malloc(sizeof *s);
   if (!s) return luaL_error(L, "out of memory");
   kw_op_init(&s->op, &sleep_class);
-  uv_timer_init(&S.loop, &s->timer);
+  KW_CHECK(uv_timer_init(&S.loop, &s->timer) == 0);
   s->timer.data = s;
   /* The loop's clock is cached at the start of each turn; Lua may have run
    * for a while since, and a sleep must not end early. */
   uv_update_time(&S.loop);
-  uv_timer_start(&s->timer, sleep_fired, (uint64_t)(secs * 1000.0 + 0.5), 0);
+  KW_CHECK(uv_timer_start(&s->timer, sleep_fired, (uint64_t)(secs * 1000.0 + 0.5), 0) == 0);
   return kw_await(L, &s->op);
 }
 
@@ -490,12 +496,18 @@ static void sig_refresh(void) {
     term |= s->signum == SIGTERM;
     hup |= s->signum == SIGHUP;
   }
-  if (term) uv_ref((uv_handle_t *)&S.term);
-  else uv_unref((uv_handle_t *)&S.term);
-  if (hup) uv_ref((uv_handle_t *)&S.hup);
-  else uv_unref((uv_handle_t *)&S.hup);
-  if (S.sigint_waiters) uv_ref((uv_handle_t *)&S.wake);
-  else uv_unref((uv_handle_t *)&S.wake);
+  if (term)
+    uv_ref((uv_handle_t *)&S.term);
+  else
+    uv_unref((uv_handle_t *)&S.term);
+  if (hup)
+    uv_ref((uv_handle_t *)&S.hup);
+  else
+    uv_unref((uv_handle_t *)&S.hup);
+  if (S.sigint_waiters)
+    uv_ref((uv_handle_t *)&S.wake);
+  else
+    uv_unref((uv_handle_t *)&S.wake);
 }
 
 static void sig_unlink(sig_op *s) {
@@ -574,9 +586,10 @@ static void on_sigint(int sig) {
   (void)sig;
   if (!S.sigint_waiters) {
     S.sigint = 1;
-    if (S.running) lua_sethook(S.running, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (S.running)
+      lua_sethook(S.running, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   }
-  uv_async_send(&S.wake);
+  (void)uv_async_send(&S.wake); /* cannot fail on an initialised handle */
 }
 
 static void on_wake(uv_async_t *h) {
@@ -588,7 +601,8 @@ static void on_wake(uv_async_t *h) {
     kw_op *op = S.main_task->op;
     S.main_task->cancel_reason = "interrupted!";
     if (op->done) return; /* already due: raises the reason when resumed */
-    if (op->cls->cancel) op->cls->cancel(op);
+    if (op->cls->cancel)
+      op->cls->cancel(op);
     else {
       op->cancelled = 1;
       kw_op_done(op);
@@ -671,17 +685,29 @@ int kw_sched_main_result(lua_State *L) {
   return (int)lua_tointeger(t->co, 1);
 }
 
-void kw_sched_atclose(kw_atclose_fn fn) {
+int kw_sched_atclose(kw_atclose_fn fn) {
   int i;
   for (i = 0; i < S.natclose; i++)
-    if (S.atclose[i] == fn) return;
-  if (S.natclose < (int)(sizeof S.atclose / sizeof S.atclose[0])) S.atclose[S.natclose++] = fn;
+    if (S.atclose[i] == fn) return 0;
+  if (S.natclose >= KW_ATCLOSE_MAX) return -1;
+  S.atclose[S.natclose++] = fn;
+  return 0;
 }
 
-static const luaL_Reg task_funcs[] = {
-    {"spawn", l_spawn},   {"sleep", l_sleep},   {"wait", l_wait},
-    {"cancel", l_cancel}, {"status", l_status}, {"running", l_running},
-    {"wait_signal", l_wait_signal}, {"now", l_now}, {NULL, NULL}};
+_Noreturn void kw_check_failed(const char *expr, const char *file, int line) {
+  fprintf(stderr, "kpiwatch: internal error: %s:%d: check failed: %s\n", file, line, expr);
+  abort();
+}
+
+static const luaL_Reg task_funcs[] = {{"spawn", l_spawn},
+                                      {"sleep", l_sleep},
+                                      {"wait", l_wait},
+                                      {"cancel", l_cancel},
+                                      {"status", l_status},
+                                      {"running", l_running},
+                                      {"wait_signal", l_wait_signal},
+                                      {"now", l_now},
+                                      {NULL, NULL}};
 
 static const luaL_Reg task_meta[] = {{"__tostring", l_tostring}, {NULL, NULL}};
 
@@ -708,14 +734,17 @@ int kw_sched_open(lua_State *L) {
   if (uv_loop_init(&S.loop) != 0) return -1;
   S.open = 1;
   S.L = L;
-  uv_async_init(&S.loop, &S.wake, on_wake);
-  uv_unref((uv_handle_t *)&S.wake);
-  uv_signal_init(&S.loop, &S.term);
-  uv_signal_start(&S.term, on_sigterm, SIGTERM);
-  uv_unref((uv_handle_t *)&S.term);
+  /* These fail when the process is out of descriptors or memory: then
+   * there is no loop to run (kw_sched_close closes what was opened). */
   /* SIGHUP (a closed terminal, a runner hanging up) stops as SIGTERM does. */
-  uv_signal_init(&S.loop, &S.hup);
-  uv_signal_start(&S.hup, on_sigterm, SIGHUP);
+  if (uv_async_init(&S.loop, &S.wake, on_wake) != 0 || uv_signal_init(&S.loop, &S.term) != 0 ||
+      uv_signal_start(&S.term, on_sigterm, SIGTERM) != 0 || uv_signal_init(&S.loop, &S.hup) != 0 ||
+      uv_signal_start(&S.hup, on_sigterm, SIGHUP) != 0) {
+    kw_sched_close();
+    return -1;
+  }
+  uv_unref((uv_handle_t *)&S.wake);
+  uv_unref((uv_handle_t *)&S.term);
   uv_unref((uv_handle_t *)&S.hup);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
@@ -747,7 +776,8 @@ void kw_sched_close(void) {
   int i;
   if (!S.open) return;
   signal(SIGINT, SIG_DFL);
-  for (i = S.natclose - 1; i >= 0; i--) S.atclose[i]();
+  for (i = S.natclose - 1; i >= 0; i--)
+    S.atclose[i]();
   S.natclose = 0;
   /* Ops still pending belong to tasks that will never run again: abort
    * and free them, then close whatever handles remain. */
@@ -758,6 +788,8 @@ void kw_sched_close(void) {
   }
   uv_walk(&S.loop, close_any, NULL);
   uv_run(&S.loop, UV_RUN_DEFAULT);
-  uv_loop_close(&S.loop);
+  /* every handle was closed and the loop drained just above: EBUSY here is
+   * a handle leaked by a module */
+  KW_CHECK(uv_loop_close(&S.loop) == 0);
   S.open = 0;
 }

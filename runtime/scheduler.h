@@ -89,9 +89,22 @@ int kw_sched_run_main(lua_State *L, int nargs);
 int kw_sched_main_result(lua_State *L);
 
 /* Register something that must be torn down before the loop is closed
- * (libcurl's multi handle must be cleaned up before uv_loop_close). */
+ * (libcurl's multi handle must be cleaned up before uv_loop_close).
+ * Registering the same fn twice registers it once. Returns 0, or -1 when
+ * the table (KW_ATCLOSE_MAX hooks) is full: the caller must fail loudly,
+ * since a hook that never runs leaks what it was to tear down. */
+#define KW_ATCLOSE_MAX 8
 typedef void (*kw_atclose_fn)(void);
-void kw_sched_atclose(kw_atclose_fn fn);
+int kw_sched_atclose(kw_atclose_fn fn);
+
+/* An invariant, checked in every build (as libuv's assert-style checks of
+ * its own state): a libuv call that can only fail through a bug of ours
+ * (uv_timer_start on a handle we own and never closed, ...) is wrapped in
+ * KW_CHECK(... == 0). A failure prints the expression and aborts. Calls
+ * that can fail at run time (out of descriptors, memory) are handled
+ * where they are made instead. */
+#define KW_CHECK(expr) ((expr) ? (void)0 : kw_check_failed(#expr, __FILE__, __LINE__))
+_Noreturn void kw_check_failed(const char *expr, const char *file, int line);
 
 /* Create and close the loop; kw_sched_close runs the atclose hooks, closes
  * every remaining handle and drains the loop. */

@@ -294,7 +294,7 @@ local function list_dir(dir)
   local text
   local okp, proc = pcall(require, "kpiwatch._process")
   if okp and type(proc) == "table" and type(proc.spawn) == "function" then
-    local r, _, msg = proc.spawn({ "ls", "-1A", "--", dir }, { timeout = 30 })
+    local r, msg = proc.spawn({ "ls", "-1A", "--", dir }, { timeout = 30 })
     if not r then return nil, "cannot list " .. dir .. ": " .. tostring(msg) end
     if r.status ~= 0 then return nil, "cannot list " .. dir end
     text = r.stdout

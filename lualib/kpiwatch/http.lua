@@ -46,7 +46,7 @@ function M.request(opts)
   if type(opts) ~= "table" then
     error("http.request: expected a table of options, got " .. type(opts), 2)
   end
-  local resp, kind, message, code = c_request(opts)
+  local resp, message, kind, code = c_request(opts)
   if resp then return resp end
   error(errors.new(kind, message, { url = opts.url, curl_code = code }), 0)
 end

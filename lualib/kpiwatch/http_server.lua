@@ -213,7 +213,7 @@ function M.serve(opts)
     inflight[t] = ud
   end
 
-  local ud, kind, message = C.listen(host, port, on_request,
+  local ud, message, kind = C.listen(host, port, on_request,
     { max_body = opts.max_body, background = opts.background })
   if not ud then
     error(errors.new(kind, message, { host = host, port = port }), 2)

@@ -250,6 +250,21 @@ local function is_loopback(host)
     or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
+-- Whether libcurl would send a plain http:// request for host through a
+-- proxy: http_proxy or all_proxy set (libcurl ignores HTTP_PROXY), host
+-- not in no_proxy. Loopback never is (runtime/http_client.c).
+local function proxied(host)
+  if not (getenv("http_proxy") or getenv("all_proxy") or getenv("ALL_PROXY")) then return false end
+  local skip = getenv("no_proxy") or getenv("NO_PROXY") or ""
+  if skip == "*" or is_loopback(host) then return false end
+  host = host:lower():gsub("^%[(.*)%]$", "%1")
+  for entry in skip:lower():gmatch("[^,%s]+") do
+    entry = entry:gsub("^%.", "")
+    if host == entry or host:sub(-#entry - 1) == "." .. entry then return false end
+  end
+  return true
+end
+
 -- Split and check a base URL; returns the URL without trailing slashes, or
 -- raises a config error. No userinfo (a password in a URL would end up in
 -- traces), no query or fragment.
@@ -272,6 +287,7 @@ local function check_base_url(url, allow_insecure)
   if host == "" or (port ~= "" and port:sub(1, 1) ~= ":") then
     bad("invalid character in the host (expected a host name, an IP address or [IPv6]; an international domain name in its xn-- form)")
   end
+  if #host > 253 then bad(format("the host name is %d characters long (DNS allows 253)", #host)) end
   if port ~= "" then
     local p = port:match("^:(%d+)$")
     if not p or tonumber(p) < 1 or tonumber(p) > 65535 then bad("bad port") end
@@ -281,6 +297,11 @@ local function check_base_url(url, allow_insecure)
   if scheme == "http" and not allow_insecure and not is_loopback(host) then
     errors.raise("config", format(
       "refusing plain http:// to %s: the credentials would travel unencrypted; use https://, or set allow_insecure_http (--allow-insecure-http) if you mean it",
+      host))
+  end
+  if scheme == "http" and proxied(host) then
+    errors.raise("config", format(
+      "refusing plain http:// to %s through the proxy of http_proxy/all_proxy: it would read the credentials; use https://, or add the host to no_proxy",
       host))
   end
   return scheme .. "://" .. authority .. path:gsub("/+$", "")
@@ -333,6 +354,13 @@ local function prepare(c)
     errors.raise("config", msg .. " (or call kpis.configure{api_key=..., secret_key=...})",
       { retryable = false })
   end
+  for field, var in pairs({ api_key = "FI_API_KEY", secret_key = "FI_SECRET_KEY" }) do
+    -- a header value cannot hold CR, LF or NUL: say which setting, never the value
+    if c[field]:find("%c") then
+      errors.raise("config", format("%s contains a control character (CR, LF, ...): not a valid credential",
+        c[field] == getenv(var) and var or field), { retryable = false })
+    end
+  end
   c.base = check_base_url(c.base_url, c.allow_insecure_http)
   c.root = c.base .. "/simulate/test-executions/"
   if c.ca_file then
@@ -373,7 +401,8 @@ local function redact(c, s)
   return shared.redact(s, secrets_of(c))
 end
 
--- _secrets() -> the credentials in effect (for the REPL's history filter).
+-- _secrets() -> the credentials in effect (for the REPL's history filter,
+-- and notify.exec keeps them out of a hook's environment).
 function M._secrets()
   return secrets_of(resolve())
 end

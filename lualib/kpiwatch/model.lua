@@ -770,6 +770,9 @@ end
 -- parse(text [, execution_id]) -> KPI object, or nil and a `protocol` error
 -- object when text is not a JSON object carrying KPI fields (an HTML page,
 -- truncated JSON, an array, an error body sent with 200, ...).
+-- The largest KPI body model.parse decodes (a real one: ~100 keys, depth 3).
+M.MAX_KEYS, M.MAX_DEPTH, M.MEASURE_OVER = 10000, 32, 16384
+
 --- Decode a response body into a KPI object.
 ---@param text string the body
 ---@param execution_id? string
@@ -779,6 +782,21 @@ function M.parse(text, execution_id)
   if type(text) ~= "string" then
     return nil, errors.new("protocol", "expected a response body, got " .. type(text),
       { execution_id = execution_id, retryable = false })
+  end
+  if #text > M.MEASURE_OVER and json.measure then
+    -- A KPIs object has about a hundred keys; decoding a hostile one would
+    -- cost ~1.4 KB of tables per key: refused before decoding. A body of
+    -- MEASURE_OVER bytes or less cannot hold MAX_KEYS keys (5 bytes each at
+    -- least) and is not measured: it would be a tenth of kpiwatch's own
+    -- cost per fetch (its nesting is cjson's to bound). Array elements are
+    -- not capped: a long list in a field is data (16 bytes an element).
+    local keys, _, depth = json.measure(text)
+    local too = keys > M.MAX_KEYS and format("%d keys (at most %d)", keys, M.MAX_KEYS)
+      or depth > M.MAX_DEPTH and format("nesting %d deep (at most %d)", depth, M.MAX_DEPTH)
+    if too then
+      return nil, errors.new("protocol", "expected a KPIs object, got a JSON document with " .. too,
+        { execution_id = execution_id, retryable = false })
+    end
   end
   -- invalid UTF-8 can only be inside strings (elsewhere the decoder
   -- refuses it): replaced there, every output that copies a string stays

@@ -460,10 +460,23 @@ function M.exec(spec)
       end
     end
     local vars, order = {}, {}
+    -- The API credentials stay with kpiwatch: by name, and any variable
+    -- holding a configured secret. A hook that needs one gets it in env.
+    local kpis = package.loaded["kpiwatch.kpis"]
+    local secrets = kpis and kpis._secrets() or {}
+    local function secret(k, kv)
+      if k == "FI_API_KEY" or k == "FI_SECRET_KEY" then return true end
+      for _, s in ipairs(secrets) do
+        if s ~= "" and kv:find(s, #k + 2, true) then return true end
+      end
+      return false
+    end
     for _, kv in ipairs(process.environ()) do
       local k = kv:match("^([^=]*)=")
-      if k and not vars[k] then order[#order + 1] = k end
-      if k then vars[k] = kv end
+      if k and not secret(k, kv) then
+        if not vars[k] then order[#order + 1] = k end
+        vars[k] = kv
+      end
     end
     local function set(k, v)
       if not vars[k] then order[#order + 1] = k end
@@ -480,7 +493,7 @@ function M.exec(spec)
     set("KPIWATCH_ALERT_RULE", event.rule or "")
     local envlist = {}
     for _, k in ipairs(order) do envlist[#envlist + 1] = vars[k] end
-    local r, _, msg = process.spawn(args, {
+    local r, msg = process.spawn(args, {
       stdin = encode_event(event) .. "\n", env = envlist, cwd = cwd, timeout = timeout,
     })
     if not r then errors.raise("exec", msg, { retryable = false }) end
@@ -512,7 +525,7 @@ function M.file(opts)
   local sync = opts.sync ~= false
   return function(event)
     local fs = require "kpiwatch._fs"
-    local ok, _, msg = fs.append(path, encode_event(event) .. "\n", mode, sync)
+    local ok, msg = fs.append(path, encode_event(event) .. "\n", mode, sync)
     if not ok then errors.raise("io", msg, { retryable = true }) end
   end
 end

@@ -155,6 +155,11 @@ end
 
 local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 
+-- The API's requests are GETs: a request body is never needed, and
+-- http.serve's own default (64 MiB per request) is for servers that take
+-- uploads. Small, so a flood of bodies cannot exhaust memory.
+M.MAX_BODY = 64 * 1024
+
 -- start{...} -> sandbox object. Options:
 --   host ("127.0.0.1"), port (0: any free port)
 --   api_key, secret_key (the sandbox's fixed ones by default)
@@ -165,8 +170,10 @@ local ROUTE = "^/simulate/test%-executions/([^/]+)/kpis/$"
 --   log: true (stderr) or function(line): one line per request
 --   speed (1): how fast the run tests' executions move through their
 --     phases (kpiwatch.sandbox_runs.PHASES, about 7 s at 1; 50 -> 0.14 s)
+--   max_body (M.MAX_BODY, 64 KiB): the most a request body may have; more
+--     is answered 413 before it is buffered or the credentials checked
 --- Start a sandbox server.
----@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
+---@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number, max_body?: integer} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}
@@ -446,7 +453,7 @@ function M.start(opts)
   end
 
   local server = http.serve { host = opts.host or "127.0.0.1", port = opts.port or 0, handler = handler,
-                             background = opts.background }
+                             background = opts.background, max_body = opts.max_body or M.MAX_BODY }
   sb.server = server
   sb.port = server.port
   sb.host = opts.host or "127.0.0.1"

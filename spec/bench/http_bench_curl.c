@@ -16,6 +16,10 @@
  * X-Secret-Key in spec/bench/run.sh). With several comma-separated URLs,
  * request i goes to URL number i modulo their count (N documents over a
  * few execution ids).
+ * Built with -DKW_BENCH_CJSON (and liblua5.4 and lua-cjson's static archive
+ * linked), -j decodes every body with lua-cjson into a Lua table, then
+ * drops it: the floor of a client that decodes its JSON (spec/bench/run.sh,
+ * the goal of issue 14 §5).
  * Prints: requests=N ok=K seconds=S req_per_s=R connections=X
  */
 #include <stdio.h>
@@ -24,6 +28,25 @@
 #include <time.h>
 
 #include <curl/curl.h>
+
+#ifdef KW_BENCH_CJSON
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+int luaopen_cjson(lua_State *L);
+static lua_State *L; /* with -j: cjson.decode at index 1 */
+
+/* Decodes the body into a table and drops it, as a client would after
+ * reading a field: 1 when it is a JSON object. */
+static int decode(const char *p, size_t len) {
+  int ok;
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, p, len);
+  ok = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1);
+  lua_settop(L, 1);
+  return ok;
+}
+#endif
 
 typedef struct {
   CURL *easy;
@@ -71,6 +94,25 @@ static void start(CURLM *m, slot *s, const char *url) {
 
 int main(int argc, char **argv) {
   const char *prog = argv[0];
+  int json = 0; /* -j: decode every body (KW_BENCH_CJSON builds) */
+  while (argc > 1 && strcmp(argv[1], "-j") == 0) {
+#ifdef KW_BENCH_CJSON
+    json = 1;
+    L = luaL_newstate();
+    luaL_openlibs(L);
+    lua_gc(L, LUA_GCGEN, 0, 0); /* as kpiwatch and lua.c */
+    luaopen_cjson(L);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+#else
+    fprintf(stderr, "%s: -j needs a build with -DKW_BENCH_CJSON\n", prog);
+    return 2;
+#endif
+    argc--;
+    argv++;
+  }
+  (void)json;
   while (argc > 2 && strcmp(argv[1], "-H") == 0) {
     headers = curl_slist_append(headers, argv[2]);
     argc -= 2;
@@ -117,6 +159,9 @@ int main(int argc, char **argv) {
       connects += nc;
       curl_multi_remove_handle(m, e);
       finished++;
+#ifdef KW_BENCH_CJSON
+      if (json && res == CURLE_OK && code == 200 && !decode(s->buf, s->len)) res = CURLE_WEIRD_SERVER_REPLY;
+#endif
       if (res == CURLE_OK && code == 200 && s->len > 0) ok++;
       if (started < n) {
         start(m, s, urls[started % nurls]);
@@ -136,5 +181,8 @@ int main(int argc, char **argv) {
   curl_slist_free_all(headers);
   curl_multi_cleanup(m);
   curl_global_cleanup();
+#ifdef KW_BENCH_CJSON
+  if (L) lua_close(L);
+#endif
   return ok == n ? 0 : 1;
 }

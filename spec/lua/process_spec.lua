@@ -94,9 +94,9 @@ describe("process.spawn", function()
   end)
 
   it("reports a program that cannot be started", function()
-    local r, kind, msg = process.spawn({ "/nonexistent/kpiwatch-no-such-program", "x" })
+    local r, msg, code = process.spawn({ "/nonexistent/kpiwatch-no-such-program", "x" })
     assert.is_nil(r)
-    assert.are.equal("spawn", kind)
+    assert.are.equal(2, code) -- ENOENT
     assert.matches("no such file", msg)
   end)
 

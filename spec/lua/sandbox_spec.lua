@@ -85,6 +85,17 @@ describe("sandbox", function()
     assert.are.equal("", r.body)
   end)
 
+  it("answers 413 to a request body over max_body (64 KiB) before buffering it", function()
+    local before = sb.requests
+    local r = http.request { method = "POST", url = sb.url .. path(OUTBOUND), timeout = 10,
+      body = ("x"):rep(sandbox.MAX_BODY + 1) }
+    assert.are.equal(413, r.status)
+    assert.are.equal(before, sb.requests) -- the handler never ran
+    r = http.request { method = "POST", url = sb.url .. path(OUTBOUND), timeout = 10, headers = auth,
+      body = ("x"):rep(1000) }
+    assert.are.equal(405, r.status) -- a small one reaches the API's answer
+  end)
+
   describe("faults", function()
     it("per request, by header or query", function()
       local r = get(path(OUTBOUND) .. "?fault=500")

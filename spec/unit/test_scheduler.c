@@ -66,11 +66,12 @@ static void test_failed_task_does_not_stop_others(void **state) {
 
 static void test_wait_returns_results_and_raises_errors(void **state) {
   (void)state;
-  assert_int_equal(run("local t = task.spawn(function(a, b) task.sleep(0) return a + b, 'x' end, 1, 2)\n"
-                       "local s, x = task.wait(t)\n"
-                       "local ok, e = pcall(task.wait, task.spawn(function() error('bad', 0) end))\n"
-                       "res = s .. x .. tostring(ok) .. e"),
-                   0);
+  assert_int_equal(
+      run("local t = task.spawn(function(a, b) task.sleep(0) return a + b, 'x' end, 1, 2)\n"
+          "local s, x = task.wait(t)\n"
+          "local ok, e = pcall(task.wait, task.spawn(function() error('bad', 0) end))\n"
+          "res = s .. x .. tostring(ok) .. e"),
+      0);
   assert_string_equal(global_string("res"), "3xfalsebad");
 }
 
@@ -90,6 +91,41 @@ static void test_cancel_raises_in_the_waiting_task(void **state) {
   assert_string_equal(global_string("res"), "falsestop");
 }
 
+static int hooks_run;
+#define HOOK(n)                                                                                    \
+  static void hook##n(void) {                                                                      \
+    hooks_run |= 1 << (n);                                                                         \
+  }
+HOOK(0)
+HOOK(1)
+HOOK(2)
+HOOK(3)
+HOOK(4)
+HOOK(5)
+HOOK(6)
+HOOK(7)
+HOOK(8)
+
+/* A hook that does not fit is refused, never dropped without a word; the
+ * ones registered all run at close, and a second registration of the same
+ * hook is not a new one. */
+static void test_atclose_refuses_a_hook_beyond_the_table(void **state) {
+  static const kw_atclose_fn hooks[] = {hook0, hook1, hook2, hook3, hook4,
+                                        hook5, hook6, hook7, hook8};
+  int i, registered = 0;
+  (void)state;
+  hooks_run = 0;
+  /* the modules opened so far may hold a few places already */
+  for (i = 0; i < 9; i++)
+    if (kw_sched_atclose(hooks[i]) == 0) registered |= 1 << i;
+  assert_int_equal(kw_sched_atclose(hook8), registered & (1 << 8) ? 0 : -1);
+  assert_int_not_equal(registered, (1 << 9) - 1);
+  assert_int_equal(kw_sched_atclose(hook0), 0);
+  kw_sched_close();
+  assert_int_equal(hooks_run, registered);
+  assert_int_equal(kw_sched_open(L), 0); /* for teardown */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_sleeping_tasks_finish_in_time_order, setup, teardown),
@@ -98,6 +134,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wait_returns_results_and_raises_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fallback_outside_a_task, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_raises_in_the_waiting_task, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_atclose_refuses_a_hook_beyond_the_table, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
