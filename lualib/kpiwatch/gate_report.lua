@@ -4,7 +4,8 @@
 --
 -- format is text | json | junit | github | markdown. result is what
 -- kpiwatch.cli.gate builds:
---   {execution_id=, baseline_id=, verdict = "pass"|"fail"|"error",
+--   {execution_id=, baseline_id=, run_test=, execution_status=, error_reason=,
+--    verdict = "pass"|"fail"|"error",
 --    exit_code=, summary = {total, passed, failed, no_data, skipped, errors},
 --    checks = {...} (see kpiwatch.requirement), error = {kind=, message=},
 --    started_at = "YYYY-MM-DDThh:mm:ssZ", duration = seconds}
@@ -109,9 +110,18 @@ local function id_text(result)
   return result.execution_id and tostring(result.execution_id) or "(none)"
 end
 
+-- The execution's status as reports show it (server text: one line, no
+-- control characters), or nil when it was never read (an API error).
+local function status_text(result)
+  if result.execution_status == nil then return nil end
+  return shared.clean(tostring(result.execution_status), 300)
+end
+
 local function header_line(result)
   local h = "kpiwatch gate: execution " .. id_text(result)
   if result.baseline_id then h = h .. ", baseline " .. tostring(result.baseline_id) end
+  local st = status_text(result)
+  if st then h = h .. ", status " .. st end
   return one_line(h)
 end
 
@@ -129,7 +139,7 @@ function M.text(result, opts)
       extra = "baseline " .. fmt(c.baseline)
       if c.delta ~= nil then extra = extra .. ", delta " .. signed(c.delta) end
     end
-    if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule") then
+    if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule" or c.source == "status") then
       extra = (extra ~= "" and (extra .. "; ") or "") .. one_line(c.message or "")
     end
     local r = { STATUS_WORD[c.status] or c.status, one_line(c.metric or "?"), one_line(value_text(c)),
@@ -203,6 +213,10 @@ function M.json(result)
     schema = M.SCHEMA,
     execution_id = n(result.execution_id),
     baseline_execution_id = n(result.baseline_id),
+    run_test = n(result.run_test),
+    execution_status = n(status_text(result)),
+    error_reason = n(result.error_reason ~= nil and result.error_reason ~= json.null
+      and shared.clean(tostring(result.error_reason), 300) or nil),
     verdict = result.verdict,
     exit_code = result.exit_code,
     summary = {
@@ -294,7 +308,8 @@ function M.junit(result)
       cases[#cases + 1] = head .. ">\n      <error" .. attrs({ "message", c.message or "error", "type", "error" })
         .. ">" .. xml_text(details(c)) .. "</error>\n    </testcase>\n"
     else
-      local t = c.status == "no_data" and "no_data" or (c.source == "rule" and "rule" or "threshold")
+      local t = c.status == "no_data" and "no_data"
+        or ((c.source == "rule" or c.source == "status") and c.source or "threshold")
       cases[#cases + 1] = head .. ">\n      <failure" .. attrs({ "message", c.message or "failed", "type", t })
         .. ">" .. xml_text(details(c)) .. "</failure>\n    </testcase>\n"
     end
@@ -303,6 +318,7 @@ function M.junit(result)
   local suite_name = "kpiwatch gate " .. id_text(result)
   local props = { { "execution_id", id_text(result) }, { "verdict", result.verdict } }
   if result.baseline_id then props[#props + 1] = { "baseline_execution_id", result.baseline_id } end
+  if status_text(result) then props[#props + 1] = { "execution_status", status_text(result) } end
   local prop_xml = {}
   for _, p in ipairs(props) do
     prop_xml[#prop_xml + 1] = "      <property" .. attrs({ "name", p[1], "value", tostring(p[2]) }) .. "/>\n"
@@ -356,6 +372,7 @@ function M.markdown(result)
   out[#out + 1] = ""
   local line = "Execution " .. md_code(id_text(result))
   if result.baseline_id then line = line .. ", baseline " .. md_code(tostring(result.baseline_id)) end
+  if status_text(result) then line = line .. ", status " .. md_code(status_text(result)) end
   out[#out + 1] = line .. ". " .. md(M.verdict_line(result))
   out[#out + 1] = ""
   if result.verdict == "error" then return concat(out, "\n") .. "\n" end

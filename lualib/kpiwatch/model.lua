@@ -335,6 +335,28 @@ function M.eval(k, name)
   return nonfinite("avg_" .. name, v), true
 end
 
+--- unbacked(k, name [, is_eval]) -> why the average `name` (a field in
+--- either casing, or an eval name when is_eval) has no data because no call
+--- backs it (see kpiwatch.backing for which count backs which field), or
+--- nil when it is backed, not an average, or the body does not tell.
+---@param k table a KPI object or a decoded body
+---@param name string
+---@param is_eval? boolean
+---@return string|nil
+function M.unbacked(k, name, is_eval)
+  local body = body_of(k)
+  if not is_eval then
+    local f = FIELDS[name]
+    if not f then return nil end
+    name = f.snake
+  end
+  return require("kpiwatch.backing").reason(function(n)
+    local v = lookup(body, n)
+    if v == NULL then return nil end
+    return v
+  end, name, is_eval)
+end
+
 local function is_choice(v)
   return type(v) == "table" and type(rawget(v, "choices")) == "table"
 end

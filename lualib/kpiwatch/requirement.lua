@@ -311,7 +311,8 @@ local function invalid_reading(metric, v)
 end
 
 -- One metric's value: {metric=, value=, state=} with state "ok" (a number),
--- "null", "missing", "not_number" (with `what`), plus `note` for messages.
+-- "null", "missing", "not_number" (with `what`), "no_calls" (an average no
+-- call backs, see kpiwatch.backing), plus `note` for messages.
 local function read_field(kpi, name)
   local v, present = model.get(kpi, name)
   if not present then
@@ -325,6 +326,8 @@ local function read_field(kpi, name)
     return { metric = name, state = "not_number", value_text = model.format_value(v),
       note = name .. " is a " .. (type(v) == "table" and "JSON object" or type(v)) .. ", not a number" }
   end
+  local why = model.unbacked(kpi, name)
+  if why then return { metric = name, state = "no_calls", value = v, note = why } end
   return { metric = name, state = "ok", value = v }
 end
 
@@ -355,6 +358,8 @@ local function read_eval(kpi, name)
     return { metric = metric, state = "not_number", value_text = model.format_value(v),
       note = metric .. " is a choice eval (counts per choice), not a number: test it with a rule predicate" }
   end
+  local why = model.unbacked(kpi, name, true)
+  if why then return { metric = metric, state = "no_calls", value = v, note = why } end
   return { metric = metric, state = "ok", value = v }
 end
 
@@ -432,7 +437,9 @@ local function judge_requirement(req, r, opts, b)
     c.baseline = b.value
     if r.state == "ok" then c.delta = r.value - b.value end
   end
-  if r.state == "missing" or r.state == "null" then return no_data(c, r.note, opts) end
+  -- no_calls: a value (the server's 0) that no call backs, shown but never judged
+  if r.state == "no_calls" then c.value = r.value end
+  if r.state == "missing" or r.state == "null" or r.state == "no_calls" then return no_data(c, r.note, opts) end
   if r.state == "not_number" then
     c.status = "error"
     c.value_text = r.value_text
@@ -542,6 +549,17 @@ end
 function M.compare(limit, kpi, base, opts)
   return per_metric(limit.target, { kpi, base }, function(metric) return limit_check(limit, metric) end,
     function(read_of) return judge_limit(limit, read_of(kpi), read_of(base), opts) end)
+end
+
+--- no_baseline(limit, why [, opts]) -> the no-data check of a --max-drop
+--- or --max-rise limit that has no baseline to compare with (`why`: one
+--- line, e.g. no earlier completed execution); never a pass.
+---@param limit table from parse_limit
+---@param why string
+---@param opts? {allow_missing?: boolean}
+---@return table check
+function M.no_baseline(limit, why, opts)
+  return no_data(limit_check(limit, limit.metric), "no baseline: " .. why, opts)
 end
 
 -- summarize(checks) -> {total=, passed=, failed=, no_data=, skipped=,

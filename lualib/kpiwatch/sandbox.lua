@@ -338,6 +338,17 @@ function M.start(opts)
   end
   local runs = require("kpiwatch.sandbox_runs").new { speed = speed, new_rng = new_rng }
   sb.runs = runs
+  -- The KPI fixtures (built-in, fixtures=, fixtures_dir) are executions
+  -- that completed: their status read (the gate's first request) says so.
+  function runs.static_detail(id)
+    local f = store[id]
+    if not (f and f.body) then return nil end
+    local json = require "kpiwatch.json"
+    local atype = f.body:match('"agent_type"%s*:%s*"(%a+)"')
+    return { count = 0, next = json.null, previous = json.null, results = json.array(), total_pages = 1,
+      current_page = 1, column_order = json.array(), error_messages = json.array(), status = "completed",
+      provider = json.null, agent_type = atype or json.null }
+  end
 
   local function answer(req)
     local id = req.path:match(ROUTE)

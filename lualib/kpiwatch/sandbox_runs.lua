@@ -565,6 +565,11 @@ function M.new(opts)
       eid = eid:lower()
       local e = execs[eid]
       local function handle(r)
+        if not e and rest == "" and st.static_detail then
+          -- a KPI fixture: an execution that completed long ago, no calls
+          local body = st.static_detail(eid)
+          if body then return encode(body) end
+        end
         if not e then return not_found("Test execution not found.") end
         if rest == "cancel/" then return cancel(r, e) end
         return detail(r, e)

@@ -34,8 +34,10 @@
 #   BENCH_WATCH_SECONDS   length of one idle-watch run (default 30)
 #   BENCH_WATCH_ROUNDS    idle-watch runs (default 3)
 #   BENCH_WATCH_IDS       executions watched (default 200)
+#   BENCH_RUNS_PAST       past executions of each of the 3 run tests of the
+#                         run-test watch (default 200)
 #   BENCH_ONLY            comma-separated subset of
-#                         throughput,gate,startup,memory,watch
+#                         throughput,gate,startup,memory,watch,runs
 #   BENCH_PYTHON          Python with aiohttp (default /usr/bin/python3)
 #   BENCH_KEEP=DIR        keep the raw measurements in DIR
 set -euo pipefail
@@ -45,9 +47,9 @@ KW=$(realpath "${1:-build/kpiwatch}")
 [ -x "$KW" ] || { echo "run.sh: no kpiwatch binary at $KW (build it first: make)" >&2; exit 2; }
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1
+  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1 d_past=20
 else
-  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3
+  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3 d_past=200
 fi
 N=${BENCH_N:-$d_n}
 C=${BENCH_C:-64}
@@ -56,7 +58,8 @@ RUNS=${BENCH_RUNS:-$d_runs}
 WATCH_SECONDS=${BENCH_WATCH_SECONDS:-$d_watch}
 WATCH_ROUNDS=${BENCH_WATCH_ROUNDS:-$d_wrounds}
 WATCH_IDS=${BENCH_WATCH_IDS:-200}
-ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch}
+RUNS_PAST=${BENCH_RUNS_PAST:-$d_past}
+ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch,runs}
 N_SMALL=$((N / 10))
 [ "$N_SMALL" -ge 1 ] || N_SMALL=1
 wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -213,6 +216,14 @@ if wants watch; then
   done
 fi
 
+# ---- 6: watch of run tests ----------------------------------------------------
+
+if wants runs; then
+  say "watch of run tests (3 run tests, $RUNS_PAST past executions each; requests per cycle)"
+  # its own sandbox in its process: it counts the requests it answers
+  "$KW" spec/bench/watch_runs_bench.lua "$RUNS_PAST" 5 >"$tmp/runs" || { say "watch_runs_bench.lua failed"; exit 1; }
+fi
+
 # ---- the table ----------------------------------------------------------------
 
 # med NAME COLUMN: median of a column of $tmp/NAME (empty when absent)
@@ -320,6 +331,19 @@ if wants watch; then
   ww=$(med watch 1) wc=$(med watch 2)
   printf '   %-46s %10s\n' "wall, CPU (user+sys)" "$(na "$(calc '%.1f s, %.2f s' 'a, b' "$ww" "$wc")")"
   goal "CPU share of one core < 5%" "$(calc '%.2f' 'b * 100 / a' "$ww" "$wc")" "<" 5 "%"
+fi
+
+if wants runs; then
+  echo
+  echo "6. API requests per steady-state watch cycle: 3 run tests, $RUNS_PAST past executions each"
+  # kv NAME: a value of the key=value line of watch_runs_bench.lua
+  kv() { [ -s "$tmp/runs" ] && tr ' ' '\n' <"$tmp/runs" | sed -n "s/^$1=//p" || true; }
+  printf '   %-46s %10s\n' "watch" "requests"
+  printf '   %-46s %10s\n' "alert.watch{run_tests}, nothing in flight" "$(na "$(kv runs)")"
+  printf '   %-46s %10s\n' "alert.watch{run_tests}, $(na "$(kv inflight)") runs in flight" "$(na "$(kv running)")"
+  printf '   %-46s %10s\n' "alert.watch{ids}, all $(na "$(kv executions)") executions" "$(na "$(kv ids)")"
+  goal "run_tests cycle <= 1 per run test" "$(kv runs_max)" "<=" 3 ""
+  goal "cycle in flight <= 1 per run test + 1 per running" "$(kv running_max)" "<=" $((3 + $(kv inflight || echo 0))) ""
 fi
 
 echo

@@ -22,7 +22,7 @@ if [ $rc -ne 0 ]; then
 fi
 cat "$out"
 
-for section in "1. Throughput" "2. CI gate latency" "3. Startup" "4. Memory" "5. Idle watch" "goals: "; do
+for section in "1. Throughput" "2. CI gate latency" "3. Startup" "4. Memory" "5. Idle watch" "6. API requests" "goals: "; do
   grep -q "^$section" "$out" || fail "no '$section' in the table"
 done
 # The rows that need nothing but kpiwatch and a C compiler have figures.
@@ -33,6 +33,7 @@ grep -Eq "goal: kpis.each CPU/request <= 1.25x libcurl \+ lua-cjson's +[0-9.]+x"
 grep -Eq '^ +N=200 +[0-9.]+ MiB$' "$out" || fail "no peak RSS at N=200"
 grep -Eq '^ +wall, CPU \(user\+sys\) +[0-9.]+ s, [0-9.]+ s$' "$out" || fail "no idle-watch figures"
 grep -Eq 'CPU share of one core < 5% +[0-9.]+%' "$out" || fail "no idle-watch CPU share"
+grep -Eq '^ +alert\.watch\{run_tests\}, nothing in flight +[0-9]+$' "$out" || fail "no run-test watch figures"
 
 [ $fails -eq 0 ] || exit 1
 echo "bench smoke run ok"

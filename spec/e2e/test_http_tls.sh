@@ -24,6 +24,10 @@ class H(http.server.BaseHTTPRequestHandler):
         body = b'{"tls": true}'
         if self.path.startswith("/simulate/test-executions/"):
             body = b'{"status": true, "result": {"total_calls": 42, "avg_score": 0.91, "agent_type": "voice"}}'
+            if "/kpis/" not in self.path:  # the execution's status, which the gate reads first
+                body = (b'{"count": 0, "next": null, "previous": null, "results": [], "total_pages": 1,'
+                        b' "current_page": 1, "status": "completed", "provider": "vapi", "agent_type": "voice",'
+                        b' "error_messages": [], "column_order": []}')
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

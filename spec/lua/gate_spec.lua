@@ -6,6 +6,7 @@ local gate = require "kpiwatch.cli.gate"
 local report = require "kpiwatch.gate_report"
 local fixtures = require "kpiwatch.fixtures"
 local jsonlib = require "kpiwatch.json"
+local util = require "spec.lua.helpers.util"
 
 local ids = fixtures.ids
 local VOICE, EMPTY, FAILING = ids["voice-outbound"], ids["empty"], ids["failing"]
@@ -232,17 +233,9 @@ describe("gate reports", function()
 end)
 
 describe("kpiwatch gate against the sandbox", function()
-  local sandbox, kpis
-  setup(function()
-    kpis = require "kpiwatch.kpis"
-    sandbox = require("kpiwatch.sandbox").start_for_client()
-    kpis.point_at(sandbox)
-    kpis._set_flags({ retries = 0 })
-  end)
-  teardown(function()
-    if sandbox then sandbox:close() end
-    kpis._reset()
-  end)
+  local sb = util.sandbox()
+  setup(sb.start)
+  teardown(sb.stop)
 
   it("exits 0 when every check passes", function()
     local code, out = run({ VOICE, "--require", "avg_score>=0.8", "--require", "eval:task_completion >= 90" })

@@ -175,11 +175,11 @@ describe("metrics.poll and metrics.serve", function()
     local text = c:render(false)
     assert.are.equal(0.84, sample(text, "futureagi_execution_avg_score", TEXT))
     assert.are.equal(1, sample(text, "kpiwatch_polls_total", 'result="error"'))
-    -- per id target and poll: the execution's status (the KPI fixtures have
-    -- no detail: 404, and the KPIs are exported all the same), then its KPIs
+    -- per id target and poll: the execution's status (the KPI fixtures
+    -- answer completed), then its KPIs
     assert.are.equal(2, sample(text, "kpiwatch_api_requests_total", 'outcome="server"'))
-    assert.are.equal(3, sample(text, "kpiwatch_api_requests_total", 'outcome="not_found"'))
-    assert.are.equal(3, sample(text, "kpiwatch_api_requests_total", 'outcome="ok"'))
+    assert.is_nil(sample(text, "kpiwatch_api_requests_total", 'outcome="not_found"'))
+    assert.are.equal(6, sample(text, "kpiwatch_api_requests_total", 'outcome="ok"'))
     assert.are.equal(8, sample(text, "kpiwatch_api_request_duration_seconds_count"))
     sb:set_fault(TEXT, nil)
   end)

@@ -8,7 +8,7 @@
 --   alert.hook(name, fn)       register a notification hook
 --   alert.evaluate(x)          -> report, no notification, no state (the gate)
 --   alert.check(x)             -> report, after notifying what fires
---   alert.watch{ids=, every=, state=}   poll until SIGINT/SIGTERM
+--   alert.watch{ids=, run_tests=, every=, state=}   poll until SIGINT/SIGTERM
 --   alert.step(state, kpis, now)        one watch evaluation (pure, for tests)
 --   alert.load_rules(path)     -> a fresh registry holding the file's rules
 --   alert.registry()           -> a fresh, empty registry

@@ -90,8 +90,12 @@ local RULE_FIELDS = {
   below = true, above = true, at_most = true, at_least = true, equals = true,
   severity = true, labels = true, summary = true, resolved_summary = true, notify = true,
   no_data = true, after = true, ["for"] = true, for_ = true, keep_firing_for = true,
-  repeat_interval = true,
+  repeat_interval = true, on_status = true, stale = true,
 }
+
+-- The execution statuses an on_status rule may name (FIELD-NOTES).
+local STATUSES = { pending = true, running = true, evaluating = true, cancelling = true,
+  completed = true, failed = true, cancelled = true }
 
 local DEFAULT_REPEAT = 4 * 3600
 
@@ -159,13 +163,39 @@ local function compile(spec, where)
       { where = where, noun = "field", fields = { rule = type(name) == "string" and name or nil } })
     r.kind, r.when = "when", w
   end
+  -- The two kinds about executions rather than their KPIs; only a watch of
+  -- run tests (watch{run_tests=}) knows statuses and run tests.
+  if spec.on_status ~= nil then
+    kinds = kinds + 1
+    local list = type(spec.on_status) == "string" and { spec.on_status } or spec.on_status
+    if type(list) ~= "table" or #list == 0 then
+      bad("on_status", "must be a status or a list of statuses (e.g. {\"failed\", \"cancelled\"})")
+    end
+    local set = {}
+    for i, v in ipairs(list) do
+      if type(v) ~= "string" or not STATUSES[v:lower()] then
+        bad("on_status", "entry " .. i .. " must be an execution status (pending, running, evaluating, "
+          .. "cancelling, completed, failed, cancelled), got " .. tostring(v))
+      end
+      set[v:lower()] = true
+    end
+    r.kind, r.statuses = "on_status", set
+  end
+  if spec.stale ~= nil then
+    kinds = kinds + 1
+    local d, msg = parse_duration(spec.stale)
+    if not d then bad("stale", msg) end
+    if d <= 0 then bad("stale", "must be a positive duration") end
+    r.kind, r.stale = "stale", d
+  end
   if kinds == 0 then
-    config_error(where, label .. ": needs one of 'metric', 'evals' or 'when'",
+    config_error(where, label .. ": needs one of 'metric', 'evals', 'when', 'on_status' or 'stale'",
       { field = "metric", rule = name })
   elseif kinds > 1 then
-    config_error(where, label .. ": 'metric', 'evals' and 'when' exclude each other",
+    config_error(where, label .. ": 'metric', 'evals', 'when', 'on_status' and 'stale' exclude each other",
       { field = spec.when ~= nil and "when" or "evals", rule = name })
   end
+  local no_threshold = r.kind == "when" or r.kind == "on_status" or r.kind == "stale"
 
   for _, op in ipairs(OP_NAMES) do
     local t = spec[op]
@@ -183,10 +213,11 @@ local function compile(spec, where)
       r.op, r.threshold = op, t
     end
   end
-  if r.kind == "when" and r.op then
-    bad(r.op, "does not apply to a 'when' rule (the predicate decides)")
+  if no_threshold and r.op then
+    bad(r.op, "does not apply to a '" .. r.kind .. "' rule (" .. (r.kind == "when" and "the predicate decides"
+      or "it has no threshold") .. ")")
   end
-  if r.kind ~= "when" and not r.op then
+  if not no_threshold and not r.op then
     config_error(where, label .. ": needs a threshold: one of below, above, at_most, at_least, equals",
       { field = "below", rule = name })
   end
@@ -264,15 +295,21 @@ end
 
 -- A view of k for predicates: reads go to k, and every field read that is
 -- missing or null is recorded, so that an error (or a pass) built on a
--- missing value is reported as no data.
+-- missing value is reported as no data. An average no call backs (the
+-- server's 0, see kpiwatch.backing) reads as nil and is recorded the same.
 local function tracking_view(k)
   local missing, seen = {}, {}
   local methods = model.methods
-  local function note(name, present)
+  local function note(name, present, why)
     if not seen[name] then
       seen[name] = true
-      missing[#missing + 1] = { name = name, present = present }
+      missing[#missing + 1] = { name = name, present = present, reason = why }
     end
+  end
+  -- an average no call backs reads as nil, recorded with the reason
+  local function unbacked(name, why)
+    note(name, true, why)
+    return nil
   end
   -- k:evals() and k:eval(name) read evals: one that is missing or null is
   -- a missing field too (k:evals().tone on an execution without a tone eval)
@@ -308,8 +345,15 @@ local function tracking_view(k)
       if v == nil and name ~= "execution_id" then
         local ev, epresent = nil, false
         if type(name) == "string" then ev, epresent = model.eval(k, name) end
-        if ev ~= nil then return ev end
+        if ev ~= nil then
+          local why = type(ev) == "number" and model.unbacked(k, name, true)
+          if why then return unbacked(name, why) end
+          return ev
+        end
         note(name, present or epresent)
+      elseif type(v) == "number" and type(name) == "string" then
+        local why = model.unbacked(k, name)
+        if why then return unbacked(name, why) end
       end
       return v
     end,
@@ -322,7 +366,7 @@ end
 
 local function missing_text(missing)
   local parts = {}
-  for i, m in ipairs(missing) do parts[i] = describe_missing(m.name, m.present) end
+  for i, m in ipairs(missing) do parts[i] = m.reason or describe_missing(m.name, m.present) end
   return concat(parts, ", ")
 end
 
@@ -339,17 +383,42 @@ local function invalid_reason(metric, v)
   return "protocol error: " .. metric .. " is not a finite JSON number in the server's answer ('" .. v.text .. "')"
 end
 
--- eval_rule(r, k) -> list of {status = firing|ok|no_data|error, metric=,
--- value=, reason=}
-local function eval_rule(r, k)
+-- eval_rule(r, k [, ctx]) -> list of {status = firing|ok|no_data|error,
+-- metric=, value=, reason=}. ctx (a watch of run tests): {status=,
+-- error_reason=, run_test=, execution_id=, stale_age=} of an execution or
+-- of a run test; k is nil when there are no KPIs to judge (an execution
+-- that ended failed, a run test's staleness). A rule with nothing to judge
+-- gives no result at all: on_status and stale rules outside a watch of run
+-- tests, KPI rules without KPIs.
+local function eval_rule(r, k, ctx)
   local out = {}
+  if r.kind == "on_status" then
+    local st = ctx and ctx.status
+    if not st then return out end
+    local fires = r.statuses[st] == true
+    out[1] = { status = fires and "firing" or "ok", metric = "status", value = st,
+      reason = fires and ctx.error_reason or nil }
+    return out
+  elseif r.kind == "stale" then
+    local age = ctx and ctx.stale_age
+    if age == nil then return out end
+    out[1] = { status = age > r.stale and "firing" or "ok", metric = "stale", value = age }
+    return out
+  elseif k == nil then
+    return out
+  end
   if r.kind == "metric" then
     local v, present = model.get(k, r.metric)
+    local is_eval = false
     if v == nil then
       local ev, epresent = model.eval(k, r.metric)
-      if ev ~= nil or epresent then v, present = ev, true end
+      if ev ~= nil or epresent then v, present, is_eval = ev, true, true end
     end
-    if v == nil then
+    local unbacked = type(v) == "number" and model.unbacked(k, r.metric, is_eval)
+    if unbacked then
+      -- zero is not a pass: no call behind the average
+      out[1] = { status = "no_data", metric = r.metric, value = v, reason = unbacked }
+    elseif v == nil then
       out[1] = { status = "no_data", metric = r.metric, reason = describe_missing(r.metric, present) }
     elseif model.is_invalid(v) then
       out[1] = { status = "error", metric = r.metric, reason = invalid_reason(r.metric, v) }
@@ -374,7 +443,10 @@ local function eval_rule(r, k)
           if not matched[name] then
             matched[name] = true
             local v = values[name]
-            if v == nil then
+            local unbacked = type(v) == "number" and model.unbacked(k, name, true)
+            if unbacked then
+              out[#out + 1] = { status = "no_data", metric = name, value = v, reason = unbacked }
+            elseif v == nil then
               out[#out + 1] = { status = "no_data", metric = name, reason = name .. " is null" }
             elseif model.is_invalid(v) then
               out[#out + 1] = { status = "error", metric = name, reason = invalid_reason(name, v) }
@@ -436,7 +508,7 @@ M.eval_rule = eval_rule
 local ALERT_KEYS = {
   rule = true, execution_id = true, metric = true, value = true, threshold = true, op = true,
   severity = true, state = true, description = true, fired_at = true, resolved_at = true,
-  reason = true,
+  reason = true, run_test = true, status = true, error_reason = true, stale_for = true,
 }
 
 local function lookup_for(fields, k)
@@ -471,6 +543,13 @@ end
 M.lookup_for = lookup_for
 
 local function default_summary(r, state)
+  if r.kind == "on_status" then
+    if state == "resolved" then return "run test {run_test}: execution {execution_id} ended {status}" end
+    return "run test {run_test}: execution {execution_id} ended {status}: {error_reason}"
+  elseif r.kind == "stale" then
+    if state == "resolved" then return "run test {run_test} has a completed execution again" end
+    return "run test {run_test} has had no completed execution for {stale_for}"
+  end
   if r.kind == "when" then
     if state == "resolved" then return "{rule} no longer matches" end
     return r.description and "{description}" or "{rule} matches"
@@ -479,11 +558,13 @@ local function default_summary(r, state)
   return "{metric} is {value}, " .. OPS[r.op].word .. " {threshold}"
 end
 
--- make_alert(r, k, res, state) -> the alert table of a report entry
-local function make_alert(r, k, res, state)
+-- make_alert(r, k, res, state [, ctx]) -> the alert table of a report
+-- entry (ctx: see eval_rule; its run test, status and error reason go into
+-- the alert, server text made one line)
+local function make_alert(r, k, res, state, ctx)
   local a = {
     rule = r.name,
-    execution_id = k and exec_id(k) or nil,
+    execution_id = (ctx and ctx.execution_id) or (k and exec_id(k)) or nil,
     metric = res.metric,
     value = res.value,
     threshold = r.threshold,
@@ -493,6 +574,18 @@ local function make_alert(r, k, res, state)
     state = state,
     reason = res.reason,
   }
+  if ctx then
+    a.run_test = ctx.run_test
+    a.status = ctx.status
+    if type(ctx.error_reason) == "string" and ctx.error_reason ~= "" then
+      a.error_reason = shared.clean(ctx.error_reason, 300)
+    elseif r.kind == "on_status" and res.status == "firing" then
+      a.error_reason = "(no error_reason given)"
+    end
+    if r.kind == "stale" and type(res.value) == "number" then
+      a.stale_for = string.format("%.1fh", res.value / 3600)
+    end
+  end
   local labels = {}
   local lookup = lookup_for(a, k)
   for key, v in pairs(r.labels) do labels[key] = template.render(v, lookup) end

@@ -9,6 +9,7 @@ local rule = require "kpiwatch.alert.rule"
 local report = require "kpiwatch.alert.report"
 local state = require "kpiwatch.alert.state"
 local deliver = require "kpiwatch.alert.deliver"
+local runs = require "kpiwatch.alert.runs"
 local group = require "kpiwatch.alert.group"
 
 local M = {}
@@ -104,8 +105,12 @@ end
 
 --- Polls executions and notifies alerts as they fire and resolve, until
 --- SIGINT/SIGTERM, max_cycles or on_cycle returning false (Registry:watch).
+--- With run_tests, follows each run test's executions (alert/runs.lua):
+--- only the newest page of its list, status reads for those in flight,
+--- KPIs once per completed execution; on_status and stale rules apply.
 ---@param self table the registry
----@param opts table {ids = list or function returning one, every = duration (60),
+---@param opts table {ids = list or function returning one, run_tests = list of run
+--- test ids or names (ids, run_tests or both), every = duration (60),
 --- state = file, spool = file, max_cycles = n, on_cycle = function(report, n),
 --- concurrency = n, clock = function, metrics = "ADDR:PORT" (serve /metrics, kpiwatch.metrics)}
 ---@return table summary {cycles=, delivered=, spooled=, lost=, interrupted=, last=, spool=}
@@ -114,11 +119,25 @@ function M.watch(self, opts)
   if type(opts) ~= "table" then config_error(where, "alert.watch expects a table of options") end
   for k in pairs(opts) do
     if not ({ ids = 1, every = 1, state = 1, spool = 1, max_cycles = 1, on_cycle = 1,
-      concurrency = 1, clock = 1, metrics = 1 })[k] then
+      concurrency = 1, clock = 1, run_tests = 1, metrics = 1 })[k] then
       config_error(where, "alert.watch: unknown option '" .. tostring(k) .. "'")
     end
   end
-  if opts.ids == nil then config_error(where, "alert.watch: 'ids' is required") end
+  if opts.ids == nil and opts.run_tests == nil then
+    config_error(where, "alert.watch: 'ids' or 'run_tests' is required")
+  end
+  local run_tests = opts.run_tests
+  if run_tests ~= nil then
+    if type(run_tests) == "string" then run_tests = { run_tests } end
+    if type(run_tests) ~= "table" or #run_tests == 0 then
+      config_error(where, "alert.watch: 'run_tests' must be a list of run test ids or names")
+    end
+    for i, rt in ipairs(run_tests) do
+      if type(rt) ~= "string" or rt == "" or rt:find("%c") then
+        config_error(where, "alert.watch: run_tests entry " .. i .. " must be a run test id or name")
+      end
+    end
+  end
   local every, msg = parse_duration(opts.every or 60)
   if not every then config_error(where, "alert.watch: 'every' " .. msg) end
   if opts.state ~= nil and (type(opts.state) ~= "string" or opts.state == "") then
@@ -161,11 +180,29 @@ function M.watch(self, opts)
     end
     while not ctx.stopping do
       summary.cycles = summary.cycles + 1
-      local list, failed_list = require("kpiwatch.kpis").resolve(resolve_ids(opts.ids),
-        { concurrency = opts.concurrency })
-      local failed = {}
-      for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
-      local rep = self:step(st, list, clock(), { failed = failed })
+      local now = clock()
+      local list, failed, keep = {}, {}, nil
+      local judged = {} -- the KPI objects judged this cycle (for the metrics)
+      if run_tests then
+        -- first: the run tests' executions that ended, judged once each
+        local items, kept, rfailed = runs.cycle(st, run_tests, now)
+        for _, it in ipairs(items) do
+          list[#list + 1] = it
+          if it.k then judged[#judged + 1] = it.k end
+        end
+        for id, e in pairs(rfailed) do failed[id] = e end
+        keep = kept
+      end
+      if opts.ids ~= nil then
+        local got, failed_list = require("kpiwatch.kpis").resolve(resolve_ids(opts.ids),
+          { concurrency = opts.concurrency })
+        for _, k in ipairs(got) do
+          list[#list + 1] = k
+          judged[#judged + 1] = k
+        end
+        for _, f in ipairs(failed_list) do failed[f.execution_id] = f.error end
+      end
+      local rep = self:step(st, list, now, { failed = failed, keep = keep })
       -- the same no-data or error line once per change, not every cycle
       said = print_problems(self, rep, said)
       self:_replay(sp, ctx, rep)
@@ -177,7 +214,7 @@ function M.watch(self, opts)
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
       hook_cycles(self, rep, clock())
-      if collector then require("kpiwatch.metrics").watch_cycle(collector, list, failed, rep, clock()) end
+      if collector then require("kpiwatch.metrics").watch_cycle(collector, judged, failed, rep, clock()) end
       summary.last = rep
       if opts.on_cycle and opts.on_cycle(rep, summary.cycles) == false then break end
       if opts.max_cycles and summary.cycles >= opts.max_cycles then break end

@@ -9,6 +9,7 @@
 
 local requirement = require "kpiwatch.requirement"
 local report = require "kpiwatch.gate_report"
+local shared = require "kpiwatch.shared"
 local errors = require "kpiwatch.errors"
 
 local M = {}
@@ -40,9 +41,30 @@ Checks (at least one --require, --rules or --max-drop/--max-rise):
   --max-rise 'FIELD=AMOUNT'
         the same for metrics where lower is better (failed_calls,
         avg_agent_latency). Repeatable.
+  --baseline previous
+        the newest completed execution of the same run test created
+        before ID (needs --run-test; `kpiwatch run` knows it). None
+        found: every comparison is "no data".
+  --run-test RUN_TEST
+        the run test of ID (its id, or its name), for --baseline previous.
   --allow-missing
         a field the execution lacks, or a null value, is reported as
         skipped instead of failing as "no data".
+  An average no call backs (avg_score or an eval average without a
+  completed call, a voice latency or interruption average without a
+  connected call: the server sends 0) is "no data", never a pass.
+
+Execution status (the KPIs endpoint carries none; the gate reads it first):
+  An execution that is not completed fails the gate (exit 1) with one
+  line naming its status: pending, running or evaluating ("its KPIs are
+  partial; use --wait"), failed or cancelled (with its error_reason).
+  --wait[=TIMEOUT]
+        wait for a terminal status first (default 30m; 90s, 10m, 1h30m;
+        plain numbers are seconds), with progress on stderr. A wait that
+        times out exits 3 (kind timeout).
+  --allow-incomplete
+        judge the KPIs whatever the status (the explicit opt-out; the
+        status still shows in every report, as a skipped check).
 
 Reports:
   --format text|json|junit|github|markdown
@@ -76,7 +98,8 @@ Connection options go before 'gate' (they are accepted after it too):
 
 Exit status:
   0  every check passed (skipped checks allowed)
-  1  a check failed, had no data, or could not be evaluated
+  1  a check failed, had no data, or could not be evaluated; or the
+     execution is not completed
   2  usage error: bad requirement, invalid id, no credentials, bad rules
      file, nothing to check, report file not writable
   3  the API or the network failed (after retries)
@@ -86,6 +109,8 @@ Examples:
   kpiwatch gate "$EXECUTION_ID" --require 'avg_score>=0.8' --require 'eval:*>=70'
   kpiwatch gate "$RUN" --baseline "$MAIN_RUN" --max-drop 'avg_score=0.05' \
       --max-drop 'eval:*=5%' --output junit:kpiwatch.xml
+  kpiwatch gate "$RUN" --wait=45m --run-test nightly --baseline previous \
+      --max-drop 'avg_score=0.05'
 ]==]
 
 local function show(s)
@@ -93,6 +118,7 @@ local function show(s)
 end
 
 local stderr = io.stderr -- replaced during M.run (tests capture it)
+local prog = "kpiwatch gate" -- or "kpiwatch run": the command the messages name
 -- Set by M.run once the options parse: writes the --output reports of a
 -- usage error, so a CI reading junit.xml sees the error, not "no report".
 local report_usage_error
@@ -100,7 +126,7 @@ local report_usage_error
 local function usage_error(msg)
   -- one line, whatever the message (a require failure lists every path)
   msg = tostring(msg):gsub("\n.*", "")
-  stderr:write("kpiwatch gate: ", msg, " (see 'kpiwatch gate --help')\n")
+  stderr:write(prog, ": ", msg, " (see '", prog, " --help')\n")
   if report_usage_error then report_usage_error(msg) end
   return 2
 end
@@ -110,6 +136,7 @@ local VALUE_OPTS = {
   ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
   ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
   ["--output"] = "output", ["--comment"] = "comment", ["--comment-key"] = "comment_key",
+  ["--run-test"] = "run_test",
   -- global flags, also accepted after `gate`
   ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
   ["--ca-file"] = "ca_file",
@@ -120,7 +147,8 @@ local GLOBAL_BOOL = { ["--sandbox"] = "sandbox", ["--verbose"] = "verbose",
 
 -- parse_args(args) -> options, or nil and a one-line message. Options:
 -- ids, require[], rules[], baseline, max_drop[], max_rise[], format,
--- output[], allow_missing, help, flags (global flags given after gate).
+-- output[], allow_missing, allow_incomplete, wait (true or the TIMEOUT
+-- text), run_test, help, flags (global flags given after gate).
 function M.parse_args(args)
   local o = { ids = {}, require = {}, rules = {}, max_drop = {}, max_rise = {}, output = {}, flags = {} }
   local i, n, only_ids = 1, #args, false
@@ -135,6 +163,13 @@ function M.parse_args(args)
       o.help = true
     elseif a == "--allow-missing" then
       o.allow_missing = true
+    elseif a == "--allow-incomplete" then
+      o.allow_incomplete = true
+    elseif a == "--wait" or a:sub(1, 7) == "--wait=" then
+      -- the value is optional, so only --wait=TIMEOUT (a separate word
+      -- would be the execution ID)
+      if o.wait ~= nil then return nil, "option '--wait' given twice" end
+      o.wait = a == "--wait" and true or a:sub(8)
     elseif GLOBAL_BOOL[a] then
       o.flags[GLOBAL_BOOL[a]] = true
     else
@@ -344,6 +379,8 @@ local function error_line(err, id)
   local what = exit_code_of(err) == 2 and "configuration error" or "API error"
   if err.kind == "timeout" or err.kind == "connect" or err.kind == "dns" or err.kind == "tls"
     or err.kind == "network" then what = "network error" end
+  -- kpis.wait's timeout: the execution is still going, the network is fine
+  if err.kind == "timeout" and err.execution_status then what = "wait" end
   return what .. ": " .. err.kind .. ": " .. tostring(err.message) .. where
 end
 
@@ -400,7 +437,7 @@ local function emit(result, stdout_format, files, code, env)
     if f.format == "github" then github_used = true end
     local ok, err = write_file(f.path, report.render(f.format, result))
     if not ok then
-      env.stderr:write("kpiwatch gate: cannot write the ", f.format, " report: ", tostring(err), "\n")
+      env.stderr:write(prog, ": cannot write the ", f.format, " report: ", tostring(err), "\n")
       code = 2
     end
   end
@@ -408,7 +445,7 @@ local function emit(result, stdout_format, files, code, env)
   if summary and summary ~= "" then
     local ok, err = append_file(summary, report.markdown(result) .. "\n")
     if not ok then
-      env.stderr:write("kpiwatch gate: cannot append to GITHUB_STEP_SUMMARY: ", tostring(err), "\n")
+      env.stderr:write(prog, ": cannot append to GITHUB_STEP_SUMMARY: ", tostring(err), "\n")
       code = 2
     end
   end
@@ -456,105 +493,193 @@ local function now_fn()
   return os.time
 end
 
--- run(args, flags [, env]) -> exit code. env (tests): stdout, stderr,
--- getenv, color.
-function M.run(args, flags, env)
-  env = env or {}
-  env.stdout = env.stdout or io.stdout
-  env.stderr = env.stderr or io.stderr
-  stderr = env.stderr
-  env.getenv = env.getenv or os.getenv
-  flags = flags or {}
+-- ---- the execution's status --------------------------------------------------------
 
-  report_usage_error = nil
-  local o, perr = M.parse_args(args or {})
-  if not o then return usage_error(perr) end
-  report_usage_error = function(msg) M._usage_reports(o, env, msg) end
-  if o.help then
-    env.stdout:write(M.USAGE)
-    return 0
-  end
+-- Statuses whose KPIs are still moving (evaluating is not done: scores are
+-- not final until completed).
+local PARTIAL = { pending = true, running = true, evaluating = true, cancelling = true }
 
-  -- what to check
-  if #o.ids == 0 then return usage_error("missing execution ID") end
-  if #o.ids > 1 then
-    return usage_error("expected one execution ID, got " .. #o.ids .. " ('" .. show(o.ids[2]) .. "' is extra; quote requirements with spaces)")
+--- status_reason(exec) -> the one line that says why an execution that is
+--- not completed cannot be judged: its status, and its error_reason when it
+--- failed or was cancelled (server text, escaped).
+---@param exec {status: string, error_reason?: string}
+---@return string
+function M.status_reason(exec)
+  local st = shared.clean(tostring(exec.status or "unknown"), 300)
+  if exec.status == "failed" or exec.status == "cancelled" then
+    local why = exec.error_reason
+    if type(why) == "string" and why ~= "" then return "execution " .. st .. ": " .. shared.clean(why, 300) end
+    return "execution " .. st .. " (the server gives no error_reason)"
   end
+  if PARTIAL[exec.status] then return "execution is " .. st .. ": its KPIs are partial; use --wait" end
+  return "execution status is '" .. st .. "', not completed: its KPIs may be partial"
+end
+
+-- The check that shows a status other than completed in every report.
+local function status_check(exec, allowed)
+  local reason = M.status_reason(exec)
+  return {
+    source = "status", metric = "execution status", op = "==", requirement = "== completed",
+    value_text = shared.clean(tostring(exec.status or "unknown"), 300),
+    status = allowed and "skipped" or "fail",
+    message = allowed and (reason .. " (judged anyway: --allow-incomplete)") or reason,
+  }
+end
+
+-- previous_completed(run_test, id) -> the id of the newest completed
+-- execution of run_test created before id (listed after it: the list is
+-- newest first), or nil when there is none. Raises a config error when id
+-- is not an execution of run_test (a wrong --run-test).
+local function previous_completed(run_test, id)
+  local kpis = require "kpiwatch.kpis"
+  local seen = false
+  for _, e in ipairs(kpis.executions(run_test)) do
+    if seen and e.status == "completed" then return e.id end
+    if e.id == id then seen = true end
+  end
+  if not seen then
+    errors.raise("config", "execution " .. id .. " is not an execution of run test '" .. show(run_test)
+      .. "' (check --run-test)", { retryable = false })
+  end
+  return nil
+end
+
+-- ---- the run -------------------------------------------------------------------------
+
+--- prepare(o, env, flags) -> plan, or nil and an exit code (the usage error
+--- is written). Everything a judgement needs besides the execution id:
+--- the parsed checks, the rules, the report plan, the wait, the baseline.
+--- Shared by `kpiwatch gate` and `kpiwatch run` (kpiwatch.cli.run).
+---@param o table options from parse_args
+---@param env table stdout, stderr, getenv, color
+---@param flags table global flags parsed before the command
+---@return table|nil plan
+---@return integer|nil code
+function M.prepare(o, env, flags)
   local reqs, limits = {}, {}
   for _, text in ipairs(o.require) do
     local r, err = requirement.parse(text)
-    if not r then return usage_error("bad --require: " .. err) end
+    if not r then return nil, usage_error("bad --require: " .. err) end
     reqs[#reqs + 1] = r
   end
   for _, dir in ipairs({ "drop", "rise" }) do
     for _, text in ipairs(o["max_" .. dir]) do
       local l, err = requirement.parse_limit(text, dir)
-      if not l then return usage_error("bad --max-" .. dir .. ": " .. err) end
+      if not l then return nil, usage_error("bad --max-" .. dir .. ": " .. err) end
       limits[#limits + 1] = l
     end
   end
   if #limits > 0 and not o.baseline then
-    return usage_error("--max-drop and --max-rise compare with a baseline: give --baseline BASE_ID")
+    return nil, usage_error("--max-drop and --max-rise compare with a baseline: give --baseline BASE_ID")
   end
   if #reqs == 0 and #o.rules == 0 and #limits == 0 then
-    return usage_error("nothing to check: give --require, --rules or --baseline with --max-drop")
+    return nil, usage_error("nothing to check: give --require, --rules or --baseline with --max-drop")
   end
   local stdout_format, files = M.plan_outputs(o, env.getenv)
-  if not stdout_format then return usage_error(files) end
+  if not stdout_format then return nil, usage_error(files) end
   if o.comment then
     if o.comment ~= "github" and o.comment ~= "gitlab" then
-      return usage_error("unknown --comment '" .. show(o.comment) .. "' (github or gitlab)")
+      return nil, usage_error("unknown --comment '" .. show(o.comment) .. "' (github or gitlab)")
     end
     env.comment = { provider = o.comment, key = o.comment_key }
   end
   if env.color == nil then env.color = stdout_format == "text" and is_tty() and not env.getenv("NO_COLOR") end
 
   local kpis = require "kpiwatch.kpis"
-  local id, base_id = o.ids[1], o.baseline
-  for _, x in ipairs({ { id, "execution ID" }, base_id and { base_id, "baseline ID" } or nil }) do
-    if not kpis.is_uuid(x[1]) then
-      local msg = "invalid " .. x[2] .. ": not a UUID: '" .. show(x[1]) .. "'"
-      env.stderr:write("kpiwatch gate: ", msg, "\n")
-      report_usage_error(msg)
-      return 2
+  local base_id = o.baseline
+  if base_id == "previous" then
+    if not o.run_test then
+      return nil, usage_error("--baseline previous needs the run test: give --run-test RUN_TEST (its id or name)")
     end
+  elseif base_id then
+    if not kpis.is_uuid(base_id) then
+      local msg = "invalid baseline ID: not a UUID: '" .. show(base_id) .. "'"
+      env.stderr:write(prog, ": ", msg, "\n")
+      if report_usage_error then report_usage_error(msg) end
+      return nil, 2
+    end
+    base_id = base_id:lower()
   end
-  id = id:lower()
-  if base_id then base_id = base_id:lower() end
+  if o.run_test ~= nil and (o.run_test == "" or o.run_test:find("%c")) then
+    return nil, usage_error("bad --run-test '" .. show(o.run_test) .. "' (a run test id or name)")
+  end
+  local wait
+  if o.wait == true then
+    wait = M.DEFAULT_WAIT
+  elseif o.wait ~= nil then
+    local d, derr = require("kpiwatch.alert").parse_duration(o.wait)
+    if not d or d <= 0 then
+      return nil, usage_error("bad --wait '" .. show(o.wait) .. "': " .. (derr or "must be positive")
+        .. " (e.g. --wait=45m)")
+    end
+    wait = d
+  end
 
   local engine
   if #o.rules > 0 then
     local e, err = load_rules(o.rules)
-    if not e then return usage_error(err) end
+    if not e then return nil, usage_error(err) end
     engine = e
   end
 
-  -- connection flags given after `gate`
-  local sandbox
+  -- connection flags given after the command
   local late = {}
   for k, v in pairs(o.flags) do if k ~= "sandbox" then late[k] = v end end
   if next(late) then
     local ok, err = pcall(kpis._set_flags, late)
-    if not ok then return usage_error(errors.is(err) and err.message or tostring(err)) end
+    if not ok then return nil, usage_error(errors.is(err) and err.message or tostring(err)) end
   end
-  if o.flags.sandbox and not flags.sandbox then
+  local sandbox
+  if o.flags.sandbox and not (flags or {}).sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
     kpis.point_at(sandbox)
   end
+  return {
+    reqs = reqs, limits = limits, engine = engine, stdout_format = stdout_format, files = files,
+    baseline = base_id, run_test = o.run_test, wait = wait, allow_missing = o.allow_missing,
+    allow_incomplete = o.allow_incomplete, sandbox = sandbox,
+  }
+end
 
+--- The timeout of --wait without a value: 30 minutes.
+M.DEFAULT_WAIT = 30 * 60
+
+--- judge(plan, id, env [, ctx]) -> exit code. Reads the execution's status
+--- (waiting for a terminal one when plan.wait is set), then, when it is
+--- completed (or plan.allow_incomplete), its KPIs and the baseline's, runs
+--- every check and emits every report. ctx.run_test overrides
+--- plan.run_test (`kpiwatch run` knows it).
+---@param plan table from prepare
+---@param id string the execution id, a lowercase UUID
+---@param env table stdout, stderr, getenv, color
+---@param ctx? {run_test?: string}
+---@return integer
+function M.judge(plan, id, env, ctx)
+  ctx = ctx or {}
+  local kpis = require "kpiwatch.kpis"
+  local run_test = ctx.run_test or plan.run_test
+  local stdout_format, files = plan.stdout_format, plan.files
   local clock = now_fn()
   local t0 = clock()
   local result = {
     execution_id = id,
-    baseline_id = base_id,
+    baseline_id = plan.baseline ~= "previous" and plan.baseline or nil,
+    run_test = run_test,
     started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
     checks = {},
     hostname = env.getenv("HOSTNAME") or hostname(),
   }
 
+  local function close_sandbox()
+    if plan.sandbox then
+      plan.sandbox:close()
+      plan.sandbox = nil
+    end
+  end
+
   local function fail_fetch(err, which)
     local code = exit_code_of(err)
-    env.stderr:write("kpiwatch gate: ", error_line(err, which), "\n")
+    env.stderr:write(prog, ": ", error_line(err, which), "\n")
     result.verdict = "error"
     result.exit_code = code
     result.error = { kind = err.kind, message = tostring(err.message) }
@@ -563,35 +688,77 @@ function M.run(args, flags, env)
     return emit(result, stdout_format, files, code, env)
   end
 
-  local kpi, base
+  local stage = id -- whose request failed, for the message
   local ok, got = pcall(function()
-    if base_id then return kpis.get_all({ id, base_id }, { concurrency = 2 }) end
-    return { kpis.get(id) }
+    -- The status first, the KPIs after: KPIs read once the status is
+    -- terminal are final, while KPIs read beside a status could be older
+    -- than it.
+    local exec
+    if plan.wait then
+      local p = require("kpiwatch.cli.progress").new({ id = id, stream = env.stderr, tty = env.progress_tty })
+      local okw, e = pcall(kpis.wait, id, { timeout = plan.wait, on_status = function(x) p:update(x) end })
+      p:finish()
+      if not okw then error(e, 0) end
+      exec = e
+    else
+      exec = kpis.execution(id)
+    end
+    result.execution_status = exec.status
+    result.error_reason = exec.error_reason
+    if exec.status ~= "completed" then
+      local c = status_check(exec, plan.allow_incomplete)
+      if not plan.allow_incomplete then return { stop = c } end
+      result.status_check = c
+    end
+    local base_id, base_note = result.baseline_id, nil
+    if plan.baseline == "previous" then
+      base_id = previous_completed(run_test, id)
+      result.baseline_id = base_id
+      if not base_id then
+        base_note = "run test '" .. show(run_test) .. "' has no completed execution before " .. id
+      end
+    end
+    if base_id then
+      stage = nil
+      return { list = kpis.get_all({ id, base_id }, { concurrency = 2 }), base_id = base_id }
+    end
+    return { list = { kpis.get(id) }, base_note = base_note }
   end)
-  if sandbox then sandbox:close() end
+  close_sandbox()
   if not ok then
     if not errors.is(got) then error(got, 0) end
-    return fail_fetch(got, id)
+    return fail_fetch(got, stage)
   end
-  kpi, base = got[1], got[2]
-  if errors.is(kpi) then return fail_fetch(kpi, id) end
-  if base_id and errors.is(base) then return fail_fetch(base, base_id) end
 
-  -- evaluate
-  local eopts = { allow_missing = o.allow_missing, baseline = base }
   local checks = result.checks
-  for _, r in ipairs(reqs) do
-    for _, c in ipairs(requirement.evaluate(r, kpi, eopts)) do checks[#checks + 1] = c end
-  end
-  for _, l in ipairs(limits) do
-    for _, c in ipairs(requirement.compare(l, kpi, base, eopts)) do checks[#checks + 1] = c end
-  end
-  if engine then
-    for _, c in ipairs(rule_checks(engine, kpi, eopts)) do checks[#checks + 1] = c end
-  end
-  if #checks == 0 then
-    -- only rules files that defined no rule: never a silent pass
-    return usage_error("nothing to check: the rules files define no rule")
+  if got.stop then
+    -- fails closed: nothing else is judged on partial data
+    env.stderr:write(prog, ": ", got.stop.message, " (execution ", id, ")\n")
+    checks[1] = got.stop
+  else
+    local kpi, base = got.list[1], got.list[2]
+    if errors.is(kpi) then return fail_fetch(kpi, id) end
+    if got.base_id and errors.is(base) then return fail_fetch(base, got.base_id) end
+    if result.status_check then
+      checks[1] = result.status_check
+      env.stderr:write(prog, ": warning: ", result.status_check.message, "\n")
+    end
+    local eopts = { allow_missing = plan.allow_missing, baseline = base }
+    for _, r in ipairs(plan.reqs) do
+      for _, c in ipairs(requirement.evaluate(r, kpi, eopts)) do checks[#checks + 1] = c end
+    end
+    for _, l in ipairs(plan.limits) do
+      local list = base and requirement.compare(l, kpi, base, eopts)
+        or { requirement.no_baseline(l, got.base_note, eopts) }
+      for _, c in ipairs(list) do checks[#checks + 1] = c end
+    end
+    if plan.engine then
+      for _, c in ipairs(rule_checks(plan.engine, kpi, eopts)) do checks[#checks + 1] = c end
+    end
+    if #checks == 0 then
+      -- only rules files that defined no rule: never a silent pass
+      return usage_error("nothing to check: the rules files define no rule")
+    end
   end
 
   local summary, verdict = requirement.summarize(checks)
@@ -600,6 +767,50 @@ function M.run(args, flags, env)
   result.exit_code = code
   result.duration = clock() - t0
   return emit(result, stdout_format, files, code, env)
+end
+
+-- setup_env(env [, name]) fills in env's defaults and names the command
+-- in messages (name: "kpiwatch run" when run uses the gate's code).
+local function setup_env(env, name)
+  env = env or {}
+  env.stdout = env.stdout or io.stdout
+  env.stderr = env.stderr or io.stderr
+  stderr = env.stderr
+  prog = name or "kpiwatch gate"
+  report_usage_error = nil
+  env.getenv = env.getenv or os.getenv
+  return env
+end
+M._setup_env = setup_env
+
+-- run(args, flags [, env]) -> exit code. env (tests): stdout, stderr,
+-- getenv, color, progress_tty.
+function M.run(args, flags, env)
+  env = setup_env(env)
+  flags = flags or {}
+
+  local o, perr = M.parse_args(args or {})
+  if not o then return usage_error(perr) end
+  report_usage_error = function(msg) M._usage_reports(o, env, msg) end
+  if o.help then
+    env.stdout:write(M.USAGE)
+    return 0
+  end
+  if #o.ids == 0 then return usage_error("missing execution ID") end
+  if #o.ids > 1 then
+    return usage_error("expected one execution ID, got " .. #o.ids .. " ('" .. show(o.ids[2])
+      .. "' is extra; quote requirements with spaces)")
+  end
+  local id = o.ids[1]
+  if not require("kpiwatch.kpis").is_uuid(id) then
+    local msg = "invalid execution ID: not a UUID: '" .. show(id) .. "'"
+    env.stderr:write("kpiwatch gate: ", msg, "\n")
+    report_usage_error(msg)
+    return 2
+  end
+  local plan, code = M.prepare(o, env, flags)
+  if not plan then return code end
+  return M.judge(plan, id:lower(), env)
 end
 
 return setmetatable(M, {

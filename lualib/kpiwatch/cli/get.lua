@@ -9,7 +9,9 @@
 local USAGE = [[
 usage: kpiwatch [options] get ID [--json]
 
-Print the KPIs of the test execution ID (a UUID).
+Print the KPIs of the test execution ID (a UUID), and its status: the
+KPIs of an execution that is not completed (pending, running, evaluating;
+failed or cancelled) are partial, and a warning on stderr says so.
   --json      print the normalized JSON object instead of the summary
   -h, --help  show this help
 Global options (--base-url, --timeout, --retries, --ca-file, --verbose,
@@ -48,6 +50,11 @@ return function(args)
   end
 
   local kpis = require "kpiwatch.kpis"
+  -- The status first: KPIs read after it are at least as new. A status
+  -- that cannot be read does not hide the KPIs; it is a warning.
+  local sok, exec = true, nil
+  if kpis.is_uuid(ids[1]) then sok, exec = pcall(kpis.execution, ids[1]) end
+  if not sok and not errors.is(exec) then error(exec, 0) end
   local ok, k = pcall(kpis.get, ids[1])
   if not ok then
     if not errors.is(k) then error(k, 0) end
@@ -57,9 +64,22 @@ return function(args)
     return code
   end
   local model = require "kpiwatch.model"
+local shared = require "kpiwatch.shared"
+  local status
+  if not sok then
+    io.stderr:write("kpiwatch: warning: cannot read the execution's status (", exec.kind, ": ",
+      tostring(exec.message), "): the KPIs may be partial\n")
+  else
+    status = shared.clean(tostring(exec.status), 300)
+    if exec.status ~= "completed" then
+      io.stderr:write("kpiwatch: warning: execution ", k.execution_id or ids[1], " is ", status,
+        ": its KPIs are partial\n")
+    end
+  end
   if as_json then
     io.stdout:write(model.encode_json(k, require("kpiwatch.json").encode), "\n")
   else
+    if status then io.stdout:write("status  ", status, "\n") end
     io.stdout:write(tostring(k), "\n")
   end
   io.stdout:flush()

@@ -13,6 +13,7 @@ local VERSION = "kpiwatch 0.1.0"
 M.commands = {
   get = "kpiwatch.cli.get",
   gate = "kpiwatch.cli.gate",
+  run = "kpiwatch.cli.run",
   sandbox = "kpiwatch.cli.sandbox",
   compare = "kpiwatch.cli.compare",
   exporter = "kpiwatch.cli.exporter",
@@ -23,6 +24,7 @@ M.usage = [==[
 usage: kpiwatch [options] [script [args]]
        kpiwatch [options] get ID [--json]
        kpiwatch [options] gate ID --require 'avg_score>=0.8' [...]
+       kpiwatch [options] run RUN_TEST_ID|--name NAME --require ... [...]
        kpiwatch [options] sandbox [--port N] [--fixtures DIR] [--list]
        kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
@@ -56,6 +58,7 @@ kpiwatch options:
 Commands:
   get ID [--json]       print the KPIs of one execution (summary or JSON)
   gate ID ...           gate a CI pipeline (kpiwatch gate --help)
+  run RUN_TEST ...      start a run, wait for it, gate it (kpiwatch run --help)
   sandbox [--port N]    serve the sandbox API on loopback until Ctrl-C
                         (--list: the fixtures and what each is for)
   compare A B           two executions side by side, with deltas

@@ -56,21 +56,42 @@ function M.exists(path)
   return false
 end
 
+-- buffer() -> a sink with write(...) and flush() like a file, and text()
+-- for what was written (a command's stdout or stderr in a spec)
+function M.buffer()
+  local b = { parts = {} }
+  function b:write(...)
+    for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
+    return self
+  end
+  function b:flush() end
+  function b:text() return table.concat(self.parts) end
+  return b
+end
+
+-- sandbox([opts]) -> t with t.start and t.stop for a describe block's
+-- setup and teardown: the sandbox in this process for the KPIs client (no
+-- retries), as t.sandbox (t.kpis the client).
+function M.sandbox(opts)
+  local t = {}
+  function t.start()
+    t.kpis = require "kpiwatch.kpis"
+    t.sandbox = require("kpiwatch.sandbox").start_for_client(opts)
+    t.kpis.point_at(t.sandbox)
+    t.kpis._set_flags({ retries = 0 })
+  end
+  function t.stop()
+    if t.sandbox then t.sandbox:close() end
+    t.kpis._reset()
+  end
+  return t
+end
+
 -- run_gate(args [, env]) -> exit code, stdout text, stderr text of
 -- `kpiwatch gate` run in this process (kpiwatch.cli.gate), its output
 -- captured; env overrides the environment it sees (nothing else is set).
 function M.run_gate(args, env)
-  local function buffer()
-    local b = { parts = {} }
-    function b:write(...)
-      for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
-      return self
-    end
-    b.flush = function() end
-    function b:text() return table.concat(self.parts) end
-    return b
-  end
-  local out, err = buffer(), buffer()
+  local out, err = M.buffer(), M.buffer()
   env = env or {}
   local code = require("kpiwatch.cli.gate").run(args, {}, {
     stdout = out, stderr = err, color = false,
