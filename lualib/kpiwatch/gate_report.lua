@@ -291,7 +291,7 @@ function M.junit(result)
     -- the API failed: one errored testcase, so the CI shows why
     tests, errors, failures = 1, 1, 0
     local e = result.error or {}
-    local what = e.kind == "usage" and "arguments of kpiwatch gate" or ("fetch KPIs of " .. id_text(result))
+    local what = e.kind == "usage" and "command-line arguments" or ("fetch KPIs of " .. id_text(result))
     cases[1] = "    <testcase" .. attrs({ "name", what,
       "classname", "kpiwatch.gate", "time", "0" }) .. ">\n"
       .. "      <error" .. attrs({ "message", e.message or "error", "type", e.kind or "error" }) .. ">"

@@ -452,16 +452,16 @@ local function emit(result, stdout_format, files, code, env)
   return code
 end
 
--- _usage_reports(o, env, msg): the --output files of a usage error, each an
--- error report with exit code 2 (the --output specs that plan; an unknown
--- --format does not stop them, the terminal prints no report anyway).
-function M._usage_reports(o, env, msg)
+-- _usage_reports(o, env, msg [, id]): the --output files of a usage error,
+-- each an error report with exit code 2 (the --output specs that plan; an
+-- unknown --format does not stop them, the terminal prints no report anyway).
+-- id: the execution given, when it is one.
+function M._usage_reports(o, env, msg, id)
   local _, files = M.plan_outputs(o, env.getenv)
   if type(files) ~= "table" then
     _, files = M.plan_outputs(setmetatable({ format = false }, { __index = o }), env.getenv)
   end
   if type(files) ~= "table" then return end
-  local id = o.ids[1]
   local result = {
     execution_id = id and require("kpiwatch.kpis").is_uuid(id) and id:lower() or nil,
     verdict = "error", exit_code = 2, checks = {}, duration = 0,
@@ -472,9 +472,15 @@ function M._usage_reports(o, env, msg)
   for _, f in ipairs(files) do
     local ok, err = write_file(f.path, report.render(f.format, result))
     if not ok then
-      env.stderr:write("kpiwatch gate: cannot write the ", f.format, " report: ", tostring(err), "\n")
+      env.stderr:write(prog, ": cannot write the ", f.format, " report: ", tostring(err), "\n")
     end
   end
+end
+
+-- _report_usage_errors(o, env [, id]): from now on (until the next
+-- setup_env) a usage error also writes o's --output reports (gate and run).
+function M._report_usage_errors(o, env, id)
+  report_usage_error = function(msg) M._usage_reports(o, env, msg, id) end
 end
 
 -- For the JUnit report's hostname attribute; "localhost" when unknown.
@@ -791,7 +797,7 @@ function M.run(args, flags, env)
 
   local o, perr = M.parse_args(args or {})
   if not o then return usage_error(perr) end
-  report_usage_error = function(msg) M._usage_reports(o, env, msg) end
+  M._report_usage_errors(o, env, o.ids[1])
   if o.help then
     env.stdout:write(M.USAGE)
     return 0
