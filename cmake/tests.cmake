@@ -31,7 +31,9 @@ foreach(src ${unit_tests})
   add_test(NAME unit/${name} COMMAND unit_${name})
 endforeach()
 
-set(KW_TEST_ENV "KPIWATCH=$<TARGET_FILE:kpiwatch>;KPIWATCH_SRC=${CMAKE_SOURCE_DIR};FI_API_KEY=;FI_SECRET_KEY=;FI_BASE_URL=")
+# KPIWATCH_HISTORY=off: no test writes into the user's history file; the
+# history's own tests name theirs
+set(KW_TEST_ENV "KPIWATCH=$<TARGET_FILE:kpiwatch>;KPIWATCH_SRC=${CMAKE_SOURCE_DIR};FI_API_KEY=;FI_SECRET_KEY=;FI_BASE_URL=;KPIWATCH_HISTORY=off")
 
 file(GLOB lua_specs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/lua/*_spec.lua)
 if(NOT BUSTED)

@@ -21,7 +21,7 @@
 -- @overload, @async, @see, @deprecated; text lines after a tag continue it.
 
 local MODULES = { "task", "http", "json", "kpis", "execution", "model", "shared", "alert", "notify", "metrics",
-  "comment", "sandbox", "repl" }
+  "comment", "sandbox", "repl", "history", "stats" }
 
 local root = arg and arg[1]
 if not root then

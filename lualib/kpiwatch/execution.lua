@@ -105,12 +105,19 @@ function methods:to_json()
   return out
 end
 
---- The execution's KPIs (kpis.get of its id); partial unless is_done().
+--- The execution's KPIs (kpis.get of its id); partial unless is_done(). Those of a
+--- completed execution are recorded in the history (kpiwatch.history).
 ---@async
 ---@param opts table|nil options of kpis.get
 ---@return kpiwatch.Kpi kpi
 function methods:kpis(opts)
-  return kpis.get(self.id, opts)
+  local k = kpis.get(self.id, opts)
+  -- a completed execution's KPIs are final: kept in the history
+  if self.status == "completed" then
+    require("kpiwatch.history.fetch").record(k, { execution_id = self.id, status = "completed",
+      start_time = self.start_time })
+  end
+  return k
 end
 
 Execution.__tostring = function(self)

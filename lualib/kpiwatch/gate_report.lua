@@ -142,6 +142,8 @@ function M.text(result, opts)
     if c.status ~= "pass" and (c.status ~= "fail" or c.source == "rule" or c.source == "status") then
       extra = (extra ~= "" and (extra .. "; ") or "") .. one_line(c.message or "")
     end
+    -- --significance: exact means, p-value, interval (kpiwatch.significance)
+    if c.stats_text then extra = (extra ~= "" and (extra .. "; ") or "") .. c.stats_text end
     local r = { STATUS_WORD[c.status] or c.status, one_line(c.metric or "?"), one_line(value_text(c)),
       one_line(requirement_text(c)), extra, c.status }
     for i = 1, 4 do
@@ -205,6 +207,15 @@ function M.json(result)
       delta = n(c.delta),
       status = c.status,
       message = c.message or "",
+      -- --significance (kpiwatch.significance)
+      test = n(c.test),
+      p_value = n(c.p),
+      ci = c.ci and { c.ci[1], c.ci[2] } or null,
+      significant = n(c.significant),
+      calls = n(c.n),
+      baseline_calls = n(c.n_base),
+      server_value = n(c.server_value),
+      server_baseline = n(c.server_baseline),
     }
   end
   if json.array then checks = json.array(checks) end

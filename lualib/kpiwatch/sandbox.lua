@@ -173,7 +173,7 @@ M.MAX_BODY = 64 * 1024
 --   max_body (M.MAX_BODY, 64 KiB): the most a request body may have; more
 --     is answered 413 before it is buffered or the credentials checked
 --- Start a sandbox server.
----@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number, max_body?: integer} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1
+---@param opts? {host?: string, port?: integer, api_key?: string, secret_key?: string, builtin?: boolean, fixtures?: {id: string, body: string, fault?: string}[], fixtures_dir?: string, faults?: {ids?: table<string, string>, rates?: table<string, number>, seed?: integer}, log?: boolean|fun(line: string), background?: boolean, speed?: number, max_body?: integer} defaults: 127.0.0.1, any free port, the sandbox's own credentials, the built-in fixtures, seed 1, speed 1
 ---@return kpiwatch.sandbox.Sandbox sb
 function M.start(opts)
   opts = opts or {}

@@ -16,6 +16,8 @@
 #   4. memory: peak RSS of kpis.each at N and N/10, results consumed as
 #      they arrive
 #   5. idle watch: alert.watch over 200 executions every second, CPU share
+#   7. history: reading one metric of a 10,000-execution history file, and
+#      what recording an execution adds to a gate's CPU
 #
 # Every client talks to one `kpiwatch sandbox` running as its own process
 # on 127.0.0.1; it is stopped on exit (and by `timeout` in any case). Every
@@ -36,8 +38,9 @@
 #   BENCH_WATCH_IDS       executions watched (default 200)
 #   BENCH_RUNS_PAST       past executions of each of the 3 run tests of the
 #                         run-test watch (default 200)
+#   BENCH_HISTORY_N       executions in the history read (default 10000)
 #   BENCH_ONLY            comma-separated subset of
-#                         throughput,gate,startup,memory,watch,runs
+#                         throughput,gate,startup,memory,watch,runs,history
 #   BENCH_PYTHON          Python with aiohttp (default /usr/bin/python3)
 #   BENCH_KEEP=DIR        keep the raw measurements in DIR
 set -euo pipefail
@@ -47,10 +50,11 @@ KW=$(realpath "${1:-build/kpiwatch}")
 [ -x "$KW" ] || { echo "run.sh: no kpiwatch binary at $KW (build it first: make)" >&2; exit 2; }
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1 d_past=20
+  d_n=1000 d_rounds=1 d_runs=5 d_watch=3 d_wrounds=1 d_past=20 d_hist=500
 else
-  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3 d_past=200
+  d_n=20000 d_rounds=5 d_runs=30 d_watch=30 d_wrounds=3 d_past=200 d_hist=10000
 fi
+HISTORY_N=${BENCH_HISTORY_N:-$d_hist}
 N=${BENCH_N:-$d_n}
 C=${BENCH_C:-64}
 ROUNDS=${BENCH_ROUNDS:-$d_rounds}
@@ -59,7 +63,7 @@ WATCH_SECONDS=${BENCH_WATCH_SECONDS:-$d_watch}
 WATCH_ROUNDS=${BENCH_WATCH_ROUNDS:-$d_wrounds}
 WATCH_IDS=${BENCH_WATCH_IDS:-200}
 RUNS_PAST=${BENCH_RUNS_PAST:-$d_past}
-ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch,runs}
+ONLY=${BENCH_ONLY:-throughput,gate,startup,memory,watch,runs,history}
 N_SMALL=$((N / 10))
 [ "$N_SMALL" -ge 1 ] || N_SMALL=1
 wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -224,6 +228,19 @@ if wants runs; then
   "$KW" spec/bench/watch_runs_bench.lua "$RUNS_PAST" 5 >"$tmp/runs" || { say "watch_runs_bench.lua failed"; exit 1; }
 fi
 
+# ---- 7: history -----------------------------------------------------------------
+
+if wants history; then
+  say "history: $HISTORY_N executions into a fresh file, then reads and records"
+  "$KW" spec/bench/history_bench.lua fill "$tmp/history.db" "$HISTORY_N"
+  "$KW" spec/bench/history_bench.lua read "$tmp/history.db" 9 >"$tmp/history_read"
+  for r in $(seq "$ROUNDS"); do
+    "$KW" spec/bench/history_bench.lua record "$tmp/history.db" 40 >>"$tmp/history_record"
+    # the gate alone (no history), whole process: what recording is weighed against
+    measure gate_cpu 120 -- "$KW" --no-history gate "$ID" --require 'avg_score>=0.8'
+  done
+fi
+
 # ---- the table ----------------------------------------------------------------
 
 # med NAME COLUMN: median of a column of $tmp/NAME (empty when absent)
@@ -344,6 +361,23 @@ if wants runs; then
   printf '   %-46s %10s\n' "alert.watch{ids}, all $(na "$(kv executions)") executions" "$(na "$(kv ids)")"
   goal "run_tests cycle <= 1 per run test" "$(kv runs_max)" "<=" 3 ""
   goal "cycle in flight <= 1 per run test + 1 per running" "$(kv running_max)" "<=" $((3 + $(kv inflight || echo 0))) ""
+fi
+
+if wants history; then
+  echo
+  echo "7. History (SQLite, WAL): one metric of $HISTORY_N executions; recording one execution"
+  read -r _ hw hc hf hn <"$tmp/history_read" || true
+  rec_cpu=$(awk '$1 == "record_cpu_ms" {print $2}' "$tmp/history_record" | sort -g |
+    awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}')
+  rec_wall=$(awk '$1 == "record_wall_ms" {print $2}' "$tmp/history_record" | sort -g |
+    awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}')
+  gate_cpu=$(med gate_cpu 2)
+  printf '   %-46s %10s\n' "read $hn points, median of 9: wall, CPU" "$(na "$(calc '%.1f, %.1f ms' 'a, b' "$hw" "$hc")")"
+  printf '   %-46s %10s\n' "read $hn points, first read (cold): wall" "$(na "$(calc '%.1f ms' 'a' "$hf")")"
+  printf '   %-46s %10s\n' "record (open, record, close): CPU, wall" "$(na "$(calc '%.2f, %.1f ms' 'a, b' "$rec_cpu" "$rec_wall")")"
+  printf '   %-46s %10s\n' "gate, whole process, --no-history: CPU" "$(na "$(calc '%.1f ms' 'a * 1000' "$gate_cpu")")"
+  goal "read one metric of $HISTORY_N executions < 50 ms (CPU)" "$(calc '%.1f' 'a' "$hc")" "<" 50 " ms"
+  goal "recording <= 5% of a gate's CPU" "$(calc '%.1f' 'a / (b * 1000) * 100' "$rec_cpu" "$gate_cpu")" "<=" 5 "%"
 fi
 
 echo

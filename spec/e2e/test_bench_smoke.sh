@@ -34,6 +34,9 @@ grep -Eq '^ +N=200 +[0-9.]+ MiB$' "$out" || fail "no peak RSS at N=200"
 grep -Eq '^ +wall, CPU \(user\+sys\) +[0-9.]+ s, [0-9.]+ s$' "$out" || fail "no idle-watch figures"
 grep -Eq 'CPU share of one core < 5% +[0-9.]+%' "$out" || fail "no idle-watch CPU share"
 grep -Eq '^ +alert\.watch\{run_tests\}, nothing in flight +[0-9]+$' "$out" || fail "no run-test watch figures"
+grep -q '^7. History' "$out" || fail "no '7. History' in the table"
+grep -Eq 'recording <= 5% of a gate.s CPU +[0-9.]+%' "$out" || fail "no history recording share"
+grep -Eq 'read one metric of 500 executions < 50 ms \(CPU\) +[0-9.]+ ms' "$out" || fail "no history read figure"
 
 [ $fails -eq 0 ] || exit 1
 echo "bench smoke run ok"

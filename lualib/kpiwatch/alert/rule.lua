@@ -82,6 +82,8 @@ local OPS = {
   at_most = { word = W.at_most, test = function(v, t) return v <= t end },
   at_least = { word = W.at_least, test = function(v, t) return v >= t end },
   equals = { word = W.equals, test = function(v, t) return v == t end },
+  -- drop = N, vs = "median:K": judged by judge_value against the history
+  drop = { word = "dropped by more than", test = function() return false end },
 }
 local OP_NAMES = { "below", "above", "at_most", "at_least", "equals" }
 
@@ -90,7 +92,7 @@ local RULE_FIELDS = {
   below = true, above = true, at_most = true, at_least = true, equals = true,
   severity = true, labels = true, summary = true, resolved_summary = true, notify = true,
   no_data = true, after = true, ["for"] = true, for_ = true, keep_firing_for = true,
-  repeat_interval = true, on_status = true, stale = true,
+  repeat_interval = true, on_status = true, stale = true, drop = true, vs = true,
 }
 
 -- The execution statuses an on_status rule may name (FIELD-NOTES).
@@ -213,12 +215,24 @@ local function compile(spec, where)
       r.op, r.threshold = op, t
     end
   end
+  if spec.drop ~= nil or spec.vs ~= nil then
+    -- a trend rule: fires when the value fell more than `drop` below the
+    -- median of the run test's last N executions (kpiwatch.history)
+    if r.kind ~= "metric" and r.kind ~= "evals" then bad("drop", "applies to 'metric' and 'evals' rules") end
+    if r.op then bad("drop", "conflicts with '" .. r.op .. "': a rule has one threshold (write two rules)") end
+    if type(spec.drop) ~= "number" or spec.drop ~= spec.drop or spec.drop < 0 then
+      bad("drop", "must be a non-negative number (how far below the baseline), got " .. type(spec.drop))
+    end
+    local n, msg = require("kpiwatch.history").parse_baseline(spec.vs)
+    if not n then bad("vs", msg) end
+    r.op, r.threshold, r.vs_n = "drop", spec.drop, n
+  end
   if no_threshold and r.op then
     bad(r.op, "does not apply to a '" .. r.kind .. "' rule (" .. (r.kind == "when" and "the predicate decides"
       or "it has no threshold") .. ")")
   end
   if not no_threshold and not r.op then
-    config_error(where, label .. ": needs a threshold: one of below, above, at_most, at_least, equals",
+    config_error(where, label .. ": needs a threshold: one of below, above, at_most, at_least, equals, drop",
       { field = "below", rule = name })
   end
 
@@ -390,6 +404,17 @@ end
 -- that ended failed, a run test's staleness). A rule with nothing to judge
 -- gives no result at all: on_status and stale rules outside a watch of run
 -- tests, KPI rules without KPIs.
+-- The status of value v of metric `name` under rule r, and for a drop rule
+-- the baseline it was compared with (or nil and why there is none).
+local function judge_value(r, name, v, k, ctx, is_eval)
+  if r.op ~= "drop" then return OPS[r.op].test(v, r.threshold) and "firing" or "ok" end
+  local base, why = require("kpiwatch.history.fetch").rule_baseline(r.vs_n, name, is_eval,
+    ctx and ctx.run_test, (ctx and ctx.execution_id) or exec_id(k))
+  if not base then return "no_data", nil, why end
+  local fires = base - v > r.threshold + 1e-9 * math.max(1, math.abs(base))
+  return fires and "firing" or "ok", base
+end
+
 local function eval_rule(r, k, ctx)
   local out = {}
   if r.kind == "on_status" then
@@ -428,8 +453,8 @@ local function eval_rule(r, k, ctx)
       out[1] = { status = "error", metric = r.metric, value = v,
         reason = r.metric .. " is " .. what .. ", not a number" }
     else
-      out[1] = { status = OPS[r.op].test(v, r.threshold) and "firing" or "ok",
-        metric = r.metric, value = v }
+      local st, base, why = judge_value(r, r.metric, v, k, ctx, is_eval)
+      out[1] = { status = st, metric = r.metric, value = v, baseline = base, reason = why }
     end
   elseif r.kind == "evals" then
     local values = model.evals(k)
@@ -457,8 +482,8 @@ local function eval_rule(r, k, ctx)
                   reason = name .. " is a choice eval (test it with a 'when' predicate)" }
               end
             else
-              out[#out + 1] = { status = OPS[r.op].test(v, r.threshold) and "firing" or "ok",
-                metric = name, value = v }
+              local st, base, why = judge_value(r, name, v, k, ctx, true)
+              out[#out + 1] = { status = st, metric = name, value = v, baseline = base, reason = why }
             end
           end
         end

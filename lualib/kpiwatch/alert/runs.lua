@@ -173,6 +173,10 @@ local function follow(kpis, st, rt, now, items, failed)
     if e.status == "completed" then
       local ok, k = pcall(kpis.get, e.id)
       if ok then
+        -- completed KPIs are final: kept in the history (best effort: a
+        -- history problem never stops a watch)
+        require("kpiwatch.history.fetch").record(k, { execution_id = e.id, run_test = rt, status = "completed",
+          start_time = e.start_time })
         items[#items + 1] = state.item(k, ctx)
         remember(rs, e.id, "completed")
         rs.last_completed = now

@@ -45,8 +45,24 @@ Checks (at least one --require, --rules or --max-drop/--max-rise):
         the newest completed execution of the same run test created
         before ID (needs --run-test; `kpiwatch run` knows it). None
         found: every comparison is "no data".
+  --baseline median:N
+        the median of each metric over the N newest completed executions
+        of the run test before ID (needs --run-test), from the history
+        file, fetching (and keeping) what it lacks.
+  --significance ALPHA
+        with --max-drop/--max-rise: a move larger than allowed fails only
+        when it is also significant at level ALPHA (e.g. 0.05). avg_score
+        is judged on the per-call overall_score values of both sides
+        (Welch's t-test, on the exact means, not the server's one-decimal
+        rounding); failure_rate and calls_connected_percentage with a
+        two-proportion test. Reports show both values, the delta, the
+        p-value and a confidence interval.
+  --min-calls N
+        fewer calls (scored calls for avg_score) on either side is
+        "insufficient data": no data, never a pass.
   --run-test RUN_TEST
-        the run test of ID (its id, or its name), for --baseline previous.
+        the run test of ID (its id, or its name), for --baseline previous
+        and median:N, and for the history.
   --allow-missing
         a field the execution lacks, or a null value, is reported as
         skipped instead of failing as "no data".
@@ -136,7 +152,7 @@ local VALUE_OPTS = {
   ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
   ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
   ["--output"] = "output", ["--comment"] = "comment", ["--comment-key"] = "comment_key",
-  ["--run-test"] = "run_test",
+  ["--run-test"] = "run_test", ["--significance"] = "significance", ["--min-calls"] = "min_calls",
   -- global flags, also accepted after `gate`
   ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
   ["--ca-file"] = "ca_file",
@@ -575,6 +591,33 @@ function M.prepare(o, env, flags)
       limits[#limits + 1] = l
     end
   end
+  local median_n
+  if o.baseline and o.baseline:match("^median:") then
+    local n, merr = require("kpiwatch.history").parse_baseline(o.baseline)
+    if not n then return nil, usage_error("bad --baseline: " .. merr) end
+    if not o.run_test then
+      return nil, usage_error("--baseline median:N needs the run test: give --run-test RUN_TEST (its id or name)")
+    end
+    median_n = n
+  end
+  local alpha, min_calls
+  if o.significance then
+    local a, aerr = require("kpiwatch.significance").parse_alpha(o.significance)
+    if not a then return nil, usage_error(aerr) end
+    if #limits == 0 then return nil, usage_error("--significance judges --max-drop/--max-rise: give one") end
+    alpha = a
+  end
+  if o.min_calls then
+    local m = tonumber(o.min_calls)
+    if not m or math.type(m) ~= "integer" or m < 1 then
+      return nil, usage_error("--min-calls needs a positive integer, got '" .. show(o.min_calls) .. "'")
+    end
+    if #limits == 0 then return nil, usage_error("--min-calls judges --max-drop/--max-rise: give one") end
+    min_calls = m
+  end
+  for _, w in ipairs(require("kpiwatch.significance").precision_warnings(reqs, limits, { per_call = alpha ~= nil })) do
+    env.stderr:write(prog, ": warning: ", w, "\n")
+  end
   if #limits > 0 and not o.baseline then
     return nil, usage_error("--max-drop and --max-rise compare with a baseline: give --baseline BASE_ID")
   end
@@ -593,7 +636,9 @@ function M.prepare(o, env, flags)
 
   local kpis = require "kpiwatch.kpis"
   local base_id = o.baseline
-  if base_id == "previous" then
+  if median_n then
+    base_id = nil
+  elseif base_id == "previous" then
     if not o.run_test then
       return nil, usage_error("--baseline previous needs the run test: give --run-test RUN_TEST (its id or name)")
     end
@@ -638,12 +683,14 @@ function M.prepare(o, env, flags)
   local sandbox
   if o.flags.sandbox and not (flags or {}).sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
+    require("kpiwatch.history").configure({ sandbox = true })
     kpis.point_at(sandbox)
   end
   return {
     reqs = reqs, limits = limits, engine = engine, stdout_format = stdout_format, files = files,
     baseline = base_id, run_test = o.run_test, wait = wait, allow_missing = o.allow_missing,
     allow_incomplete = o.allow_incomplete, sandbox = sandbox,
+    median = median_n, significance = alpha, min_calls = min_calls,
   }
 end
 
@@ -716,6 +763,21 @@ function M.judge(plan, id, env, ctx)
       if not plan.allow_incomplete then return { stop = c } end
       result.status_check = c
     end
+    local hg = require "kpiwatch.history.fetch"
+    -- the history is keyed by run test id: a name costs one request
+    local rid
+    if run_test and (plan.median or require("kpiwatch.history").path()) then
+      stage = nil
+      rid = hg.run_test_id(run_test)
+    end
+    local want_scores = plan.significance ~= nil or plan.min_calls ~= nil
+    if plan.median then
+      local base, info = hg.median_baseline(rid, id, plan.median, { scores = want_scores })
+      result.baseline_id = info.ids[1] and ("median:" .. plan.median) or nil
+      result.baseline_ids = info.ids
+      return { list = { kpis.get(id) }, median = base, median_info = info, exec = exec, rid = rid,
+        base_note = info.note and ("run test '" .. show(run_test) .. "' has no completed execution before " .. id) }
+    end
     local base_id, base_note = result.baseline_id, nil
     if plan.baseline == "previous" then
       base_id = previous_completed(run_test, id)
@@ -726,9 +788,9 @@ function M.judge(plan, id, env, ctx)
     end
     if base_id then
       stage = nil
-      return { list = kpis.get_all({ id, base_id }, { concurrency = 2 }), base_id = base_id }
+      return { list = kpis.get_all({ id, base_id }, { concurrency = 2 }), base_id = base_id, exec = exec, rid = rid }
     end
-    return { list = { kpis.get(id) }, base_note = base_note }
+    return { list = { kpis.get(id) }, base_note = base_note, exec = exec, rid = rid }
   end)
   close_sandbox()
   if not ok then
@@ -745,6 +807,16 @@ function M.judge(plan, id, env, ctx)
     local kpi, base = got.list[1], got.list[2]
     if errors.is(kpi) then return fail_fetch(kpi, id) end
     if got.base_id and errors.is(base) then return fail_fetch(base, got.base_id) end
+    -- history: keep what was fetched, take the median baseline, and the
+    -- per-call scores of both sides for --significance / --min-calls
+    local hist = require "kpiwatch.cli.gate_history"
+    local hok, h = pcall(hist.after_fetch, plan, id, got, kpi, base)
+    if not hok then
+      if not errors.is(h) then error(h, 0) end
+      return fail_fetch(h, nil)
+    end
+    for _, w in ipairs(h.warnings) do env.stderr:write(prog, ": warning: ", w, "\n") end
+    kpi, base = h.kpi, h.base
     if result.status_check then
       checks[1] = result.status_check
       env.stderr:write(prog, ": warning: ", result.status_check.message, "\n")
@@ -756,7 +828,7 @@ function M.judge(plan, id, env, ctx)
     for _, l in ipairs(plan.limits) do
       local list = base and requirement.compare(l, kpi, base, eopts)
         or { requirement.no_baseline(l, got.base_note, eopts) }
-      for _, c in ipairs(list) do checks[#checks + 1] = c end
+      for _, c in ipairs(list) do checks[#checks + 1] = hist.refine(c, l, h, plan) end
     end
     if plan.engine then
       for _, c in ipairs(rule_checks(plan.engine, kpi, eopts)) do checks[#checks + 1] = c end

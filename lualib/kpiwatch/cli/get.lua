@@ -74,6 +74,11 @@ local shared = require "kpiwatch.shared"
     if exec.status ~= "completed" then
       io.stderr:write("kpiwatch: warning: execution ", k.execution_id or ids[1], " is ", status,
         ": its KPIs are partial\n")
+    else
+      -- completed KPIs are final: keep them in the history
+      local w = require("kpiwatch.history.fetch").record(k, { execution_id = exec.id, status = "completed",
+        start_time = exec.start_time })
+      if w then io.stderr:write("kpiwatch: warning: ", w, "\n") end
     end
   end
   if as_json then

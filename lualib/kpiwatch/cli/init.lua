@@ -18,6 +18,7 @@ M.commands = {
   compare = "kpiwatch.cli.compare",
   exporter = "kpiwatch.cli.exporter",
   executions = "kpiwatch.cli.executions",
+  history = "kpiwatch.cli.history",
 }
 
 M.usage = [==[
@@ -29,6 +30,7 @@ usage: kpiwatch [options] [script [args]]
        kpiwatch [options] compare A B [--format text|json|markdown]
        kpiwatch [options] exporter [--run-test RT|--id ID]... --listen A:P
        kpiwatch [options] executions RUN_TEST [--status S] [--limit N] [--json]
+       kpiwatch [options] history RUN_TEST|--name NAME [--html FILE] [...]
 
 Lua options (as lua):
   -e stat       execute string 'stat'
@@ -52,6 +54,9 @@ kpiwatch options:
                         instead of the system's (default $KPIWATCH_CA_FILE)
   --verbose             trace each request on stderr (never the secrets)
   --allow-insecure-http allow plain http:// to a host other than loopback
+  --history FILE        keep completed executions in FILE (default
+                        $KPIWATCH_HISTORY or $XDG_DATA_HOME/kpiwatch/history.db)
+  --no-history          record nothing and read no history
   -h, --help            show this help
   --version             show the version
 
@@ -64,6 +69,8 @@ Commands:
   compare A B           two executions side by side, with deltas
   exporter ...          serve KPIs as Prometheus metrics (kpiwatch exporter --help)
   executions RUN_TEST   list a run test's executions (id or name), newest first
+  history RUN_TEST      trends of a run test's completed executions, as a
+                        table, JSON, CSV or an HTML chart (kpiwatch history --help)
 
 Environment:
   FI_API_KEY, FI_SECRET_KEY  credentials (headers X-Api-Key, X-Secret-Key)
@@ -71,6 +78,7 @@ Environment:
   KPIWATCH_CA_FILE           CA certificates (PEM) to verify the API's TLS with
   LUA_INIT_5_4, LUA_INIT     run before the script (as lua does; not with -E)
   KPIWATCH_LUALIB            load lualib/ from this folder, not the binary
+  KPIWATCH_HISTORY           history file ('off': none); see kpiwatch history --help
 
 Exit status: 0 ok, 1 a check failed, 2 usage/config/script error,
              3 API or network error, 129 hangup (SIGHUP),
@@ -84,7 +92,7 @@ end
 
 -- Global kpiwatch flags that take a value, and the client option they set.
 local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
-  ["--ca-file"] = "ca_file" }
+  ["--ca-file"] = "ca_file", ["--history"] = "history" }
 
 -- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
 -- plus the kpiwatch long options. Returns a plan or nil, message.
@@ -131,6 +139,8 @@ function M.parse(argv)
       plan.flags.verbose = true
     elseif a == "--allow-insecure-http" then
       plan.flags.allow_insecure_http = true
+    elseif a == "--no-history" then
+      plan.flags.no_history = true
     else
       local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
       name = name or a
@@ -143,7 +153,7 @@ function M.parse(argv)
         val = argv[i]
         if val == nil then return nil, "option '" .. name .. "' needs a value" end
       end
-      if key ~= "base_url" and key ~= "ca_file" then
+      if key ~= "base_url" and key ~= "ca_file" and key ~= "history" then
         local num = tonumber(val)
         if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
           return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
@@ -258,6 +268,9 @@ end
 
 local function apply_flags(flags)
   if next(flags) == nil then return end
+  if flags.history or flags.no_history then
+    require("kpiwatch.history").configure({ path = flags.history, disabled = flags.no_history })
+  end
   local client = {
     base_url = flags.base_url, timeout = flags.timeout, retries = flags.retries,
     verbose = flags.verbose, allow_insecure_http = flags.allow_insecure_http,
@@ -302,6 +315,8 @@ function M.main(argv)
   -- leaves running can still use it, and it never keeps the process alive.
   if plan.flags.sandbox then
     require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
+    -- the sandbox's data is not the account's: no default history file
+    require("kpiwatch.history").configure({ sandbox = true })
   end
 
   if not plan.noenv then
