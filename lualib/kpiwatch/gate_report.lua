@@ -105,6 +105,11 @@ function M.verdict_line(result)
   return format("gate FAIL: %s (%s): %s", n, counts_text(s), names)
 end
 
+-- A usage error may come before any valid execution id.
+local function id_text(result)
+  return result.execution_id and tostring(result.execution_id) or "(none)"
+end
+
 -- The execution's status as reports show it (server text: one line, no
 -- control characters), or nil when it was never read (an API error).
 local function status_text(result)
@@ -113,7 +118,7 @@ local function status_text(result)
 end
 
 local function header_line(result)
-  local h = "kpiwatch gate: execution " .. tostring(result.execution_id)
+  local h = "kpiwatch gate: execution " .. id_text(result)
   if result.baseline_id then h = h .. ", baseline " .. tostring(result.baseline_id) end
   local st = status_text(result)
   if st then h = h .. ", status " .. st end
@@ -297,7 +302,8 @@ function M.junit(result)
     -- the API failed: one errored testcase, so the CI shows why
     tests, errors, failures = 1, 1, 0
     local e = result.error or {}
-    cases[1] = "    <testcase" .. attrs({ "name", "fetch KPIs of " .. tostring(result.execution_id),
+    local what = e.kind == "usage" and "command-line arguments" or ("fetch KPIs of " .. id_text(result))
+    cases[1] = "    <testcase" .. attrs({ "name", what,
       "classname", "kpiwatch.gate", "time", "0" }) .. ">\n"
       .. "      <error" .. attrs({ "message", e.message or "error", "type", e.kind or "error" }) .. ">"
       .. xml_text(e.message or "error") .. "</error>\n    </testcase>\n"
@@ -320,8 +326,8 @@ function M.junit(result)
     end
   end
   local time = format("%.3f", result.duration or 0)
-  local suite_name = "kpiwatch gate " .. tostring(result.execution_id)
-  local props = { { "execution_id", result.execution_id }, { "verdict", result.verdict } }
+  local suite_name = "kpiwatch gate " .. id_text(result)
+  local props = { { "execution_id", id_text(result) }, { "verdict", result.verdict } }
   if result.baseline_id then props[#props + 1] = { "baseline_execution_id", result.baseline_id } end
   if status_text(result) then props[#props + 1] = { "execution_status", status_text(result) } end
   local prop_xml = {}
@@ -375,7 +381,7 @@ function M.markdown(result)
   else title = "❌ kpiwatch gate error" end
   out[#out + 1] = "### " .. title
   out[#out + 1] = ""
-  local line = "Execution " .. md_code(tostring(result.execution_id))
+  local line = "Execution " .. md_code(id_text(result))
   if result.baseline_id then line = line .. ", baseline " .. md_code(tostring(result.baseline_id)) end
   if status_text(result) then line = line .. ", status " .. md_code(status_text(result)) end
   out[#out + 1] = line .. ". " .. md(M.verdict_line(result))

@@ -579,7 +579,13 @@ local function classify(resp, c, id, url)
     msg = (msg or http_text) .. " (check the credentials: FI_API_KEY and FI_SECRET_KEY)"
   elseif status == 404 then
     kind = "not_found"
-    msg = msg or "Test execution not found."
+    if not (decoded and model.server_message(decoded)) then
+      -- the API answers its own 404s with its error JSON; anything else
+      -- (empty, HTML, a proxy's page) is a path the API does not have
+      msg = (msg or (http_text .. ((body or "") == "" and " with an empty body" or "")))
+        .. ": not the API's answer, the URL may be wrong"
+        .. " (check FI_BASE_URL; requested " .. shared.clean(url, 400) .. ")"
+    end
   elseif status == 429 then
     kind = "rate_limited"
     fields.retryable = true

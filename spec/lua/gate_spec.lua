@@ -286,6 +286,58 @@ describe("kpiwatch gate against the sandbox", function()
     end
   end)
 
+  it("writes its --output reports for a usage error too, exit code 2 in them", function()
+    for _, args in ipairs({
+      { VOICE, "--require", "avg_score=>0.8" },
+      { "not-a-uuid", "--require", "avg_score>=1" },
+      { VOICE },
+      { VOICE, "--require", "avg_score>=1", "--format", "yaml" },
+    }) do
+      local x, j = tmpname(), tmpname()
+      local all = { "--output", "junit:" .. x, "--output", "json:" .. j }
+      for _, a in ipairs(args) do all[#all + 1] = a end
+      local code, out, err = run(all)
+      assert.equal(2, code, table.concat(args, " "))
+      assert.equal("", out)
+      local _, nl = err:gsub("\n", "")
+      assert.equal(1, nl, err)
+      local doc = jsonlib.decode(read(j))
+      local xml = read(x)
+      os.remove(x)
+      os.remove(j)
+      assert.equal("error", doc.verdict)
+      assert.equal(2, doc.exit_code)
+      assert.equal("usage", doc.error.kind)
+      assert.equal(err:match("^kpiwatch gate: ([^\n]-) %(see") or err:match("^kpiwatch gate: ([^\n]*)"),
+        doc.error.message)
+      assert.matches('<testcase name="command-line arguments"', xml, 1, true)
+      assert.matches('errors="1"', xml, 1, true)
+      assert.matches("<error ", xml, 1, true)
+    end
+  end)
+
+  it("kpiwatch run writes its --output reports for a usage error too, before starting anything", function()
+    for _, args in ipairs({
+      { VOICE, "--require", "avg_score=>0.8" }, -- gate's own check, through gate.prepare
+      { "not-a-uuid", "--require", "avg_score>=1" }, -- run's own check
+    }) do
+      local j = tmpname()
+      local out, err = util.buffer(), util.buffer()
+      local all = { "--output", "json:" .. j }
+      for _, a in ipairs(args) do all[#all + 1] = a end
+      local code = require("kpiwatch.cli.run").run(all, {}, { stdout = out, stderr = err, color = false,
+        getenv = function() return nil end })
+      assert.equal(2, code, err:text())
+      assert.matches("^kpiwatch run: ", err:text())
+      local doc = jsonlib.decode(read(j))
+      os.remove(j)
+      assert.equal("error", doc.verdict)
+      assert.equal(2, doc.exit_code)
+      assert.equal("usage", doc.error.kind)
+      assert.equal(jsonlib.null, doc.execution_id) -- a run test id is no execution
+    end
+  end)
+
   it("exits 3 on an API error, with the error report still written", function()
     local path = tmpname()
     local code, out, err = run({ ids["fault-500"], "--require", "avg_score>=0.8", "--output", "json:" .. path })

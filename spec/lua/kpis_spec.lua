@@ -393,6 +393,20 @@ describe("kpis", function()
       assert.are.equal("HTTP 503 Service Unavailable", answer(503, '').message)
     end)
 
+    it("a 404 without the API's error JSON says the URL may be wrong, not 'execution not found'", function()
+      for _, body in ipairs({ "", "<html><title>404 Not Found</title></html>", "{}", "Not Found" }) do
+        local e = answer(404, body)
+        assert.are.equal("not_found", e.kind)
+        assert.is_nil(e.message:find("Test execution not found", 1, true), e.message)
+        assert.truthy(e.message:find("the URL may be wrong (check FI_BASE_URL; requested " .. url, 1, true), e.message)
+        assert.truthy(e.message:find("/test-executions/" .. UNKNOWN .. "/kpis/", 1, true), e.message)
+      end
+      assert.truthy(answer(404, "").message:find("HTTP 404 Not Found with an empty body:", 1, true))
+      -- the API's own 404 is quoted as it is
+      local e = answer(404, '{"status": false, "code": "not_found", "message": "Test execution not found."}')
+      assert.are.equal("Test execution not found.", e.message)
+    end)
+
     it("classifies other 4xx as `request` and redirects as `protocol`", function()
       local e = answer(400, '{"detail": "Bad id."}')
       assert.are.equal("request", e.kind)

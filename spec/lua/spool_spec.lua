@@ -178,4 +178,49 @@ describe("kpiwatch.spool", function()
     end
     assert.are.same({}, seed:entries())
   end)
+
+  it("writes each delivered entry out of the file as it ends, not after the whole replay (issue 13 item 1)", function()
+    local seed = spool.open(path)
+    assert(seed:add_all({ { hook = "ops", event = ev("quick1") }, { hook = "ops", event = ev("quick2") },
+      { hook = "ops", event = ev("slow") } }))
+    local release, got = false, {}
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 0, exit_on_lost = false, spool = path, concurrency = 3 }
+    reg:hook("ops", function(e)
+      while e.id == "slow" and not release do task.sleep(0.01) end
+      got[#got + 1] = e.id
+    end)
+    local t = task.spawn(function() return reg:_replay(spool.open(path)) end)
+    for _ = 1, 500 do
+      if #got == 2 then break end
+      task.sleep(0.01)
+    end
+    assert.are.same({ "quick1", "quick2" }, got)
+    -- the slow one is still in flight: a run killed now re-sends only it
+    assert.are.same({ "ops:slow" }, ids(seed:entries()))
+    release = true
+    assert.are.equal(3, task.wait(t))
+    assert.are.same({}, seed:entries())
+  end)
+
+  it("gives up a receiver refusing on every run after spool_max_attempts, with a warning (item 3)", function()
+    assert(spool.open(path):add("ops", ev("refused")))
+    local calls, lines = 0, {}
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 0, exit_on_lost = false, spool = path, spool_max_attempts = 2 }
+    reg._log = function(_, msg) lines[#lines + 1] = msg end
+    reg:hook("ops", function()
+      calls = calls + 1
+      error(require("kpiwatch.errors").new("webhook", "HTTP 400 Bad Request", { retryable = false }))
+    end)
+    local open_spool = require("kpiwatch.alert.deliver").open_spool
+    for _ = 1, 4 do reg:_replay(open_spool(reg, path)) end -- four runs
+    assert.are.equal(2, calls)
+    assert.are.same({}, spool.open(path):entries())
+    local dead = json.decode(slurp(path .. ".dead"))
+    assert.are.same({ "ops:refused" }, ids(dead.entries))
+    assert.are.equal(1, #lines, table.concat(lines, "\n"))
+    assert.matches("1 spooled notification given up %(after 2 attempts", lines[1])
+    assert.truthy(lines[1]:find(path .. ".dead", 1, true), lines[1])
+  end)
 end)

@@ -135,11 +135,15 @@ end
 
 local stderr = io.stderr -- replaced during M.run (tests capture it)
 local prog = "kpiwatch gate" -- or "kpiwatch run": the command the messages name
+-- Set by M.run once the options parse: writes the --output reports of a
+-- usage error, so a CI reading junit.xml sees the error, not "no report".
+local report_usage_error
 
 local function usage_error(msg)
   -- one line, whatever the message (a require failure lists every path)
   msg = tostring(msg):gsub("\n.*", "")
   stderr:write(prog, ": ", msg, " (see '", prog, " --help')\n")
+  if report_usage_error then report_usage_error(msg) end
   return 2
 end
 
@@ -464,6 +468,37 @@ local function emit(result, stdout_format, files, code, env)
   return code
 end
 
+-- _usage_reports(o, env, msg [, id]): the --output files of a usage error,
+-- each an error report with exit code 2 (the --output specs that plan; an
+-- unknown --format does not stop them, the terminal prints no report anyway).
+-- id: the execution given, when it is one.
+function M._usage_reports(o, env, msg, id)
+  local _, files = M.plan_outputs(o, env.getenv)
+  if type(files) ~= "table" then
+    _, files = M.plan_outputs(setmetatable({ format = false }, { __index = o }), env.getenv)
+  end
+  if type(files) ~= "table" then return end
+  local result = {
+    execution_id = id and require("kpiwatch.kpis").is_uuid(id) and id:lower() or nil,
+    verdict = "error", exit_code = 2, checks = {}, duration = 0,
+    error = { kind = "usage", message = msg },
+    summary = { total = 0, passed = 0, failed = 0, no_data = 0, skipped = 0, errors = 1 },
+    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  }
+  for _, f in ipairs(files) do
+    local ok, err = write_file(f.path, report.render(f.format, result))
+    if not ok then
+      env.stderr:write(prog, ": cannot write the ", f.format, " report: ", tostring(err), "\n")
+    end
+  end
+end
+
+-- _report_usage_errors(o, env [, id]): from now on (until the next
+-- setup_env) a usage error also writes o's --output reports (gate and run).
+function M._report_usage_errors(o, env, id)
+  report_usage_error = function(msg) M._usage_reports(o, env, msg, id) end
+end
+
 -- For the JUnit report's hostname attribute; "localhost" when unknown.
 local function hostname()
   local f = io.open("/proc/sys/kernel/hostname", "r")
@@ -609,7 +644,9 @@ function M.prepare(o, env, flags)
     end
   elseif base_id then
     if not kpis.is_uuid(base_id) then
-      env.stderr:write(prog, ": invalid baseline ID: not a UUID: '", show(base_id), "'\n")
+      local msg = "invalid baseline ID: not a UUID: '" .. show(base_id) .. "'"
+      env.stderr:write(prog, ": ", msg, "\n")
+      if report_usage_error then report_usage_error(msg) end
       return nil, 2
     end
     base_id = base_id:lower()
@@ -818,6 +855,7 @@ local function setup_env(env, name)
   env.stderr = env.stderr or io.stderr
   stderr = env.stderr
   prog = name or "kpiwatch gate"
+  report_usage_error = nil
   env.getenv = env.getenv or os.getenv
   return env
 end
@@ -831,6 +869,7 @@ function M.run(args, flags, env)
 
   local o, perr = M.parse_args(args or {})
   if not o then return usage_error(perr) end
+  M._report_usage_errors(o, env, o.ids[1])
   if o.help then
     env.stdout:write(M.USAGE)
     return 0
@@ -842,7 +881,9 @@ function M.run(args, flags, env)
   end
   local id = o.ids[1]
   if not require("kpiwatch.kpis").is_uuid(id) then
-    env.stderr:write("kpiwatch gate: invalid execution ID: not a UUID: '", show(id), "'\n")
+    local msg = "invalid execution ID: not a UUID: '" .. show(id) .. "'"
+    env.stderr:write("kpiwatch gate: ", msg, "\n")
+    report_usage_error(msg)
     return 2
   end
   local plan, code = M.prepare(o, env, flags)

@@ -138,14 +138,19 @@ end
 ---@return integer
 function M.run(args, flags, env)
   env = gate._setup_env(env, "kpiwatch run")
+  local o -- once parsed, a usage error also writes its --output reports
   local function usage(msg)
-    env.stderr:write("kpiwatch run: ", tostring(msg):gsub("\n.*", ""), " (see 'kpiwatch run --help')\n")
+    msg = tostring(msg):gsub("\n.*", "")
+    env.stderr:write("kpiwatch run: ", msg, " (see 'kpiwatch run --help')\n")
+    if o then gate._usage_reports(o, env, msg) end
     return 2
   end
   local own, rest = split(args or {})
   if not own then return usage(rest) end
-  local o, perr = gate.parse_args(rest)
+  local perr
+  o, perr = gate.parse_args(rest)
   if not o then return usage(perr) end
+  gate._report_usage_errors(o, env)
   if o.help then
     env.stdout:write(M.USAGE)
     return 0
