@@ -48,8 +48,11 @@ def env(extra=None, credentials=True):
     return e
 
 
-def run(*args, extra_env=None, timeout=60, stdin=None):
-    return subprocess.run([KW, *args], capture_output=True, text=True, errors="replace",
+def run(*args, extra_env=None, timeout=60, stdin=None, offline=False):
+    # offline: in a network namespace of its own (unshare -n), where a name
+    # lookup fails at once and no resolver is ever asked about a host
+    pre = ["unshare", "-n"] if offline else []
+    return subprocess.run([*pre, KW, *args], capture_output=True, text=True, errors="replace",
                           env=env(extra_env), timeout=timeout, input=stdin)
 
 
@@ -266,7 +269,8 @@ print("ok")
         self.assertEqual(out, "ok\n")
 
     def test_unreachable_hosts_are_api_errors(self):
-        r = run("--retries", "0", "--timeout", "5", "--base-url", "https://no-such-host.invalid", "get", ID)
+        r = run("--retries", "0", "--timeout", "5", "--base-url", "https://no-such-host.invalid", "get", ID,
+                offline=True)
         self.one_line(r, 3, r"^kpiwatch: dns: ", "dns")
         # a port nobody listens on (bound then closed, so it is free)
         import socket

@@ -6,6 +6,18 @@ local model = require "kpiwatch.model"
 
 local M = {}
 
+-- offline(code) -> stdout, exit status of `kpiwatch -e code` run in a
+-- network namespace of its own (unshare -n, as root): a name lookup there
+-- fails at once with no packet leaving the machine, so tests of the dns
+-- error kind never ask a real resolver about any host.
+function M.offline(code)
+  local process = require "kpiwatch._process"
+  local kw = os.getenv("KPIWATCH") or "build/kpiwatch"
+  local r = assert(process.spawn({ "unshare", "-n", kw, "-e", code }))
+  assert(r.status == 0, "unshare -n kpiwatch failed: " .. tostring(r.stderr))
+  return r.stdout
+end
+
 -- kpi(name) -> the KPI object of the sandbox fixture `name` ("failing", ...)
 function M.kpi(name)
   local f = fixtures.get(fixtures.ids[name])
