@@ -7,6 +7,8 @@
 -- What it reads, per module (MODULES below, in that order):
 --   lualib/kpiwatch/_meta/NAME.lua   annotations of what C implements
 --   lualib/kpiwatch/NAME.lua, or lualib/kpiwatch/NAME/init.lua (a folder)
+--     and the files of the folder that init.lua requires and that add to its
+--     table (they require NAME.api), in that order
 -- A `---` comment block documents the line after it:
 --   function M.f(a, b)        the module's function (M: the table the file returns)
 --   function Class:m(a)       a method; Class is a local declared right after a
@@ -299,6 +301,22 @@ for _, name in ipairs(MODULES) do
   local base = root .. "/kpiwatch/"
   local found = scan(base .. "_meta/" .. name .. ".lua", module, mod, mod.items)
   found = scan(base .. name .. ".lua", module, mod, mod.items) or found
+  -- A folder whose files share the module's table (each requires
+  -- NAME.api, the table init.lua returns): the files init.lua requires,
+  -- in that order, then init.lua. Other folders' files are private.
+  local init = read(base .. name .. "/init.lua")
+  if init then
+    local quoted = module:gsub("%.", "%%.")
+    local seen = {}
+    for sub in init:gmatch("require%s*%(?%s*[\"']" .. quoted .. "%.([%w_]+)[\"']") do
+      local path = base .. name .. "/" .. sub .. ".lua"
+      local src = not seen[sub] and read(path)
+      seen[sub] = true
+      if src and src:find("require%s*%(?%s*[\"']" .. quoted .. "%.api[\"']") then
+        scan(path, module, mod, mod.items)
+      end
+    end
+  end
   found = scan(base .. name .. "/init.lua", module, mod, mod.items) or found
   if not found then
     io.stderr:write("gen_lua_api: no source for ", module, " under ", root, "\n")
