@@ -5,8 +5,9 @@ returns (status, headers, body); every request is recorded.
     with MockServer(lambda req: (200, {}, b"ok")) as srv:
         ... srv.url ... srv.requests ...
 
-`respond(req)` may also return a dict or list (sent as JSON), or None for
-an empty 200. `req` has method, path (before '?'), query (dict of first
+`respond(req)` may also return a dict or list (sent as JSON), None for
+an empty 200, or a function, called with the request handler, that writes
+the whole answer itself (a body that never ends, a silent server). `req` has method, path (before '?'), query (dict of first
 values), headers (an email.message.Message: case-insensitive), body (bytes)
 and json() (the body decoded, or None)."""
 import http.server
@@ -61,6 +62,9 @@ class MockServer:
                 with outer.lock:
                     outer.requests.append(req)
                 got = outer.respond(req)
+                if callable(got):
+                    got(self)
+                    return
                 status, headers, body = 200, {}, b""
                 if isinstance(got, tuple):
                     status, headers, body = got
