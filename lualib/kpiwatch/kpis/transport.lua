@@ -242,7 +242,8 @@ local function send(c, req, id, parse, not_idempotent)
       local msg = redact(c, tostring(resp.message))
       if resp.kind == "tls" and msg:find("certificate problem", 1, true) then
         msg = msg .. (c.ca_file and " (not signed by a CA of " .. model.snippet(c.ca_file) .. ")"
-          or " (the system's CA bundle does not trust this server's certificate; for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
+          or " (the system's CA bundle does not trust this server's certificate;"
+            .. " for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
       end
       err = errors.new(resp.kind, msg, {
         url = url, execution_id = id, retryable = retry.retryable(resp.kind),
