@@ -5,6 +5,8 @@ max_line_length = 120
 -- Fixture bodies and fuzz dictionaries are data, not code lines.
 max_string_line_length = false
 max_comment_line_length = 160
+-- Build trees (build/, build-asan/, build-fuzz/ ...) are outputs, not sources.
+exclude_files = { "build*/**" }
 
 -- What the kpiwatch binary gives a script without a require (see
 -- lualib/kpiwatch/cli/init.lua): scripts, examples, tools and tests run
@@ -17,3 +19,15 @@ files["spec/lua/**/*.lua"] = { std = "lua54+kpiwatch+busted" }
 -- The fuzz drivers run inside the libFuzzer harness (spec/fuzz/fuzz_lua.h),
 -- which sets these.
 files["spec/fuzz/*.lua"] = { std = "lua54+kpiwatch", read_globals = { "fuzz", "FUZZ_DIR" } }
+-- The harness's globals are set by these two files: common.lua builds the
+-- `fuzz` helper table every driver reads, replay.lua sets FUZZ_DIR for the
+-- drivers it replays.
+files["spec/fuzz/common.lua"].globals = { "fuzz" }
+files["spec/fuzz/replay.lua"].globals = { "FUZZ_DIR" }
+-- Specs that capture output or fake the environment replace these fields
+-- for one test and restore them after it.
+files["spec/lua/http_server_spec.lua"].globals = { "io.stderr" }
+files["spec/lua/kpis_spec.lua"].globals = { "io.stderr" }
+files["spec/lua/notify_spec.lua"].globals = { "io.stdout" }
+-- repl_spec checks that a chunk the REPL runs as a statement sets a global.
+files["spec/lua/repl_spec.lua"].globals = { "os.getenv", "REPL_SPEC_X" }

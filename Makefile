@@ -65,7 +65,8 @@ fuzz: fuzz-build
 test-fuzz: fuzz-build
 	tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_TEST_SECONDS)
 
-# clang-tidy and cppcheck over runtime/*.c (.clang-tidy, tools/cppcheck.supp).
+# clang-tidy and cppcheck over runtime/*.c (.clang-tidy, tools/cppcheck.supp),
+# luacheck over the Lua code (.luacheckrc).
 lint:
 	@tools/deps.sh test
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKW_TESTS_REQUIRED=ON >/dev/null

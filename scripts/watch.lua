@@ -52,5 +52,7 @@ local summary = alert.watch {
       n, #report.firing, #report.pending, #report.no_data, #report.errors))
   end,
 }
-if summary.interrupted then io.stderr:write("kpiwatch: stopped (SIG", summary.interrupted:upper(), "), state saved\n") end
+if summary.interrupted then
+  io.stderr:write("kpiwatch: stopped (SIG", summary.interrupted:upper(), "), state saved\n")
+end
 os.exit(summary.lost > 0 and 3 or 0)

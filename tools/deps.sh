@@ -6,7 +6,7 @@ set -eu
 
 BUILD_PKGS="cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev
 lua-cjson-dev libh2o-dev libedit-dev libssl-dev libsqlite3-dev"
-TEST_PKGS="libcmocka-dev lua-busted python3 python3-yaml curl openssl nghttp2-server clang libclang-rt-14-dev cppcheck clang-tidy
+TEST_PKGS="libcmocka-dev lua-busted python3 python3-yaml curl openssl nghttp2-server clang libclang-rt-14-dev cppcheck clang-tidy lua-check
 valgrind mandoc prometheus prometheus-alertmanager systemd man-db python3-scipy chromium"
 BENCH_PKGS="python3-aiohttp nodejs jq hyperfine"
 PACKAGE_PKGS="dpkg-dev file"

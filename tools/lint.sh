@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# tools/lint.sh [BUILD]: the static checks of runtime/*.c (make lint).
+# tools/lint.sh [BUILD]: the static checks (make lint).
 #  - clang-tidy with the checks of .clang-tidy, every warning an error;
 #  - cppcheck (warning, style, performance, portability) with the
-#    suppressions of tools/cppcheck.supp and inline `cppcheck-suppress`.
+#    suppressions of tools/cppcheck.supp and inline `cppcheck-suppress`;
+#  - luacheck over every Lua file with .luacheckrc, every warning an error.
 # Both read the compile flags from BUILD/compile_commands.json (default
 # build/, configured by CMake with CMAKE_EXPORT_COMPILE_COMMANDS).
 set -u
@@ -32,5 +33,12 @@ if ! cppcheck --project="$BUILD/compile_commands.json" --file-filter='runtime/*'
   status=1
 fi
 
-[ $status -eq 0 ] && echo "lint: ok (clang-tidy and cppcheck clean)"
+echo "lint: luacheck"
+# -q: only the files with findings; luacheck exits non-zero on any warning.
+if ! luacheck -q --codes --no-color .; then
+  echo "lint: luacheck FAILED" >&2
+  status=1
+fi
+
+[ $status -eq 0 ] && echo "lint: ok (clang-tidy, cppcheck and luacheck clean)"
 exit $status

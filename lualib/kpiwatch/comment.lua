@@ -215,7 +215,8 @@ function M.post(ctx, body, opts)
   local kpis = require "kpiwatch.kpis"
   local ok_url, uerr = pcall(kpis._check_base_url, ctx.api, false)
   if not ok_url then
-    return nil, "cannot post the " .. ctx.provider .. " comment: " .. (errors.is(uerr) and uerr.message or tostring(uerr))
+    return nil, "cannot post the " .. ctx.provider .. " comment: "
+      .. (errors.is(uerr) and uerr.message or tostring(uerr))
   end
   local timeout = opts.timeout or 30
   local marker = M.marker(opts.key)
@@ -237,7 +238,8 @@ function M.post(ctx, body, opts)
     if not ok or resp.status ~= 200 then return failure(ctx, "list", resp) end
     local dok, list = pcall(json.decode, resp.body)
     if not dok or type(list) ~= "table" then
-      return nil, "cannot list the " .. ctx.provider .. " comments on " .. ctx.target .. ": the answer is not a JSON list"
+      return nil, "cannot list the " .. ctx.provider .. " comments on " .. ctx.target
+        .. ": the answer is not a JSON list"
     end
     for _, c in ipairs(list) do
       if type(c) == "table" and type(c.body) == "string" and c.body:sub(1, #marker) == marker

@@ -314,7 +314,8 @@ function M.junit(result)
     if c.status == "pass" then
       cases[#cases + 1] = head .. "/>\n"
     elseif c.status == "skipped" then
-      cases[#cases + 1] = head .. ">\n      <skipped>" .. xml_text(c.message or "skipped") .. "</skipped>\n    </testcase>\n"
+      cases[#cases + 1] = head .. ">\n      <skipped>" .. xml_text(c.message or "skipped")
+        .. "</skipped>\n    </testcase>\n"
     elseif c.status == "error" then
       cases[#cases + 1] = head .. ">\n      <error" .. attrs({ "message", c.message or "error", "type", "error" })
         .. ">" .. xml_text(details(c)) .. "</error>\n    </testcase>\n"

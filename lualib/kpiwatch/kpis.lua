@@ -152,7 +152,8 @@ local CHECK = {
     if v == false then return false end
     if type(v) ~= "string" then return nil, "rate must be a string like \"100/min\", or false" end
     local n, unit = v:match("^%s*(%d+%.?%d*)%s*/%s*(%a+)%s*$")
-    local per = ({ s = 1, sec = 1, second = 1, m = 60, min = 60, minute = 60, h = 3600, hour = 3600 })[unit and unit:lower() or ""]
+    local seconds = { s = 1, sec = 1, second = 1, m = 60, min = 60, minute = 60, h = 3600, hour = 3600 }
+    local per = seconds[unit and unit:lower() or ""]
     n = tonumber(n)
     if not n or not per or n <= 0 then
       return nil, "rate must look like \"100/min\", \"10/s\" or \"5000/hour\", got '" .. v .. "'"
@@ -278,14 +279,17 @@ local function check_base_url(url, allow_insecure)
   if not scheme then bad("expected http(s)://host[:port][/path]") end
   scheme = scheme:lower()
   if scheme ~= "https" and scheme ~= "http" then bad("the scheme must be https or http") end
-  if authority:find("@", 1, true) then bad("credentials in the URL are not allowed; use FI_API_KEY and FI_SECRET_KEY") end
+  if authority:find("@", 1, true) then
+    bad("credentials in the URL are not allowed; use FI_API_KEY and FI_SECRET_KEY")
+  end
   if authority == "" then bad("missing host") end
   local host, port = authority:match("^(%[[%x:.]+%])(.*)$")
   if not host then host, port = authority:match("^([%w.-]*)(.*)$") end
   if host == "" and authority:sub(1, 1) == "[" then bad("bad IPv6 address (expected [address])") end
   if host == "" and port:sub(1, 1) == ":" then bad("missing host") end
   if host == "" or (port ~= "" and port:sub(1, 1) ~= ":") then
-    bad("invalid character in the host (expected a host name, an IP address or [IPv6]; an international domain name in its xn-- form)")
+    bad("invalid character in the host (expected a host name, an IP address or [IPv6];"
+      .. " an international domain name in its xn-- form)")
   end
   if #host > 253 then bad(format("the host name is %d characters long (DNS allows 253)", #host)) end
   if port ~= "" then
@@ -296,12 +300,14 @@ local function check_base_url(url, allow_insecure)
   if path:find("[%s%c]") then bad("whitespace in the path") end
   if scheme == "http" and not allow_insecure and not is_loopback(host) then
     errors.raise("config", format(
-      "refusing plain http:// to %s: the credentials would travel unencrypted; use https://, or set allow_insecure_http (--allow-insecure-http) if you mean it",
+      "refusing plain http:// to %s: the credentials would travel unencrypted; use https://,"
+        .. " or set allow_insecure_http (--allow-insecure-http) if you mean it",
       host))
   end
   if scheme == "http" and proxied(host) then
     errors.raise("config", format(
-      "refusing plain http:// to %s through the proxy of http_proxy/all_proxy: it would read the credentials; use https://, or add the host to no_proxy",
+      "refusing plain http:// to %s through the proxy of http_proxy/all_proxy: it would read the credentials;"
+        .. " use https://, or add the host to no_proxy",
       host))
   end
   return scheme .. "://" .. authority .. path:gsub("/+$", "")
@@ -706,7 +712,8 @@ local function send(c, req, id, parse, not_idempotent)
       local msg = redact(c, tostring(resp.message))
       if resp.kind == "tls" and msg:find("certificate problem", 1, true) then
         msg = msg .. (c.ca_file and " (not signed by a CA of " .. model.snippet(c.ca_file) .. ")"
-          or " (the system's CA bundle does not trust this server's certificate; for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
+          or " (the system's CA bundle does not trust this server's certificate;"
+            .. " for a private CA, give its certificate with --ca-file FILE or KPIWATCH_CA_FILE)")
       end
       err = errors.new(resp.kind, msg, {
         url = url, execution_id = id, retryable = retry.retryable(resp.kind),

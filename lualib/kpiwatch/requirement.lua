@@ -213,10 +213,12 @@ function M.parse_limit(text, direction)
   end
   local v, why = parse_number(num_text)
   if v == nil then
-    return nil, "bad amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s) .. "'" .. (why and (": " .. why) or "")
+    return nil, "bad amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s) .. "'"
+      .. (why and (": " .. why) or "")
   end
   if v < 0 then
-    return nil, "negative amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s) .. "' (give how much it may " .. direction .. ")"
+    return nil, "negative amount '" .. show(amount) .. "' in " .. flag .. " '" .. show(s)
+      .. "' (give how much it may " .. direction .. ")"
   end
   return {
     text = field .. "=" .. amount,
@@ -318,7 +320,8 @@ local function read_field(kpi, name)
   if not present then
     local hint = suggest(name, field_candidates(kpi))
     return { metric = name, state = "missing",
-      note = "the execution has no field '" .. name .. "'" .. (hint and hint ~= name and (" (did you mean " .. hint .. "?)") or "") }
+      note = "the execution has no field '" .. name .. "'"
+        .. (hint and hint ~= name and (" (did you mean " .. hint .. "?)") or "") }
   end
   if v == nil then return { metric = name, state = "null", note = name .. " is null" } end
   if model.is_invalid(v) then return invalid_reading(name, v) end
@@ -393,7 +396,8 @@ local function glob_names(target, kpis)
     local all = {}
     local numeric = eval_names(kpis[1])
     for _, n in ipairs(numeric) do all[#all + 1] = n end
-    return nil, "eval:" .. target.name .. " matches no eval metric (the execution's numeric evals: " .. list_text(all) .. ")"
+    return nil, "eval:" .. target.name .. " matches no eval metric (the execution's numeric evals: "
+      .. list_text(all) .. ")"
   end
   return names
 end

@@ -61,13 +61,19 @@ local format = string.format
 local JSON = { ["content-type"] = "application/json" }
 local HTML = { ["content-type"] = "text/html" }
 
-local BODY_NOT_AUTHENTICATED = '{"status": false, "type": "authentication_error", "code": "not_authenticated", "detail": "Authentication credentials were not provided."}'
-local BODY_AUTH_FAILED = '{"status": false, "type": "authentication_error", "code": "authentication_failed", "detail": "Invalid API key or secret key."}'
-local BODY_NOT_FOUND = '{"status": false, "type": "client_error", "code": "not_found", "detail": "Test execution not found."}'
+local BODY_NOT_AUTHENTICATED = '{"status": false, "type": "authentication_error", "code": "not_authenticated",'
+  .. ' "detail": "Authentication credentials were not provided."}'
+local BODY_AUTH_FAILED = '{"status": false, "type": "authentication_error", "code": "authentication_failed",'
+  .. ' "detail": "Invalid API key or secret key."}'
+local BODY_NOT_FOUND = '{"status": false, "type": "client_error", "code": "not_found",'
+  .. ' "detail": "Test execution not found."}'
 local BODY_ROUTE_NOT_FOUND = '{"status": false, "type": "client_error", "code": "not_found", "detail": "Not found."}'
-local BODY_SERVER_ERROR = '{"status": false, "type": "server_error", "code": "server_error", "detail": "A server error occurred."}'
+local BODY_SERVER_ERROR = '{"status": false, "type": "server_error", "code": "server_error",'
+  .. ' "detail": "A server error occurred."}'
 
-local GATEWAY_TITLE = { [502] = "502 Bad Gateway", [503] = "503 Service Temporarily Unavailable", [504] = "504 Gateway Time-out" }
+local GATEWAY_TITLE = {
+  [502] = "502 Bad Gateway", [503] = "503 Service Temporarily Unavailable", [504] = "504 Gateway Time-out",
+}
 
 local function gateway_page(status)
   local t = GATEWAY_TITLE[status]
@@ -75,7 +81,9 @@ local function gateway_page(status)
     .. "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 end
 
-local HTML_200 = "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Future AGI</title></head>\n<body><div id=\"root\"></div><script src=\"/static/js/main.js\"></script></body>\n</html>\n"
+local HTML_200 = "<!DOCTYPE html>\n<html lang=\"en\">\n"
+  .. "<head><meta charset=\"utf-8\"><title>Future AGI</title></head>\n"
+  .. "<body><div id=\"root\"></div><script src=\"/static/js/main.js\"></script></body>\n</html>\n"
 
 local WEEKDAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
 local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
@@ -113,7 +121,7 @@ local function parse_fault(spec)
       if not date or (date ~= "" and date ~= "-date") then return nil, "bad 429 fault '" .. part .. "'" end
       local after = tonumber(n) or 1
       -- a date beyond os.date's range would make the handler raise
-      if not (after <= 1e9) then return nil, "bad 429 fault '" .. part .. "' (at most 1e9 seconds)" end
+      if after > 1e9 then return nil, "bad 429 fault '" .. part .. "' (at most 1e9 seconds)" end
       f = { kind = "ratelimit", after = after, date = date == "-date" }
     elseif p:match("^delay:") or p:match("^slow:") then
       local s = tonumber(p:match(":(.*)$"))
@@ -223,7 +231,8 @@ function M.start(opts)
   local function add_fixture(f, where)
     local id = type(f.id) == "string" and f.id:lower()
     if not id or not id:match(fixtures.UUID_PATTERN) then
-      require("kpiwatch.errors").raise("config", (where or "sandbox") .. ": fixture id is not a UUID: " .. tostring(f.id))
+      require("kpiwatch.errors").raise("config",
+        (where or "sandbox") .. ": fixture id is not a UUID: " .. tostring(f.id))
     end
     if not store[id] then order[#order + 1] = id end
     store[id] = { body = f.body, name = f.name, description = f.description }
@@ -392,7 +401,8 @@ function M.start(opts)
     local allowed = route and route.methods or "GET"
     if req.method ~= allowed and not (allowed == "GET" and req.method == "HEAD") then
       return 405, { ["content-type"] = "application/json", allow = allowed == "GET" and "GET, HEAD" or allowed },
-        format('{"status": false, "type": "client_error", "code": "method_not_allowed", "detail": "Method \\"%s\\" not allowed."}',
+        format('{"status": false, "type": "client_error", "code": "method_not_allowed",'
+          .. ' "detail": "Method \\"%s\\" not allowed."}',
           req.method:gsub("[^%w%-_]", "?"))
     end
 
@@ -438,9 +448,11 @@ function M.start(opts)
         elseif k == "ratelimit" then
           local after = f.after
           local secs = math.ceil(after)
-          local ra = f.date and http_date(os.time() + secs) or (math.tointeger(after) and tostring(math.tointeger(after)) or tostring(after))
+          local ra = f.date and http_date(os.time() + secs)
+            or (math.tointeger(after) and tostring(math.tointeger(after)) or tostring(after))
           return 429, { ["content-type"] = "application/json", ["retry-after"] = ra },
-            format('{"status": false, "result": {"code": "RATE_LIMITED", "message": "Rate limit exceeded. Please retry after %d seconds.", "retry_after": %d}}', secs, secs)
+            format('{"status": false, "result": {"code": "RATE_LIMITED",'
+              .. ' "message": "Rate limit exceeded. Please retry after %d seconds.", "retry_after": %d}}', secs, secs)
         elseif k == "html" then
           return 200, HTML, HTML_200
         elseif k == "drop" then
@@ -473,7 +485,7 @@ function M.start(opts)
     if not okh then error(status, 0) end
     if log then log(format("%s %s%s -> %s", req.method, req.path,
       (req.query and req.query ~= "") and ("?" .. req.query) or "", tostring(status))) end
-    if status == "drop" then return M._drop_response(req) end
+    if status == "drop" then return M._drop_response() end
     if req.method == "HEAD" then body = "" end
     return { status = status, headers = headers, body = body }
   end
@@ -505,7 +517,7 @@ end
 -- server module decides how (kpiwatch.http_server); until it offers a way
 -- the sandbox closes the exchange with an empty 502 (what a proxy in front
 -- of a dead upstream sends).
-function M._drop_response(req)
+function M._drop_response()
   local ok, hs = pcall(require, "kpiwatch.http_server")
   if ok and type(hs) == "table" and hs.DROP ~= nil then return hs.DROP end
   return { status = 502, headers = { ["content-type"] = "text/plain", connection = "close" }, body = "" }

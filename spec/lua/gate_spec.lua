@@ -33,7 +33,8 @@ describe("gate.parse_args", function()
   it("accepts the global connection flags after gate", function()
     local o = assert(gate.parse_args({ VOICE, "--sandbox", "--retries", "0", "--timeout=2.5",
       "--base-url", "http://127.0.0.1:9", "--verbose" }))
-    assert.same({ sandbox = true, retries = 0, timeout = 2.5, base_url = "http://127.0.0.1:9", verbose = true }, o.flags)
+    assert.same({ sandbox = true, retries = 0, timeout = 2.5, base_url = "http://127.0.0.1:9", verbose = true },
+      o.flags)
   end)
 
   it("refuses unknown options, missing values, repeated single options", function()
@@ -177,7 +178,8 @@ describe("gate reports", function()
     local _, nskip = x:gsub("<skipped>", "")
     assert.equal(1, nskip)
     -- the hostile message: markup escaped, control bytes and invalid UTF-8 gone
-    assert.truthy(x:find('message="a&lt;b &amp; &quot;c&quot; &apos;d&apos; &gt; e&#10;line2&#9;x ]]&gt; ?? ? %0A :,"', 1, true))
+    assert.truthy(x:find('message="a&lt;b &amp; &quot;c&quot; &apos;d&apos; &gt; e&#10;line2&#9;x ]]&gt; ?? ? %0A :,"',
+      1, true))
     assert.truthy(x:find("a&lt;b &amp; \"c\" 'd' &gt; e\nline2\tx ]]&gt; ?? ?", 1, true))
     assert.is_nil(x:find("[\1\2\255]"))
     assert.truthy(utf8.len(x))
@@ -220,7 +222,8 @@ describe("gate reports", function()
     end
     assert.equal(4, errs)
     assert.equal(1, warns)
-    assert.truthy(g:find("::error title=kpiwatch gate%3A eval%3Aaudio_quality >= 70::a<b & \"c\" 'd' > e%0Aline2", 1, true))
+    assert.truthy(g:find("::error title=kpiwatch gate%3A eval%3Aaudio_quality >= 70::a<b & \"c\" 'd' > e%0Aline2",
+      1, true))
     -- the text report is there too, for the log
     assert.truthy(g:find("gate FAIL:", 1, true))
     assert.equal("a%25b%0Dc%0Ad", report.gh_data("a%b\rc\nd"))

@@ -69,7 +69,8 @@ describe("a body beyond the caps", function()
     assert.is_truthy(model.parse('{"total_calls": 1, "a": [' .. ("1,"):rep(60000) .. '1]}', "x"))
     local _, err
     -- (padded: bodies of MEASURE_OVER bytes or less are not measured)
-    _, err = model.parse('{"pad":"' .. ("x"):rep(model.MEASURE_OVER) .. '","a":' .. ("["):rep(40) .. ("]"):rep(40) .. "}", "x")
+    _, err = model.parse('{"pad":"' .. ("x"):rep(model.MEASURE_OVER) .. '","a":' .. ("["):rep(40) .. ("]"):rep(40)
+      .. "}", "x")
     assert.matches("nesting 41 deep (at most 32)", err.message, 1, true)
   end)
 

@@ -127,7 +127,8 @@ describe("http.request", function()
   end)
 
   it("sends request bodies with POST (the default with a body), PUT and PATCH", function()
-    local r = http.request{ url = base .. "/echo", body = '{"a":1}', headers = { ["Content-Type"] = "application/json" } }
+    local r = http.request{ url = base .. "/echo", body = '{"a":1}',
+      headers = { ["Content-Type"] = "application/json" } }
     local e = json.decode(r.body)
     assert.are.equal("POST", e.method)
     assert.are.equal('{"a":1}', e.body)
@@ -221,6 +222,7 @@ describe("http.request", function()
     http.configure{ max_body = 4096 }
     ok, err = pcall(http.request, { url = base .. "/big" })
     http.configure{ max_body = 8 * 1024 * 1024 }
+    assert.is_false(ok)
     assert.are.equal("too_large", err.kind)
     assert.are.equal(#BIG, #http.request{ url = base .. "/big" }.body)
   end)
@@ -228,7 +230,8 @@ describe("http.request", function()
   it("raises dns and invalid_url", function()
     -- in a network namespace of its own: no resolver is asked (util.offline)
     assert.are.equal("false\tdns\n", require("spec.lua.helpers.util").offline(
-      "local ok, e = pcall(require('kpiwatch.http').request, { url = 'http://no-such-host.invalid/' }) print(ok, e.kind)"))
+      "local ok, e = pcall(require('kpiwatch.http').request, { url = 'http://no-such-host.invalid/' })"
+        .. " print(ok, e.kind)"))
     local ok, err = pcall(http.request, { url = "file:///etc/passwd" })
     assert.is_false(ok)
     assert.are.equal("invalid_url", err.kind)

@@ -112,7 +112,7 @@ describe("http.serve", function()
     assert.are.equal("13", seen.headers["content-length"])
     assert.are.equal("payload\0bytes", seen.body)
     assert.are.equal("1.1", seen.http_version)
-    r = http.request{ url = base .. "/plain" }
+    http.request{ url = base .. "/plain" }
     assert.are.equal("", seen.query)
     assert.are.same({}, seen.params)
     assert.are.equal("", seen.body)

@@ -84,7 +84,9 @@ describe("kpis", function()
       assert.is_true(k:is_text())
       local ts = {}
       for i = 1, 5 do
-        ts[i] = task.spawn(function() return kpis.get(ids["voice-inbound"], { headers = { ["X-Sandbox-Fault"] = "delay:0.5" } }) end)
+        ts[i] = task.spawn(function()
+          return kpis.get(ids["voice-inbound"], { headers = { ["X-Sandbox-Fault"] = "delay:0.5" } })
+        end)
       end
       local t0 = wall()
       local rs = task.all(ts)
@@ -436,7 +438,8 @@ describe("kpis", function()
 
     it("never lets a secret through, even when the server echoes it", function()
       answers[UNKNOWN] = function(req)
-        return { status = 401, body = '{"detail": "bad key ' .. req.headers["x-secret-key"] .. ' / ' .. req.headers["x-api-key"] .. '"}' }
+        return { status = 401,
+          body = '{"detail": "bad key ' .. req.headers["x-secret-key"] .. ' / ' .. req.headers["x-api-key"] .. '"}' }
       end
       local e = raises(function() return kpis.get(UNKNOWN, { base_url = url, retries = 0 }) end)
       answers[UNKNOWN] = function(req)
@@ -460,14 +463,14 @@ describe("kpis", function()
       local out = capture_stderr(function()
         for _, id in ipairs({ OUTBOUND, UNKNOWN, ids["fault-500"], ids["fault-429"], ids["fault-502-html"],
           ids["fault-broken-json"], "not-a-uuid" }) do
-          local ok, e = pcall(kpis.get, id, { secret_key = secret, api_key = key, verbose = true, retries = 1,
+          local _, e = pcall(kpis.get, id, { secret_key = secret, api_key = key, verbose = true, retries = 1,
             max_retry_after = 0 })
           texts[#texts + 1] = tostring(e)
           if errors.is(e) then
             for _, v in pairs(e) do texts[#texts + 1] = tostring(v) end
           end
         end
-        local ok, e = pcall(kpis.get, OUTBOUND, { verbose = true, secret_key = secret, api_key = key,
+        local _, e = pcall(kpis.get, OUTBOUND, { verbose = true, secret_key = secret, api_key = key,
           base_url = "https://user:" .. secret .. "@example.com" })
         texts[#texts + 1] = tostring(e)
       end)

@@ -107,7 +107,8 @@ describe("kpiwatch.model", function()
     end)
 
     it("makes integer fields Lua integers even when the JSON had floats", function()
-      local k = model.new(json.decode('{"total_calls": 120.0, "callsAttempted": 3.0, "connected_calls": 2, "failed_calls": 1.0, "total_duration": 15840.0}'))
+      local k = model.new(json.decode('{"total_calls": 120.0, "callsAttempted": 3.0, "connected_calls": 2,'
+        .. ' "failed_calls": 1.0, "total_duration": 15840.0}'))
       for _, name in ipairs(INTEGER_FIELDS) do
         assert.are.equal("integer", math.type(k[name]), name)
       end

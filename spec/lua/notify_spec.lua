@@ -9,8 +9,6 @@ local http = require "kpiwatch.http"
 local json = require "kpiwatch.json"
 local process = require "kpiwatch._process"
 local fs = require "kpiwatch._fs"
-local fixtures = require "kpiwatch.fixtures"
-local model = require "kpiwatch.model"
 local crypto = require "kpiwatch._crypto"
 local util = require "spec.lua.helpers.util"
 
@@ -105,7 +103,6 @@ describe("notify.webhook", function()
   end)
 
   it("retries the transport failures kpiwatch.http names retryable, and only those", function()
-    local http = require "kpiwatch.http"
     local errors = require "kpiwatch.errors"
     local real = http.request
     finally(function() http.request = real end)
@@ -195,7 +192,7 @@ describe("notify.webhook", function()
     assert.has_error(function() notify.webhook { url = "x", sekret = "y" } end)
     -- a configuration error names the line that made the hook
     local line = debug.getinfo(1, "l").currentline + 1
-    local ok, e = pcall(function() return notify.slack { url = 42 } end)
+    ok, e = pcall(function() return notify.slack { url = 42 } end)
     assert.is_false(ok)
     assert.are.equal("config", e.kind)
     assert.are.equal("notify_spec.lua:" .. line .. ": notify.slack: 'url' must be a string, got number",
@@ -401,7 +398,7 @@ describe("delivery", function()
     assert.is_true(ids[spooled_id])
     doc = json.decode(assert(io.open(path)):read("a"))
     assert.are.equal(0, #doc.entries)
-    rep = reg2:check(kpi("voice-outbound"))
+    reg2:check(kpi("voice-outbound"))
     assert.are.equal(2, #got)
   end)
 

@@ -4,7 +4,6 @@
 
 local repl = require "kpiwatch.repl"
 local compare = require "kpiwatch.compare"
-local model = require "kpiwatch.model"
 local fixtures = require "kpiwatch.fixtures"
 local util = require "spec.lua.helpers.util"
 
@@ -307,7 +306,8 @@ describe("the REPL history filter (issue 13, item 16)", function()
   after_each(function() kpis._reset() end)
 
   it("keeps ordinary lines", function()
-    for _, line in ipairs({ "k = kpis.get(id)", "print(k.avg_score)", "alert.rule{name='x', metric='avg_score', below=0.8}",
+    for _, line in ipairs({ "k = kpis.get(id)", "print(k.avg_score)",
+      "alert.rule{name='x', metric='avg_score', below=0.8}",
       "http.get('http://127.0.0.1:8080/simulate/test-executions/4f1b2c3d-0000-4000-8000-00000000abcd/kpis/')" }) do
       assert.is_false(repl.mentions_secret(line), line)
     end

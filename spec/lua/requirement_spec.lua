@@ -3,8 +3,6 @@
 -- sandbox fixtures.
 
 local requirement = require "kpiwatch.requirement"
-local model = require "kpiwatch.model"
-local fixtures = require "kpiwatch.fixtures"
 local util = require "spec.lua.helpers.util"
 
 local kpi = util.kpi

@@ -213,7 +213,8 @@ describe("sandbox", function()
       assert.is_true(n[500] >= 8 and n[500] <= 30, "500s: " .. n[500])
       assert.is_true(n[429] >= 4 and n[429] <= 22, "429s: " .. n[429])
       assert.is_true(n[200] >= 15, "200s: " .. n[200])
-      assert.are.equal("config", select(2, pcall(sandbox.start, { faults = { rates = { ["500"] = 0.8, html = 0.5 } } })).kind)
+      local bad_rates = { faults = { rates = { ["500"] = 0.8, html = 0.5 } } }
+      assert.are.equal("config", select(2, pcall(sandbox.start, bad_rates)).kind)
     end)
   end)
 
@@ -241,8 +242,9 @@ describe("sandbox", function()
       write("README.txt", "not a fixture")
       write("notauuid.json", "{}")
       local s = sandbox.start { fixtures_dir = dir, api_key = "k1", secret_key = "s1" }
-      local r = http.request { url = s.url .. path(UNKNOWN), headers = { ["X-Api-Key"] = "k1", ["X-Secret-Key"] = "s1" } }
-      local r2 = http.request { url = s.url .. path(OUTBOUND), headers = { ["X-Api-Key"] = "k1", ["X-Secret-Key"] = "s1" } }
+      local own = { ["X-Api-Key"] = "k1", ["X-Secret-Key"] = "s1" }
+      local r = http.request { url = s.url .. path(UNKNOWN), headers = own }
+      local r2 = http.request { url = s.url .. path(OUTBOUND), headers = own }
       local r3 = http.request { url = s.url .. path(OUTBOUND), headers = auth }
       s:close()
       assert.are.equal(200, r.status)

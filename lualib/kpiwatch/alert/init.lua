@@ -155,6 +155,18 @@ local DEFAULT_CONFIG = {
   spool_max_attempts = spool.DEFAULTS.max_attempts, -- attempts; then PATH.dead
 }
 
+--- The options of `alert.configure` (each optional).
+---@class kpiwatch.alert.Options
+---@field retries? integer retries of a failed delivery (default 3)
+---@field backoff? number base of one backoff delay, seconds (default 0.5)
+---@field max_backoff? number cap of one backoff delay, seconds (default 30)
+---@field max_retry_wait? number a Retry-After longer than this is not waited for: spooled (default 60)
+---@field concurrency? integer deliveries in flight at once (default 8)
+---@field spool? string|false spool file (default false: the default spool)
+---@field exit_on_lost? boolean `check` raises `lost` when a notification is lost (default true)
+---@field quiet? boolean no no-data / rule-error lines on stderr (default false)
+---@field spool_max_age? string|number a duration; older entries go to `<spool>.dead` (default "7d")
+---@field spool_max_attempts? integer attempts; then `<spool>.dead` (default 100)
 local CONFIG_CHECK = {
   retries = function(v) return math_type(v) == "integer" and v >= 0 end,
   backoff = function(v) return type(v) == "number" and v >= 0 end,
@@ -185,7 +197,7 @@ end
 --- warning. The spool is shared by concurrent runs: every change is a locked
 --- read-modify-write (flock of `<spool>.lock`), and a replayed entry leaves the
 --- file as soon as it is delivered, so it is delivered once.
----@param t {retries?: integer, backoff?: number, max_backoff?: number, max_retry_wait?: number, concurrency?: integer, spool?: string|false, exit_on_lost?: boolean, quiet?: boolean, spool_max_age?: string|number, spool_max_attempts?: integer} defaults 3, 0.5, 30, 60, 8, the default spool, true, false, "7d", 100
+---@param t kpiwatch.alert.Options
 ---@return kpiwatch.alert.Registry self
 function Registry:configure(t)
   if type(t) ~= "table" then config_error(caller_where(), "alert.configure expects a table") end

@@ -80,7 +80,9 @@ return function(args)
   end
   if #ids ~= 2 then return usage_error("expected two execution IDs, got " .. #ids) end
   for _, id in ipairs(ids) do
-    if not kpis.is_uuid(id) then return usage_error("invalid execution ID: not a UUID: '" .. kpis._show_id(id) .. "'") end
+    if not kpis.is_uuid(id) then
+      return usage_error("invalid execution ID: not a UUID: '" .. kpis._show_id(id) .. "'")
+    end
   end
   local compare = require "kpiwatch.compare"
   local ok, rows, a, b = pcall(compare.rows, ids[1]:lower(), ids[2]:lower(), kpis.get)

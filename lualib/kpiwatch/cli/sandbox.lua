@@ -133,8 +133,8 @@ return function(args)
   out[#out + 1] = "  export FI_BASE_URL=" .. sb.url
   -- The built-in credentials are public; ones given on the command line
   -- are the user's secrets and are not echoed (a CI log keeps stdout).
-  local function cred(name, value, builtin, flag)
-    if value == builtin then return "  export " .. name .. "=" .. value end
+  local function cred(name, given, builtin, flag)
+    if given == builtin then return "  export " .. name .. "=" .. given end
     return "  export " .. name .. "=...  (the value given with " .. flag .. ", not shown)"
   end
   out[#out + 1] = cred("FI_API_KEY", sb.api_key, sandbox.API_KEY, "--api-key")

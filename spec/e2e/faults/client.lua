@@ -63,9 +63,10 @@ local results = assert(io.open(out .. ".results", "w"))
 local rss = {}
 local per = (n + batches - 1) // batches
 local t0 = task.now()
-for b = 0, batches - 1 do
-  local ids = {}
-  for i = b * per + 1, math.min(n, (b + 1) * per) do ids[#ids + 1] = docs.id(i) end
+
+-- Fetches one batch and writes its results; the results die with the call,
+-- so the collection after it leaves only what the client itself keeps.
+local function fetch_batch(ids)
   local got = kpis.get_all(ids)
   assert(#got == #ids, "get_all returned " .. #got .. " results for " .. #ids .. " ids")
   for j, r in ipairs(got) do
@@ -78,12 +79,18 @@ for b = 0, batches - 1 do
       }, "\n")
     elseif model.is(r) then
       local want = json.decode(docs.body(docs.index(id))).result
-      results:write(json.encode { id = id, ok = true, match = deep_equal(r:raw(), want) and r.execution_id == id }, "\n")
+      local match = deep_equal(r:raw(), want) and r.execution_id == id
+      results:write(json.encode { id = id, ok = true, match = match }, "\n")
     else
       results:write(json.encode { id = id, kind = "not a result: " .. type(r) }, "\n")
     end
   end
-  got = nil
+end
+
+for b = 0, batches - 1 do
+  local ids = {}
+  for i = b * per + 1, math.min(n, (b + 1) * per) do ids[#ids + 1] = docs.id(i) end
+  fetch_batch(ids)
   collectgarbage()
   collectgarbage()
   rss[#rss + 1] = status_kb("VmRSS")

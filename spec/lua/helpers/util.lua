@@ -76,7 +76,7 @@ function M.buffer()
     for _, s in ipairs({ ... }) do self.parts[#self.parts + 1] = tostring(s) end
     return self
   end
-  function b:flush() end
+  function b:flush() return self end
   function b:text() return table.concat(self.parts) end
   return b
 end
