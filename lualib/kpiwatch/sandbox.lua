@@ -461,7 +461,9 @@ function M.start(opts)
           if n % 2 == 1 then return 500, JSON, BODY_SERVER_ERROR end
         elseif k == "broken" then
           if route then
+            -- "200 with the body cut in half": an error answer stays whole
             local st, hd, b = route.handle(req)
+            if st ~= 200 then return st, hd, b end
             return st, hd, b:sub(1, #b // 2)
           end
           if body then return 200, JSON, body:sub(1, #body // 2) end
