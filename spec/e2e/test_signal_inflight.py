@@ -1,0 +1,106 @@
+"""A signal that stops the process while HTTP requests are still in flight:
+the requests' ops are released once, by the scheduler, and the process
+exits with the signal's status (143, 130), not a segfault. Both used to
+crash at close, when the HTTP client freed the requests that the scheduler
+then cancelled and released again: SIGTERM with requests to a server that
+never answers, and Ctrl-C while `kpiwatch check` delivers a webhook to a
+slow receiver (the delivery task outlives the interrupted check)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from mockserver import MockServer
+from monlib import KW, wait_for
+
+BAD = "c0ffee00-0000-4000-8000-000000000005"
+RULES = """
+alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 30 })
+alert.configure { retries = 0 }
+alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, severity = "critical" }
+"""
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FI_")}
+        self.env.update(HOME=self.tmp, XDG_STATE_HOME="", KPIWATCH_SPOOL=os.path.join(self.tmp, "spool.json"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class InFlight(Base):
+    def test_sigterm_or_sigint_with_requests_in_flight(self):
+        for sig, code in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+            srv = SilentServer()
+            try:
+                script = ("for i = 1, 4 do task.spawn(function() require('kpiwatch.http').request"
+                          "{ url = 'http://127.0.0.1:%d/', timeout = 30 } end) end task.sleep(30)" % srv.port)
+                p = subprocess.Popen([KW, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=self.env)
+                wait_for(lambda: len(srv.conns) >= 4, what="four requests in flight")
+                p.send_signal(sig)
+                _, err = p.communicate(timeout=15)
+            finally:
+                srv.close()
+            self.assertEqual(p.returncode, code, err)
+            self.assertNotIn("internal error", err)
+
+
+class CheckInterrupted(Base):
+    def test_ctrl_c_during_a_slow_delivery_exits_130_and_spools(self):
+        rules = os.path.join(self.tmp, "rules.lua")
+        with open(rules, "w") as f:
+            f.write(RULES)
+
+        def slow(req):
+            time.sleep(2)
+
+        with MockServer(slow) as srv:
+            p = subprocess.Popen([KW, "--sandbox", "check", rules, BAD], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=dict(self.env, HOOK_URL=srv.url))
+            wait_for(lambda: srv.requests, what="the delivery")
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=15)
+        self.assertEqual(p.returncode, 130, err)
+        with open(self.env["KPIWATCH_SPOOL"]) as f:
+            entries = json.load(f)["entries"]
+        self.assertEqual([e["event"]["rule"] for e in entries], ["score-floor"])
+
+
+if __name__ == "__main__":
+    unittest.main()
