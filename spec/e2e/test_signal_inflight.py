@@ -101,6 +101,30 @@ class CheckInterrupted(Base):
             entries = json.load(f)["entries"]
         self.assertEqual([e["event"]["rule"] for e in entries], ["score-floor"])
 
+    def test_ctrl_c_during_a_slow_delivery_of_a_script_exits_130(self):
+        # The script's own exit status (1 for a failed report) must not
+        # hide the interrupt: check raises kind "interrupted", signal "int".
+        rules = os.path.join(self.tmp, "rules.lua")
+        with open(rules, "w") as f:
+            f.write(RULES)
+        script = os.path.join(self.tmp, "alerts.lua")
+        with open(script, "w") as f:
+            f.write("local reg = require('kpiwatch.alert').load_rules(%r)\n"
+                    "local rep = reg:check(arg[1])\n"
+                    "os.exit(rep.ok and 0 or 1)\n" % rules)
+
+        def slow(req):
+            time.sleep(2)
+
+        with MockServer(slow) as srv:
+            p = subprocess.Popen([KW, "--sandbox", script, BAD], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=dict(self.env, HOOK_URL=srv.url))
+            wait_for(lambda: srv.requests, what="the delivery")
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=15)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertIn("SIGINT during delivery: 1 notification spooled", err)
+
 
 if __name__ == "__main__":
     unittest.main()
