@@ -5,8 +5,9 @@ returns (status, headers, body); every request is recorded.
     with MockServer(lambda req: (200, {}, b"ok")) as srv:
         ... srv.url ... srv.requests ...
 
-`respond(req)` may also return a dict or list (sent as JSON), or None for
-an empty 200. `req` has method, path (before '?'), query (dict of first
+`respond(req)` may also return a dict or list (sent as JSON), None for
+an empty 200, or a function, called with the request handler, that writes
+the whole answer itself (a body that never ends, a silent server). `req` has method, path (before '?'), query (dict of first
 values), headers (an email.message.Message: case-insensitive), body (bytes)
 and json() (the body decoded, or None)."""
 import http.server
@@ -43,7 +44,7 @@ class Request:
 
 
 class MockServer:
-    def __init__(self, respond):
+    def __init__(self, respond, port=0):
         self.respond = respond
         self.requests = []
         self.lock = threading.Lock()
@@ -61,6 +62,9 @@ class MockServer:
                 with outer.lock:
                     outer.requests.append(req)
                 got = outer.respond(req)
+                if callable(got):
+                    got(self)
+                    return
                 status, headers, body = 200, {}, b""
                 if isinstance(got, tuple):
                     status, headers, body = got
@@ -85,7 +89,7 @@ class MockServer:
             request_queue_size = 64
             daemon_threads = True
 
-        self.httpd = Server(("127.0.0.1", 0), H)
+        self.httpd = Server(("127.0.0.1", port), H)
         self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -98,3 +102,35 @@ class MockServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def webhook_receiver(secret, log_path, port=0):
+    """A Standard Webhooks receiver for shell tests: verifies each POST's
+    signature with `secret` (whsec_...), appends {"id", "valid", "event"} as
+    one JSON line to log_path, answers 200 (401 for a bad signature)."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+    key = base64.b64decode(secret[len("whsec_"):])
+
+    def respond(req):
+        wid, ts = req.headers["webhook-id"] or "", req.headers["webhook-timestamp"] or "0"
+        want = "v1," + base64.b64encode(
+            hmac.new(key, wid.encode() + b"." + ts.encode() + b"." + req.body, hashlib.sha256).digest()).decode()
+        ok = hmac.compare_digest(want, req.headers["webhook-signature"] or "") and abs(time.time() - int(ts)) < 300
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"id": wid, "valid": ok, "event": req.json()}) + "\n")
+        return (200 if ok else 401), {}, b""
+    return MockServer(respond, port=port)
+
+
+if __name__ == "__main__":
+    # python3 spec/e2e/mockserver.py webhook SECRET LOG [PORT]: serve until
+    # killed, after printing the port on stdout.
+    import sys
+    if len(sys.argv) < 4 or sys.argv[1] != "webhook":
+        sys.exit("usage: mockserver.py webhook SECRET LOG [PORT]")
+    srv = webhook_receiver(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+    print(srv.httpd.server_address[1], flush=True)
+    threading.Event().wait()

@@ -11,17 +11,16 @@ that routes, grouped by execution_id, to this test's own webhook receiver:
 - with resolve_timeout shorter than the watch's run, the watch's re-sends
   keep the alerts active (no resolved notification) until it stops.
 """
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 import urllib.request
 
+from mockserver import MockServer
 from monlib import KW, free_port, wait_for
 
 EXEC_A = "c0ffee00-0000-4000-8000-0000000000a1"
@@ -66,24 +65,15 @@ io.stderr:write("watch done: delivered ", s.delivered, " spooled ", s.spooled, "
 """
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    received = []
-    lock = threading.Lock()
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["content-length"]))
-        with Receiver.lock:
-            Receiver.received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
+# Alertmanager's webhook receiver: the shared stand-in server, keeping each
+# notification (a JSON body) it gets.
+def receive(req):
+    return 200, {}, b""
 
 
 def notifications(execution_id):
-    with Receiver.lock:
-        return [n for n in Receiver.received if n["groupLabels"].get("execution_id") == execution_id]
+    got = [r.json() for r in list(AlertmanagerE2E.receiver.requests) if r.method == "POST"]
+    return [n for n in got if n["groupLabels"].get("execution_id") == execution_id]
 
 
 class AlertmanagerE2E(unittest.TestCase):
@@ -91,8 +81,7 @@ class AlertmanagerE2E(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp()
         cls.procs = []
-        cls.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-        threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
+        cls.receiver = MockServer(receive)
         cls.am_port = free_port()
         cls.am = "http://127.0.0.1:%d" % cls.am_port
         conf = os.path.join(cls.tmp, "alertmanager.yml")
@@ -111,7 +100,7 @@ receivers:
     webhook_configs:
       - url: http://127.0.0.1:%d/
         send_resolved: true
-""" % cls.httpd.server_address[1])
+""" % cls.receiver.httpd.server_address[1])
         r = subprocess.run(["amtool", "check-config", conf], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         cls.procs.append(subprocess.Popen(
@@ -141,7 +130,7 @@ receivers:
             if p.poll() is None:
                 p.kill()
             p.wait()
-        cls.httpd.shutdown()
+        cls.receiver.close()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def watch(self, body_path, execution_id, name, every="1s"):

@@ -44,35 +44,10 @@ run "$EMPTY"
 grep -q "no data: rule 'score-floor' on $EMPTY: avg_score is null" "$tmp/err" || fail "no no-data line: $err"
 
 # ---- 2. with a signed webhook to a real receiver ----------------------------------
-cat >"$tmp/receiver.py" <<'EOF'
-import base64, hashlib, hmac, http.server, json, sys, time
-secret = sys.argv[1]
-log = sys.argv[2]
-port = int(sys.argv[3])
-key = base64.b64decode(secret[len("whsec_"):])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["content-length"]))
-        wid = self.headers["webhook-id"]
-        ts = self.headers["webhook-timestamp"]
-        want = "v1," + base64.b64encode(
-            hmac.new(key, wid.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256).digest()).decode()
-        ok = hmac.compare_digest(want, self.headers["webhook-signature"]) and abs(time.time() - int(ts)) < 300
-        with open(log, "a") as f:
-            f.write(json.dumps({"id": wid, "valid": ok, "event": json.loads(body)}) + "\n")
-        self.send_response(200 if ok else 401)
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-EOF
 SECRET="whsec_$(printf 'kpiwatch e2e secret key' | base64)"
 start_receiver() { # start_receiver PORT -> sets port, server_pid
   : >"$tmp/port"
-  python3 "$tmp/receiver.py" "$SECRET" "$tmp/received.jsonl" "$1" >"$tmp/port" &
+  python3 "$SRC/spec/e2e/mockserver.py" webhook "$SECRET" "$tmp/received.jsonl" "$1" >"$tmp/port" &
   server_pid=$!
   for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.05; done
   port=$(cat "$tmp/port")

@@ -16,7 +16,6 @@ need.
     (timeout, retried), a million-element array (protocol error; inside a
     KPI field it is just data): exit 3 / the right kind, in bounded time.
 """
-import http.server
 import os
 import re
 import resource
@@ -24,7 +23,11 @@ import subprocess
 import tempfile
 import threading
 import time
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import MockServer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KW = os.path.abspath(os.environ.get("KPIWATCH", os.path.join(HERE, "../../build/kpiwatch")))
@@ -62,71 +65,57 @@ class Server:
     def __init__(self):
         self.hits = {}
         self.stop = threading.Event()
-        outer = self
+        self.srv = MockServer(self.respond)
+        self.url = self.srv.url
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
+    def stream(self, chunked):
+        def write(h):
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            if chunked:
+                h.send_header("Transfer-Encoding", "chunked")
+            else:
+                h.send_header("Connection", "close")
+            h.end_headers()
+            piece = b'{"total_calls": 1, "pad": "' + b"x" * 65536
+            try:
+                while not self.stop.is_set():
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    piece = b"x" * 65536
+            except OSError:
                 pass
+            h.close_connection = True
+        return write
 
-            def send(self, status, body, ctype="application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def silent(self, h):
+        self.stop.wait(120)
+        h.close_connection = True
 
-            def stream(self, chunked):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                if chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                else:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                piece = b'{"total_calls": 1, "pad": "' + b"x" * 65536
-                try:
-                    while not outer.stop.is_set():
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                        piece = b"x" * 65536
-                except OSError:
-                    pass
-                self.close_connection = True
-
-            def do_GET(self):
-                route = self.path.split("/")[1]
-                outer.hits[route] = outer.hits.get(route, 0) + 1
-                if route == "html":
-                    self.send(200, b"<!DOCTYPE html>\n<html><head><title>Sign in | Future AGI</title>"
-                              b"</head><body><div id=root></div></body></html>\n", "text/html")
-                elif route == "endless":
-                    self.stream(chunked=True)
-                elif route == "endless-close":
-                    self.stream(chunked=False)
-                elif route == "silent":
-                    outer.stop.wait(120)
-                    self.close_connection = True
-                elif route == "million":
-                    self.send(200, b"[" + b",".join([b"0"] * 1000000) + b"]")
-                elif route == "million-field":
-                    self.send(200, b'{"total_calls": 3, "avg_score": 0.5, "scenario_graphs": ['
-                              + b",".join([b"1"] * 1000000) + b"]}")
-                elif route == "empty":
-                    self.send(200, b"")
-                else:  # "count": any request at all is a failure of the caller
-                    self.send(404, b'{"detail": "Not found."}')
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+    def respond(self, req):
+        route = req.path.split("/")[1]
+        self.hits[route] = self.hits.get(route, 0) + 1
+        if route == "html":
+            return 200, {"Content-Type": "text/html"}, (b"<!DOCTYPE html>\n<html><head><title>Sign in | Future AGI"
+                                                        b"</title></head><body><div id=root></div></body></html>\n")
+        if route == "endless":
+            return self.stream(chunked=True)
+        if route == "endless-close":
+            return self.stream(chunked=False)
+        if route == "silent":
+            return self.silent
+        if route == "million":
+            return 200, {"Content-Type": "application/json"}, b"[" + b",".join([b"0"] * 1000000) + b"]"
+        if route == "million-field":
+            return 200, {"Content-Type": "application/json"}, (
+                b'{"total_calls": 3, "avg_score": 0.5, "scenario_graphs": [' + b",".join([b"1"] * 1000000) + b"]}")
+        if route == "empty":
+            return 200, {"Content-Type": "application/json"}, b""
+        # "count": any request at all is a failure of the caller
+        return 404, {"Content-Type": "application/json"}, b'{"detail": "Not found."}'
 
     def close(self):
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.srv.close()
 
 
 class Base(unittest.TestCase):

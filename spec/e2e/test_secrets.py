@@ -22,14 +22,16 @@ umask 000.
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import os
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import MockServer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.environ.get("KPIWATCH_SRC", os.path.join(HERE, "../..")))
@@ -55,57 +57,38 @@ class Receiver:
 
     def __init__(self):
         self.posts, self.bad_signatures, self.down = [], [], False
-        outer = self
+        self.srv = MockServer(self.respond)
+        self.url = self.srv.url
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def reply(self, status, body, ctype="application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if outer.down:
-                    return self.reply(503, b'{"error": "down for maintenance"}')
-                kind = self.path.split("/")[2]
-                if kind == "hooks":
-                    h = self.headers
-                    signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + body
-                    want = "v1," + base64.b64encode(hmac.new(WEBHOOK_KEY, signed, hashlib.sha256).digest()).decode()
-                    if want not in (h.get("webhook-signature") or "").split():
-                        outer.bad_signatures.append(h.get("webhook-signature"))
-                outer.posts.append((self.path, body))
-                self.reply(200, b"ok", "text/plain")
-
-            def do_GET(self):
-                # the credentials first: a message quotes only the start of a body
-                items = sorted(self.headers.items(), key=lambda kv: kv[0].lower() not in ("x-api-key", "x-secret-key"))
-                echo = "\n".join(f"{k}: {v}" for k, v in items).encode()
-                route = self.path.split("/")[1]
-                if route == "echo500":
-                    self.reply(500, b'{"detail": "upstream said: ' + echo.replace(b"\n", b"; ") + b'"}')
-                elif route == "echo-html":
-                    self.reply(200, b"<html><title>" + echo + b"</title></html>", "text/html")
-                elif route == "echo401":
-                    self.reply(401, echo, "text/plain")
-                else:
-                    self.reply(404, b"{}")
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def respond(self, req):
+        if req.method == "POST":
+            if self.down:
+                return 503, {"Content-Type": "application/json"}, b'{"error": "down for maintenance"}'
+            kind = req.path.split("/")[2]
+            if kind == "hooks":
+                h = req.headers
+                signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + req.body
+                want = "v1," + base64.b64encode(hmac.new(WEBHOOK_KEY, signed, hashlib.sha256).digest()).decode()
+                if want not in (h.get("webhook-signature") or "").split():
+                    self.bad_signatures.append(h.get("webhook-signature"))
+            full = req.path + ("?" + req.raw_query if req.raw_query else "")
+            self.posts.append((full, req.body))
+            return 200, {"Content-Type": "text/plain"}, b"ok"
+        # the credentials first: a message quotes only the start of a body
+        items = sorted(req.headers.items(), key=lambda kv: kv[0].lower() not in ("x-api-key", "x-secret-key"))
+        echo = "\n".join(f"{k}: {v}" for k, v in items).encode()
+        route = req.path.split("/")[1]
+        if route == "echo500":
+            return 500, {"Content-Type": "application/json"}, \
+                b'{"detail": "upstream said: ' + echo.replace(b"\n", b"; ") + b'"}'
+        if route == "echo-html":
+            return 200, {"Content-Type": "text/html"}, b"<html><title>" + echo + b"</title></html>"
+        if route == "echo401":
+            return 401, {"Content-Type": "text/plain"}, echo
+        return 404, {"Content-Type": "application/json"}, b"{}"
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.srv.close()
 
 
 class Secrets(unittest.TestCase):

@@ -25,7 +25,6 @@ Env: KPIWATCH (binary), KPIWATCH_SRC (repo root). Python standard library."""
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import os
 import random
@@ -36,6 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mockserver import MockServer  # noqa: E402
 
 KW = os.path.abspath(os.environ.get(
     "KPIWATCH", os.path.join(os.path.dirname(__file__), "../../build/kpiwatch")))
@@ -83,8 +85,8 @@ sb:close()
 
 
 class Receiver:
-    """Webhook receiver: verifies the signature, answers 503 while down,
-    else 200 and logs the delivery."""
+    """Webhook receiver (the shared stand-in server): verifies the signature,
+    answers 503 while down, else 200 and logs the delivery."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -94,50 +96,35 @@ class Receiver:
         self.bad = []
         self.log = []
         self.run = 0
-        rec = self
+        self.srv = MockServer(self.respond)
+        self.port = self.srv.httpd.server_address[1]
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                wid = self.headers["webhook-id"] or ""
-                ts = self.headers["webhook-timestamp"] or ""
-                want = "v1," + base64.b64encode(hmac.new(
-                    KEY, wid.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256).digest()).decode()
-                with rec.lock:
-                    if rec.down:
-                        rec.refused += 1
-                        code = 503
-                    else:
-                        code = 200
-                        try:
-                            ev = json.loads(body)
-                        except ValueError:
-                            ev = None
-                        if (not hmac.compare_digest(want, self.headers["webhook-signature"] or "")
-                                or not isinstance(ev, dict) or ev.get("id") != wid):
-                            rec.bad.append((wid, body[:200]))
-                        rec.delivered.append((wid, ev))
-                        rec.log.append((rec.run, wid[-6:], time.monotonic()))
-                if code == 200:
-                    # answer slowly so that kills land mid-delivery: after
-                    # the receiver has the event, before the watch knows
-                    time.sleep(SLOW_ANSWER)
-                self.send_response(code)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            # the default listen backlog (5) drops SYNs from 8 parallel
-            # deliveries: a 1 s stall on a TCP retransmit
-            request_queue_size = 64
-
-        self.srv = Server(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+    def respond(self, req):
+        body = req.body
+        wid = req.headers["webhook-id"] or ""
+        ts = req.headers["webhook-timestamp"] or ""
+        want = "v1," + base64.b64encode(hmac.new(
+            KEY, wid.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256).digest()).decode()
+        with self.lock:
+            if self.down:
+                self.refused += 1
+                code = 503
+            else:
+                code = 200
+                try:
+                    ev = json.loads(body)
+                except ValueError:
+                    ev = None
+                if (not hmac.compare_digest(want, req.headers["webhook-signature"] or "")
+                        or not isinstance(ev, dict) or ev.get("id") != wid):
+                    self.bad.append((wid, body[:200]))
+                self.delivered.append((wid, ev))
+                self.log.append((self.run, wid[-6:], time.monotonic()))
+        if code == 200:
+            # answer slowly so that kills land mid-delivery: after
+            # the receiver has the event, before the watch knows
+            time.sleep(SLOW_ANSWER)
+        return code, {}, b""
 
 
 def fail(msg):
@@ -345,7 +332,7 @@ def main():
             for wid, _ in deliveries:
                 counts[wid] = counts.get(wid, 0) + 1
             print("times delivered per redelivered id:", sorted(c for c in counts.values() if c > 1))
-        rec.srv.shutdown()
+        rec.srv.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
