@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,32 +26,6 @@ alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, severity =
 """
 
 
-class SilentServer:
-    """Accepts connections on 127.0.0.1 and never answers."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
 class Base(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
@@ -66,17 +39,18 @@ class Base(unittest.TestCase):
 class InFlight(Base):
     def test_sigterm_or_sigint_with_requests_in_flight(self):
         for sig, code in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
-            srv = SilentServer()
-            try:
-                script = ("for i = 1, 4 do task.spawn(function() require('kpiwatch.http').request"
-                          "{ url = 'http://127.0.0.1:%d/', timeout = 30 } end) end task.sleep(30)" % srv.port)
-                p = subprocess.Popen([KW, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self.env)
-                wait_for(lambda: len(srv.conns) >= 4, what="four requests in flight")
-                p.send_signal(sig)
-                _, err = p.communicate(timeout=15)
-            finally:
-                srv.close()
+            answer = threading.Event()  # the server answers nothing until the end
+            with MockServer(lambda req: answer.wait(30) and None) as srv:
+                try:
+                    script = ("for i = 1, 4 do task.spawn(function() require('kpiwatch.http').request"
+                              "{ url = '%s/', timeout = 30 } end) end task.sleep(30)" % srv.url)
+                    p = subprocess.Popen([KW, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env=self.env)
+                    wait_for(lambda: len(srv.requests) >= 4, what="four requests in flight")
+                    p.send_signal(sig)
+                    _, err = p.communicate(timeout=15)
+                finally:
+                    answer.set()
             self.assertEqual(p.returncode, code, err)
             self.assertNotIn("internal error", err)
 
