@@ -7,33 +7,15 @@ never answers, and Ctrl-C while `kpiwatch check` delivers a webhook to a
 slow receiver (the delivery task outlives the interrupted check)."""
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
 from mockserver import MockServer
 from monlib import KW, wait_for
-
-BAD = "c0ffee00-0000-4000-8000-000000000005"
-RULES = """
-alert.hook("ops", notify.webhook { url = os.getenv("HOOK_URL"), timeout = 30 })
-alert.configure { retries = 0 }
-alert.rule { name = "score-floor", metric = "avg_score", below = 0.8, severity = "critical" }
-"""
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FI_")}
-        self.env.update(HOME=self.tmp, XDG_STATE_HOME="", KPIWATCH_SPOOL=os.path.join(self.tmp, "spool.json"))
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
+from test_check_watch import BAD, Base  # its rules file: a webhook hook, one rule BAD fires
 
 
 class InFlight(Base):
@@ -57,9 +39,7 @@ class InFlight(Base):
 
 class CheckInterrupted(Base):
     def test_ctrl_c_during_a_slow_delivery_exits_130_and_spools(self):
-        rules = os.path.join(self.tmp, "rules.lua")
-        with open(rules, "w") as f:
-            f.write(RULES)
+        rules = self.rules
 
         def slow(req):
             time.sleep(2)
@@ -71,16 +51,14 @@ class CheckInterrupted(Base):
             p.send_signal(signal.SIGINT)
             _, err = p.communicate(timeout=15)
         self.assertEqual(p.returncode, 130, err)
-        with open(self.env["KPIWATCH_SPOOL"]) as f:
+        with open(self.spool) as f:
             entries = json.load(f)["entries"]
         self.assertEqual([e["event"]["rule"] for e in entries], ["score-floor"])
 
     def test_ctrl_c_during_a_slow_delivery_of_a_script_exits_130(self):
         # The script's own exit status (1 for a failed report) must not
         # hide the interrupt: check raises kind "interrupted", signal "int".
-        rules = os.path.join(self.tmp, "rules.lua")
-        with open(rules, "w") as f:
-            f.write(RULES)
+        rules = self.rules
         script = os.path.join(self.tmp, "alerts.lua")
         with open(script, "w") as f:
             f.write("local reg = require('kpiwatch.alert').load_rules(%r)\n"
