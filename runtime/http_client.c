@@ -702,18 +702,11 @@ static void pool_trim(size_t keep) {
 
 static void http_atclose(void) {
   if (!G.inited) return;
-  /* Requests not yet released belong to tasks that will never resume (the
-   * scheduler does not release pending ops at close): free them here, so
-   * that closing with requests in flight leaks nothing. */
-  while (G.live) {
-    http_req *r = G.live;
-    if (r->state == REQ_QUEUED)
-      queue_remove(r);
-    else if (r->state == REQ_ACTIVE)
-      stop_transfer(r);
-    r->state = REQ_DONE;
-    req_free(r);
-  }
+  /* Every request not yet freed is a live op, and the scheduler released
+   * those (req_release detaches them from libcurl) before running this
+   * hook: freeing one here as well was a double free at a SIGTERM with
+   * requests in flight. */
+  KW_CHECK(G.live == NULL);
   uv_timer_stop(&G.timer);
   curl_multi_cleanup(G.multi);
   G.multi = NULL;
@@ -1045,11 +1038,10 @@ static int l_request(lua_State *L) {
     if (r) req_free(r);
     return push_fail(L, "network", "cannot create a request (out of memory)");
   }
-  kw_op_init(&r->op, &req_class);
   if (G.active < cfg.max_concurrent) {
     CURLMcode mc = start_transfer(r);
     if (mc != CURLM_OK) {
-      /* Not awaited yet, so fail synchronously rather than via the op. */
+      /* Not an op yet (kw_op_init comes after), so freeing it is ours. */
       req_free(r);
       return push_fail(L, "network", curl_multi_strerror(mc));
     }
@@ -1064,6 +1056,7 @@ static int l_request(lua_State *L) {
     G.queued++;
   }
   update_refs();
+  kw_op_init(&r->op, &req_class);
   return kw_await(L, &r->op);
 }
 

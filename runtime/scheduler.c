@@ -108,13 +108,17 @@ void kw_op_init(kw_op *op, const kw_op_class *cls) {
   op->waiter = NULL;
   op->done = 0;
   op->cancelled = 0;
+  op->live = 1;
   op->live_prev = NULL;
   op->live_next = live_ops;
   if (live_ops) live_ops->live_prev = op;
   live_ops = op;
 }
 
+/* The one place an op stops being live (see kw_op in scheduler.h). */
 static void op_release(kw_op *op) {
+  KW_CHECK(op->live);
+  op->live = 0;
   if (op->live_prev)
     op->live_prev->live_next = op->live_next;
   else
@@ -124,6 +128,7 @@ static void op_release(kw_op *op) {
 }
 
 void kw_op_done(kw_op *op) {
+  KW_CHECK(op->live);
   /* A cancel can race a completion that is already queued: posting the
    * waiter's job twice would link the job queue into a cycle. */
   if (op->done) return;
@@ -370,6 +375,7 @@ void kw_task_cancel(lua_State *L, int idx, const char *reason) {
   t->was_cancelled = 1;
   if (t->state == TASK_WAITING && t->op) {
     kw_op *op = t->op;
+    KW_CHECK(op->live);   /* a waiting task's op is released only once it resumed */
     if (op->done) return; /* already due: it raises the reason when resumed */
     if (op->cls->cancel) {
       op->cls->cancel(op);
@@ -603,6 +609,7 @@ static void on_wake(uv_async_t *h) {
   /* Idle loop: interrupt the main task where it waits, or stop. */
   if (S.main_task && S.main_task->state == TASK_WAITING && S.main_task->op) {
     kw_op *op = S.main_task->op;
+    KW_CHECK(op->live);
     S.main_task->cancel_reason = "interrupted!";
     if (op->done) return; /* already due: raises the reason when resumed */
     if (op->cls->cancel)
@@ -780,16 +787,21 @@ void kw_sched_close(void) {
   int i;
   if (!S.open) return;
   signal(SIGINT, SIG_DFL);
-  for (i = S.natclose - 1; i >= 0; i--)
-    S.atclose[i]();
-  S.natclose = 0;
-  /* Ops still pending belong to tasks that will never run again: abort
-   * and free them, then close whatever handles remain. */
+  /* Ops still pending (a stop by a signal, an error) belong to tasks that
+   * will never run again: abort and free them first, while their modules
+   * are still up (an HTTP request leaves libcurl's multi handle in its
+   * release), so that no atclose hook meets an op of its own. */
   while (live_ops) {
     kw_op *op = live_ops;
     if (!op->done && op->cls->cancel) op->cls->cancel(op);
     op_release(op);
   }
+  /* Their waiters' resume jobs, queued by those cancels, never run. */
+  S.head = S.tail = NULL;
+  for (i = S.natclose - 1; i >= 0; i--)
+    S.atclose[i]();
+  S.natclose = 0;
+  KW_CHECK(live_ops == NULL); /* a hook may not start an op */
   uv_walk(&S.loop, close_any, NULL);
   uv_run(&S.loop, UV_RUN_DEFAULT);
   /* every handle was closed and the loop drained just above: EBUSY here is

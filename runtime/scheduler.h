@@ -47,11 +47,25 @@ typedef struct kw_op_class {
 
 struct kw_task;
 
+/*
+ * Who owns an op: the binding allocates it, but from kw_op_init on it
+ * belongs to the scheduler, which releases it exactly once (cls->release):
+ * when its waiter resumes, when the fallback loop gives up on it, or at
+ * kw_sched_close for an op whose task never resumed. A binding never frees
+ * an op that kw_op_init linked (a failure before kw_await must happen before
+ * kw_op_init), and may complete or cancel it only while it is live: after
+ * release the op may still exist until its handles' close callbacks run,
+ * but it is no longer reachable from the scheduler or the binding's
+ * queues. kw_sched_close releases the leftover ops before the atclose hooks,
+ * so a release always finds its module (libcurl's multi handle, a server)
+ * still up; a hook finds no op of its module left.
+ */
 struct kw_op {
   const kw_op_class *cls;
   struct kw_task *waiter; /* NULL while waited on by the fallback loop */
   int done;
   int cancelled;
+  int live;                     /* between kw_op_init and its release */
   kw_op *live_prev, *live_next; /* every op not yet released (for shutdown) */
 };
 
@@ -106,8 +120,9 @@ int kw_sched_atclose(kw_atclose_fn fn);
 #define KW_CHECK(expr) ((expr) ? (void)0 : kw_check_failed(#expr, __FILE__, __LINE__))
 _Noreturn void kw_check_failed(const char *expr, const char *file, int line);
 
-/* Create and close the loop; kw_sched_close runs the atclose hooks, closes
- * every remaining handle and drains the loop. */
+/* Create and close the loop; kw_sched_close cancels and releases the ops
+ * still pending, runs the atclose hooks, closes every remaining handle and
+ * drains the loop. */
 int kw_sched_open(lua_State *L);
 void kw_sched_close(void);
 

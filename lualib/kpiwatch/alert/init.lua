@@ -335,9 +335,9 @@ end
 --- be neither delivered nor spooled is lost: with `exit_on_lost` (the default)
 --- `check` then raises an error of kind `lost` whose `report` field is the
 --- report (the command line exits 3); the library never ends the process.
---- SIGTERM or SIGHUP during the deliveries cancels them, spools them, and
---- raises an error of kind `interrupted` with `signal` ("term", "hup") and
---- `report` (the command line exits 143 or 129).
+--- SIGINT, SIGTERM or SIGHUP during the deliveries cancels them, spools them,
+--- and raises an error of kind `interrupted` with `signal` ("int", "term",
+--- "hup") and `report` (the command line and a script exit 130, 143 or 129).
 ---@async
 ---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
 ---@param opts? {spool?: string} another spool path
@@ -356,10 +356,12 @@ function Registry:check(x, opts)
 
   local sp = deliver.open_spool(self, self:_spool_path(opts))
   rep.spool = sp.path
-  -- SIGTERM or SIGHUP (a CI job cancelled while a webhook is down) cancels
-  -- the deliveries, which then spool, and check raises kind "interrupted":
-  -- the CLI exits 143 or 129. SIGINT keeps its own path (the interrupt).
-  local ctx = deliver.stop_context({ "term", "hup" })
+  -- SIGTERM or SIGHUP (a CI job cancelled while a webhook is down) or
+  -- Ctrl-C cancels the deliveries, which then spool, and check raises kind
+  -- "interrupted": the CLI exits 143, 129 or 130. Left to the interrupt, a
+  -- Ctrl-C was swallowed by the deliveries' pool (check returned a failed
+  -- report: a script exited 1) and left their tasks running past the end.
+  local ctx = deliver.stop_context({ "int", "term", "hup" })
   local ok, err = pcall(function()
     self:_replay(sp, ctx, rep)
     local now = os.time()

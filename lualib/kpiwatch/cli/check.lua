@@ -103,7 +103,7 @@ return function(args)
   end
   table.move(got, 1, #got, #ids + 1, ids)
 
-  -- SIGTERM or SIGHUP during the deliveries: alert.check spools what is
+  -- SIGINT, SIGTERM or SIGHUP during the deliveries: alert.check spools what is
   -- left and raises kind "interrupted"
   local ok, rep = pcall(reg.check, reg, ids)
   local code
