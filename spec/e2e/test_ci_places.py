@@ -103,6 +103,23 @@ class CommentCase(unittest.TestCase):
         for out in (r.stdout, r.stderr, r2.stdout, r2.stderr):
             self.assertNotIn(TOKEN, out)
 
+    def test_run_comments_too(self):
+        gh = GitHub()
+        try:
+            r = self.gate(gh, GOOD)  # the gate's comment first: run edits the same one
+            env = base_env({"GITHUB_TOKEN": TOKEN, "GITHUB_REPOSITORY": "octo/repo", "KPIWATCH_SANDBOX_SPEED": "50",
+                            "GITHUB_EVENT_PATH": self.event, "GITHUB_API_URL": gh.srv.url})
+            r = subprocess.run([KW, "--sandbox", "run", "--name", "broken-agent", "--require", "avg_score>=0.8",
+                                "--comment", "github"], capture_output=True, text=True, env=env, timeout=60,
+                               cwd=self.tmp.name)
+        finally:
+            gh.srv.close()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("updated the comment on pull request #42", r.stderr)
+        self.assertEqual(len(gh.comments), 1)
+        self.assertIn("kpiwatch gate failed", gh.comments[0]["body"])
+        self.assertEqual(gh.bad, [])
+
     def test_a_comment_that_cannot_be_posted_keeps_the_verdict(self):
         gh = GitHub(fail_writes=True)
         try:

@@ -37,7 +37,8 @@ Run options:
 
 Checks and reports: every option of `kpiwatch gate` (see kpiwatch gate
 --help): --require, --rules, --max-drop, --max-rise, --allow-missing,
---allow-incomplete, --format, --output. --baseline previous is the
+--allow-incomplete, --format, --output, --comment, --comment-key.
+--baseline previous is the
 newest completed execution of this run test before the new one (none:
 "no data", never a pass); --baseline BASE_ID works too.
 
