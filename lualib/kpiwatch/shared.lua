@@ -378,6 +378,17 @@ M.OP_WORDS = {
   below = "below", above = "above", at_most = "at most", at_least = "at least", equals = "equal to",
 }
 
+-- ---- terminals -------------------------------------------------------------------
+
+--- Whether file descriptor `fd` is a terminal (false where the runtime has
+--- no terminal module, as outside the kpiwatch binary).
+---@param fd integer 0, 1 or 2
+---@return boolean
+function M.isatty(fd)
+  local ok, term = pcall(require, "kpiwatch._term")
+  return ok and term.isatty(fd) or false
+end
+
 -- ---- backoff ---------------------------------------------------------------------
 
 ---The delay before retry number `attempt` (1-based): full jitter over an

@@ -106,8 +106,7 @@ local function append_file(path, text)
 end
 
 local function is_tty()
-  local ok, term = pcall(require, "kpiwatch._term")
-  return ok and term.isatty(1)
+  return require("kpiwatch.shared").isatty(1)
 end
 
 -- Emit every report. Returns the exit code adjusted for write failures.

@@ -374,10 +374,7 @@ function M.run(args, _, env)
   local fmt = o.format or "table"
   if fmt == "table" then
     local tty = env.tty
-    if tty == nil then
-      local okt, term = pcall(require, "kpiwatch._term")
-      tty = okt and term.isatty(1)
-    end
+    if tty == nil then tty = require("kpiwatch.shared").isatty(1) end
     env.stdout:write(render_table(series, tty))
   elseif fmt == "json" then
     env.stdout:write(render_json(run_test, series))

@@ -292,11 +292,6 @@ local function run_repl()
   return require("kpiwatch.repl").run()
 end
 
-local function stdin_is_tty()
-  local ok, term = pcall(require, "kpiwatch._term")
-  return ok and term.isatty(0)
-end
-
 function M.main(argv)
   local plan, err = M.parse(argv)
   if not plan then
@@ -367,7 +362,7 @@ function M.main(argv)
   if plan.interactive then
     return run_repl() or 0
   elseif not plan.script and #plan.actions == 0 and not plan.version then
-    if stdin_is_tty() then
+    if require("kpiwatch.shared").isatty(0) then
       print(VERSION .. " (" .. _VERSION .. ")")
       return run_repl() or 0
     end

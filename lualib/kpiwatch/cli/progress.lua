@@ -83,11 +83,6 @@ function Progress:finish()
   end
 end
 
-local function stderr_is_tty()
-  local ok, term = pcall(require, "kpiwatch._term")
-  return ok and term.isatty(2)
-end
-
 --- new{id=, stream=, tty=, now=} -> a progress display for execution id.
 --- stream defaults to io.stderr, tty to whether fd 2 is a terminal, now to
 --- the runtime's monotonic clock. On a terminal a task redraws the line
@@ -101,7 +96,7 @@ function M.new(o)
     stream = o.stream or io.stderr,
     now = o.now or task.now,
   }, Progress)
-  if o.tty == nil then p.tty = stderr_is_tty() else p.tty = o.tty end
+  if o.tty == nil then p.tty = require("kpiwatch.shared").isatty(2) else p.tty = o.tty end
   p.t0 = p.now()
   if p.tty then
     p.ticker = task.spawn(function()
