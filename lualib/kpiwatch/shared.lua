@@ -3,7 +3,8 @@
 -- the value formatter, backoff, operator words, option validation and the
 -- position of a configuration error.
 --
--- Pure Lua, no state, nothing loaded at require time but kpiwatch.errors.
+-- No state; nothing loaded at require time but kpiwatch.errors and the C
+-- scans of kpiwatch._text.
 
 ---@brief
 --- The helpers every module uses, each idea once (as Neovim's vim/shared.lua):
@@ -20,27 +21,27 @@ local M = {}
 local type, tostring = type, tostring
 local byte, sub, format, concat = string.byte, string.sub, string.format, table.concat
 local math_type = math.type
-local utf8_len = utf8.len
+local utf8_invalid = require("kpiwatch._text").utf8_invalid
 
 -- ---- text from the server ------------------------------------------------------
 
 ---Replace every invalid UTF-8 sequence of `s` by U+FFFD, one per bad byte.
----Valid text (the common case) is returned as is, at the cost of one
----utf8.len. Surrogates, overlong forms and code points above U+10FFFF are
----invalid (Lua's strict decoder), so the result is accepted by any strict
----JSON or XML parser.
+---Valid text (the common case) is returned as is, at the cost of one scan
+---in C (kpiwatch._text: ASCII is skipped a word at a time). Surrogates,
+---overlong forms and code points above U+10FFFF are invalid (Lua's strict
+---decoder, utf8.len), so the result is accepted by any strict JSON or XML
+---parser.
 ---@param s string
 ---@return string
 function M.fix_utf8(s)
-  local ok, bad = utf8_len(s)
-  if ok then return s end
+  local bad = utf8_invalid(s)
+  if not bad then return s end
   local out, from = {}, 1
   while bad do
     out[#out + 1] = sub(s, from, bad - 1)
     out[#out + 1] = "\239\191\189"
     from = bad + 1
-    ok, bad = utf8_len(s, from)
-    if ok then break end
+    bad = utf8_invalid(s, from)
   end
   out[#out + 1] = sub(s, from)
   return concat(out)

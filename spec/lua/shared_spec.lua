@@ -65,6 +65,37 @@ describe("shared.clean", function()
     assert.are.equal("short", shared.clean("short", 7))
   end)
 
+  it("finds invalid UTF-8 where utf8.len does (kpiwatch._text, the C scan)", function()
+    local invalid = require("kpiwatch._text").utf8_invalid
+    local function same(s, i)
+      local ok, bad = utf8.len(s, i or 1)
+      assert.are.equal(not ok and bad or nil, invalid(s, i), ("%q at %s"):format(s, tostring(i)))
+    end
+    -- each boundary of RFC 3629's ranges, alone, truncated and after ASCII
+    local cases = { "", "abc", "\0", "\127", "\128", "\191", "\192\128", "\193\191", "\194\128",
+      "\223\191", "\224\159\191", "\224\160\128", "\237\159\191", "\237\160\128", "\237\191\191",
+      "\238\128\128", "\239\191\191", "\240\143\191\191", "\240\144\128\128", "\244\143\191\191",
+      "\244\144\128\128", "\245\128\128\128", "\248\136\128\128\128", "\255", "\226\130", "\240\159\152" }
+    for _, c in ipairs(cases) do
+      same(c)
+      same(("x"):rep(13) .. c .. "tail")
+      same(c .. c, #c + 1)
+    end
+    -- random bytes, mostly ASCII as a body is, around the word-at-a-time skip
+    math.randomseed(14)
+    for _ = 1, 3000 do
+      local t = {}
+      for k = 1, math.random(0, 40) do
+        t[k] = math.random() < 0.8 and math.random(32, 126) or math.random(128, 255)
+      end
+      local s = string.char(table.unpack(t))
+      same(s)
+      same(s, math.random(1, #s + 1))
+    end
+    same("abc", -1)
+    assert.has_error(function() invalid("abc", 5) end)
+  end)
+
   it("fixes strings of a decoded tree, keys too, copying only what changed", function()
     local inner = { "ok" }
     local t = { ["k\255"] = "v\254", same = inner }

@@ -1,0 +1,78 @@
+/*
+ * text.c - the `kpiwatch._text` module: byte-level scans of text that Lua's
+ * own library does a character at a time.
+ *
+ * utf8_invalid(s [, i]) -> the position of the first byte from i on that
+ * does not start a valid UTF-8 sequence, or nil when s[i..] is valid: what
+ * `utf8.len(s, i)` tells in its second result, with the same (strict)
+ * rules: no overlong forms, no surrogates, nothing above U+10FFFF.
+ * shared.fix_utf8 runs it over every response body; utf8.len decodes each
+ * character through a generic decoder, about a tenth of a KPIs fetch's
+ * CPU, where a body is nearly all ASCII and skipped here a word at a time.
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Length of the valid sequence at p (end - p > 0 bytes left), 0 when the
+ * bytes at p are not one. The ranges of RFC 3629's UTF8-2 .. UTF8-4. */
+static size_t seq_len(const unsigned char *p, const unsigned char *end) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+  size_t n, k;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF)
+    n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0; /* overlong */
+    if (c == 0xED) hi = 0x9F; /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90; /* overlong */
+    if (c == 0xF4) hi = 0x8F; /* above U+10FFFF */
+  } else
+    return 0;
+  if ((size_t)(end - p) < n) return 0;
+  if (p[1] < lo || p[1] > hi) return 0;
+  for (k = 2; k < n; k++)
+    if ((p[k] & 0xC0) != 0x80) return 0;
+  return n;
+}
+
+static int l_utf8_invalid(lua_State *L) {
+  size_t len;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  lua_Integer i = luaL_optinteger(L, 2, 1);
+  const unsigned char *p, *end = s + len;
+  /* utf8.len's positions: negative from the end, 1 .. #s + 1 */
+  if (i < 0) i = (lua_Integer)len + i + 1;
+  luaL_argcheck(L, i >= 1 && i <= (lua_Integer)len + 1, 2, "initial position out of bounds");
+  p = s + (i - 1);
+  while (p < end) {
+    size_t n;
+    while ((size_t)(end - p) >= 8) {
+      uint64_t w;
+      memcpy(&w, p, 8);
+      if (w & UINT64_C(0x8080808080808080)) break;
+      p += 8;
+    }
+    while (p < end && *p < 0x80)
+      p++;
+    if (p >= end) break;
+    n = seq_len(p, end);
+    if (n == 0) {
+      lua_pushinteger(L, (lua_Integer)(p - s) + 1);
+      return 1;
+    }
+    p += n;
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+int luaopen_kpiwatch__text(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"utf8_invalid", l_utf8_invalid}, {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  return 1;
+}
