@@ -126,6 +126,21 @@ describe("http.request", function()
     assert.are.equal("mine/1", json.decode(r.body).headers["user-agent"])
   end)
 
+  it("sends each request its own headers only (handles are recycled)", function()
+    for i = 1, 3 do
+      local e = json.decode(http.request{ url = base .. "/echo",
+        headers = { ["X-Api-Key"] = "k" .. i, ["User-Agent"] = "mine/" .. i } }.body)
+      assert.are.equal("k" .. i, e.headers["x-api-key"])
+      assert.are.equal("mine/" .. i, e.headers["user-agent"])
+      e = json.decode(http.request{ url = base .. "/echo" }.body)
+      assert.is_nil(e.headers["x-api-key"])
+      assert.are.equal(http.user_agent, e.headers["user-agent"])
+      e = json.decode(http.request{ url = base .. "/echo", headers = { ["X-Other"] = "o" } }.body)
+      assert.is_nil(e.headers["x-api-key"])
+      assert.are.equal("o", e.headers["x-other"])
+    end
+  end)
+
   it("sends request bodies with POST (the default with a body), PUT and PATCH", function()
     local r = http.request{ url = base .. "/echo", body = '{"a":1}',
       headers = { ["Content-Type"] = "application/json" } }
