@@ -519,6 +519,15 @@ describe("kpis", function()
       assert.are.equal(120, kpis.get(OUTBOUND).total_calls)
     end)
 
+    it("a call's options win over a configuration that requests already used", function()
+      assert.are.equal(120, kpis.get(OUTBOUND).total_calls) -- the cached configuration, prepared
+      assert.are.equal("auth", raises(function() return kpis.get(OUTBOUND, { api_key = "not-the-key" }) end).kind)
+      local e = raises(function() return kpis.get(OUTBOUND, { base_url = "http://127.0.0.1:1", retries = 0 }) end)
+      assert.are.equal("connect", e.kind)
+      assert.are.equal("auth", kpis.get_all({ OUTBOUND }, { api_key = "not-the-key", concurrency = 1 })[1].kind)
+      assert.are.equal(120, kpis.get(OUTBOUND).total_calls)
+    end)
+
     it("point_at points the client at a sandbox, below kpis.configure", function()
       kpis._reset()
       local sb2 = sandbox.start_for_client()

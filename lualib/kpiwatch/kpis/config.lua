@@ -284,14 +284,26 @@ local function resolve(opts)
   if next(opts) == nil then return base end
   check_opts(opts, "kpis")
   local c = {}
-  for k, v in pairs(base) do c[k] = v end
+  for k, v in pairs(base) do
+    -- what prepare derived from the base (headers, URLs, secrets) is
+    -- derived again from these options
+    if CHECK[k] then c[k] = v end
+  end
   for k, v in pairs(opts) do c[k] = (CHECK[k](v)) end
-  c.generation = nil
   return c
 end
 
+-- The configured secrets, for shared.redact.
+local function secrets_of(c)
+  local list = {}
+  for key in pairs(SECRET) do
+    if type(c[key]) == "string" then list[#list + 1] = c[key] end
+  end
+  return list
+end
+
 -- Checks what a request needs (credentials, base URL) once per resolved
--- config, and builds the request headers once.
+-- config, and builds the request headers and the list of secrets once.
 local function prepare(c)
   if c.prepared then return c end
   if not c.api_key or not c.secret_key then
@@ -334,22 +346,13 @@ local function prepare(c)
   h["X-Api-Key"] = c.api_key
   h["X-Secret-Key"] = c.secret_key
   c.req_headers = h
+  c.secrets = secrets_of(c) -- every response is checked for them
   c.prepared = true
   return c
 end
 
--- Replace every occurrence of a secret in s.
--- The configured secrets, for shared.redact.
-local function secrets_of(c)
-  local list = {}
-  for key in pairs(SECRET) do
-    if type(c[key]) == "string" then list[#list + 1] = c[key] end
-  end
-  return list
-end
-
 local function redact(c, s)
-  return shared.redact(s, secrets_of(c))
+  return shared.redact(s, c.secrets or secrets_of(c))
 end
 
 -- _secrets() -> the credentials in effect (for the REPL's history filter,
@@ -401,4 +404,4 @@ function M.config(opts)
   return setmetatable(out, ConfigView)
 end
 
-return { CHECK = CHECK, resolve = resolve, prepare = prepare, redact = redact, secrets_of = secrets_of }
+return { CHECK = CHECK, resolve = resolve, prepare = prepare, redact = redact }

@@ -11,8 +11,8 @@ local config = require "kpiwatch.kpis.config"
 local M = require "kpiwatch.kpis.api"
 
 local type, tostring, tonumber, pcall, error = type, tostring, tonumber, pcall, error
-local format = string.format
-local resolve, prepare, redact, secrets_of = config.resolve, config.prepare, config.redact, config.secrets_of
+local format, find = string.format, string.find
+local resolve, prepare, redact = config.resolve, config.prepare, config.redact
 
 local http -- loaded on first request, so `kpis.configure` costs no libcurl
 local task
@@ -213,15 +213,21 @@ local function send(c, req, id, parse, not_idempotent)
         if k then
           -- a server echoing a credential (as a key or a value, maybe
           -- written with \u escapes) must not get it into any output
-          local secrets = secrets_of(c)
+          local secrets = c.secrets
           local body = resp.body
-          for _, sec in ipairs(secrets) do
-            if body:find(sec, 1, true) or body:find("\\u") then
-              -- a KPI or execution object keeps its body behind raw();
-              -- a list page is the decoded body itself
-              shared.redact_tree(type(k.raw) == "function" and k:raw() or k, secrets)
-              break
+          local echoed = secrets[1] ~= nil and find(body, "\\u", 1, true) ~= nil
+          if not echoed then
+            for i = 1, #secrets do
+              if find(body, secrets[i], 1, true) then
+                echoed = true
+                break
+              end
             end
+          end
+          if echoed then
+            -- a KPI or execution object keeps its body behind raw();
+            -- a list page is the decoded body itself
+            shared.redact_tree(type(k.raw) == "function" and k:raw() or k, secrets)
           end
           if observe then observe("request", "ok", now() - t0) end
           if c.verbose then
