@@ -96,6 +96,31 @@ describe("shared.clean", function()
     assert.has_error(function() invalid("abc", 5) end)
   end)
 
+  it("tells a canonical UUID (kpiwatch._text.uuid), lowercased, as the Lua pattern does", function()
+    local uuid = require("kpiwatch._text").uuid
+    local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    assert.are.equal("c0ffee00-0000-4000-8000-00000000abcd", uuid("C0FFEE00-0000-4000-8000-00000000AbCd"))
+    for _, bad in ipairs({ "", "c0ffee00-0000-4000-8000-00000000abc", "c0ffee00-0000-4000-8000-00000000abcde",
+      "c0ffee00_0000-4000-8000-00000000abcd", "g0ffee00-0000-4000-8000-00000000abcd",
+      "c0ffee00-0000-4000-8000-00000000abc\0", "c0ffee0-00000-4000-8000-00000000abcd" }) do
+      assert.is_nil(uuid(bad), bad)
+    end
+    assert.is_nil(uuid(42))
+    assert.is_nil(uuid({}))
+    -- random mutations of a UUID: one verdict with the pattern's
+    math.randomseed(14)
+    local alphabet = "0123456789abcdefABCDEFgG-_ \0\255"
+    for _ = 1, 3000 do
+      local t = { ("c0ffee00-0000-4000-8000-00000000abcd"):byte(1, -1) }
+      for _ = 1, math.random(0, 2) do
+        local k = math.random(1, #alphabet)
+        t[math.random(1, 36)] = alphabet:byte(k)
+      end
+      local s = string.char(table.unpack(t))
+      assert.are.equal(s:match(UUID) and s:lower() or nil, uuid(s), ("%q"):format(s))
+    end
+  end)
+
   it("fixes strings of a decoded tree, keys too, copying only what changed", function()
     local inner = { "ok" }
     local t = { ["k\255"] = "v\254", same = inner }

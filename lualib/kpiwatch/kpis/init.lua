@@ -59,7 +59,8 @@ local send, lazy = M._send, transport.lazy
 
 -- ---- ids ------------------------------------------------------------------------
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+-- s in lower case when it is a canonical UUID, else nil (a C scan)
+local uuid = require("kpiwatch._text").uuid
 
 -- An id as it can be shown in one line of a message: printable, short.
 local function show_id(id)
@@ -77,11 +78,12 @@ local function check_id(id)
     errors.raise("invalid_id", "execution id must be a UUID string, got " .. type(id),
       { retryable = false })
   end
-  if #id ~= 36 or not id:match(UUID) then
+  local lower = uuid(id)
+  if not lower then
     errors.raise("invalid_id", format('not a UUID: "%s"', show_id(id)),
       { retryable = false, execution_id = nil })
   end
-  return id:lower()
+  return lower
 end
 --- Check an execution id without a request.
 ---@param id string
@@ -92,7 +94,16 @@ M.check_id = check_id
 ---@param id any
 ---@return boolean
 function M.is_uuid(id)
-  return type(id) == "string" and #id == 36 and id:match(UUID) ~= nil
+  return uuid(id) ~= nil
+end
+
+-- fetch(c, id) -> KPI object, or raises: one execution with the prepared
+-- options c (kpis.get, and each worker of get_all and each).
+local function fetch(c, id)
+  id = check_id(id)
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
+    ca_file = c.ca_file }
+  return send(c, req, id, model.parse)
 end
 
 --- Fetch the KPIs of one execution, retrying what is worth a retry. Many
@@ -103,11 +114,8 @@ end
 ---@return kpiwatch.Kpi kpi raises an error object when the request fails
 function M.get(id, opts)
   local c = prepare(resolve(opts))
-  id = check_id(id)
   lazy()
-  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
-    ca_file = c.ca_file }
-  return send(c, req, id, model.parse)
+  return fetch(c, id)
 end
 
 -- Run up to `concurrency` workers over ids; each result (a KPI object or
@@ -129,10 +137,10 @@ local function run_workers(ids, opts, deliver)
   if not ok_c then errors.raise("config", "kpis: " .. msg) end
   lazy()
   -- A per-id failure is a result; anything else (a cancellation, a bug,
-  -- an error raised by deliver) stops the pool and is raised here.
-  local get = M.get
+  -- an error raised by deliver) stops the pool and is raised here. The
+  -- options are resolved and checked once for the whole run, not per id.
   require("kpiwatch.task").map(ids, function(id, i)
-    local ok, r = pcall(get, id, call_opts)
+    local ok, r = pcall(fetch, c, id)
     if not ok and not errors.is(r) then error(r, 0) end
     deliver(r, id, i)
   end, { concurrency = conc })
