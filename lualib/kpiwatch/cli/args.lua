@@ -210,6 +210,17 @@ function M.duration(v, name)
   return d
 end
 
+--- A check: an address to listen on, ADDR:PORT.
+---@param v string
+---@param name string
+---@return string|nil
+---@return string|nil
+function M.listen(v, name)
+  local ok, msg = require("kpiwatch.metrics").parse_listen(v)
+  if not ok then return nil, M.bad(name, v, msg) end
+  return v
+end
+
 --- A check: an execution id (a UUID), lowercased.
 ---@param v string
 ---@param name string

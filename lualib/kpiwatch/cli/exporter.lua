@@ -29,31 +29,23 @@ end
 local OPTIONS = {
   ["--run-test"] = { repeats = true, key = "targets", check = function(v) return { run_test = v } end },
   ["--name"] = { repeats = true, key = "targets", check = function(v) return { name = v } end },
-  ["--id"] = { repeats = true, key = "targets", check = function(v)
-    local ok, e = pcall(require("kpiwatch.kpis").check_id, v)
-    if not ok then return nil, require("kpiwatch.errors").is(e) and e.message or tostring(e) end
+  ["--id"] = { repeats = true, key = "targets", check = function(v, name)
+    local id, msg = args.uuid(v, name)
+    if not id then return nil, msg end
     return { id = v }
   end },
-  ["--listen"] = { check = function(v)
-    local host, msg = require("kpiwatch.metrics").parse_listen(v)
-    if not host then return nil, "--listen: " .. msg end
-    return v
-  end },
-  ["--every"] = { check = function(v)
-    local d, msg = require("kpiwatch.alert").parse_duration(v)
-    if not d or d <= 0 then return nil, "--every: " .. (msg or "must be positive") end
-    return d
-  end },
+  ["--listen"] = { check = args.listen },
+  ["--every"] = { check = args.duration },
 }
 
 return function(argv)
+  local o, stop = args.command(argv, { prog = "kpiwatch: exporter", usage = USAGE, options = OPTIONS,
+    positionals = false })
+  if not o then return stop end
   local errors = require "kpiwatch.errors"
   local kpis = require "kpiwatch.kpis"
   local metrics = require "kpiwatch.metrics"
   local task = require "kpiwatch.task"
-  local o, stop = args.command(argv, { prog = "kpiwatch: exporter", usage = USAGE, options = OPTIONS,
-    positionals = false })
-  if not o then return stop end
   local targets, listen, every = o.targets, o.listen, o.every or 60
   if #targets == 0 then return usage_error("needs at least one --run-test, --name or --id") end
   if not listen then return usage_error("needs --listen ADDR:PORT") end

@@ -68,12 +68,12 @@ local OPTIONS = {
 }
 
 return function(argv)
-  local errors = require "kpiwatch.errors"
-  local sandbox = require "kpiwatch.sandbox"
-  local task = require "kpiwatch.task"
   local opts, stop = args.command(argv, { prog = "kpiwatch: sandbox", usage = USAGE, options = OPTIONS,
     positionals = false })
   if not opts then return stop end
+  local errors = require "kpiwatch.errors"
+  local sandbox = require "kpiwatch.sandbox"
+  local task = require "kpiwatch.task"
   -- the sandbox's fault table: rates by SPEC, SPECs by ID (the last one given wins)
   opts.faults = { ids = {}, rates = {}, seed = opts.seed }
   for _, r in ipairs(opts.rates) do opts.faults.rates[r[1]] = r[2] end

@@ -36,11 +36,7 @@ Exit status:
 local OPTIONS = args.merge(cmd.OPTIONS, {
   ["--every"] = { check = args.duration },
   ["--state"] = {},
-  ["--metrics"] = { check = function(v, name)
-    local ok, msg = require("kpiwatch.metrics").parse_listen(v)
-    if not ok then return nil, args.bad(name, v, msg) end
-    return v
-  end },
+  ["--metrics"] = { check = args.listen },
 })
 
 local function plural(n, what)
