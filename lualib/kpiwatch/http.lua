@@ -42,9 +42,10 @@ C.response_mt.__name = "kpiwatch.http.response"
 ---@param opts kpiwatch.http.RequestOptions|string the options, or a URL to GET
 ---@return kpiwatch.http.Response response
 function M.request(opts)
-  if type(opts) == "string" then opts = { url = opts } end
-  if type(opts) ~= "table" then
-    error("http.request: expected a table of options, got " .. type(opts), 2)
+  local t = type(opts)
+  if t ~= "table" then
+    if t ~= "string" then error("http.request: expected a table of options, got " .. t, 2) end
+    opts = { url = opts }
   end
   local resp, message, kind, code = c_request(opts)
   if resp then return resp end

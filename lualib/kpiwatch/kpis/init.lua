@@ -119,7 +119,8 @@ function M.get(id, opts)
 end
 
 -- Run up to `concurrency` workers over ids; each result (a KPI object or
--- an error object) goes to deliver(r, id, i) as it arrives.
+-- an error object) goes to deliver(r, id, i, ok) as it arrives, ok telling
+-- which.
 local function run_workers(ids, opts, deliver)
   if type(ids) ~= "table" then
     errors.raise("config", "kpis: expected a list of ids, got " .. type(ids))
@@ -142,7 +143,7 @@ local function run_workers(ids, opts, deliver)
   require("kpiwatch.task").map(ids, function(id, i)
     local ok, r = pcall(fetch, c, id)
     if not ok and not errors.is(r) then error(r, 0) end
-    deliver(r, id, i)
+    deliver(r, id, i, ok)
   end, { concurrency = conc })
 end
 
@@ -172,8 +173,8 @@ function M.each(ids, fn, opts)
     errors.raise("config", "kpis.each: expected a function, got " .. type(fn))
   end
   local fetched, failed = 0, 0
-  run_workers(ids, opts, function(r, id, i)
-    if errors.is(r) then failed = failed + 1 else fetched = fetched + 1 end
+  run_workers(ids, opts, function(r, id, i, ok)
+    if ok then fetched = fetched + 1 else failed = failed + 1 end
     fn(r, id, i)
   end)
   return fetched, failed

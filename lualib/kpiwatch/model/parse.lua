@@ -10,7 +10,7 @@ local kpi = require "kpiwatch.model.kpi"
 
 local type, next, pairs, rawget = type, next, pairs, rawget
 local setmetatable = setmetatable
-local format = string.format
+local format, find = string.format, string.find
 local Invalid = invalid.Invalid
 local json, NULL, FIELD_ORDER, unwrap = fields.json, fields.NULL, fields.FIELD_ORDER, fields.unwrap
 local RAW, KPI = kpi.RAW, kpi.KPI
@@ -96,8 +96,9 @@ end
 -- where they are read (nonfinite), at no cost to a parse.
 local function check_numbers(text, inner)
   local suspect = false
-  for _, p in ipairs(SUSPECT) do
-    if text:find(p[1], 1, true) and text:find(p[2]) then
+  for i = 1, #SUSPECT do
+    local p = SUSPECT[i]
+    if find(text, p[1], 1, true) and find(text, p[2]) then
       suspect = true
       break
     end
