@@ -4,7 +4,7 @@
 -- position of a configuration error.
 --
 -- No state; nothing loaded at require time but kpiwatch.errors and the C
--- scans of kpiwatch._text.
+-- scans of kpiwatch._text (utf8.len without them, under a plain lua5.4).
 
 ---@brief
 --- The helpers every module uses, each idea once (as Neovim's vim/shared.lua):
@@ -21,7 +21,16 @@ local M = {}
 local type, tostring = type, tostring
 local byte, sub, format, concat = string.byte, string.sub, string.format, table.concat
 local math_type = math.type
-local utf8_invalid = require("kpiwatch._text").utf8_invalid
+-- The first invalid byte of s from i on, or nil: a C scan in the binary;
+-- utf8.len's own answer under a plain lua5.4 (the model's specs run there)
+local utf8_invalid
+do
+  local ok, text = pcall(require, "kpiwatch._text")
+  utf8_invalid = ok and text.utf8_invalid or function(s, i)
+    local valid, bad = utf8.len(s, i)
+    if not valid then return bad end
+  end
+end
 
 -- ---- text from the server ------------------------------------------------------
 

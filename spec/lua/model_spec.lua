@@ -303,6 +303,17 @@ describe("kpiwatch.model", function()
       assert.truthy(err.message:find("Slow down", 1, true))
     end)
 
+    it("marks numbers JSON does not have (hex either case, a leading +) and keeps JSON's", function()
+      for _, tok in ipairs({ "0x1", "0X1F", "-0x2", "+1", "+.5" }) do
+        local k = assert(model.parse('{"total_calls": 3, "text": "max", "avg_score": ' .. tok .. "}", "abc"))
+        assert.is_true(model.is_invalid(k.avg_score), tok)
+        assert.are.equal(3, k.total_calls)
+      end
+      -- letters and signs elsewhere (prose, exponents) are no hex or plus
+      local k = assert(model.parse('{"total_calls": 3, "agent_type": "text 0x 0X +1", "avg_score": 1e+2}', "abc"))
+      assert.are.equal(100, k.avg_score)
+    end)
+
     it("accepts every KPI fixture", function()
       for _, id in ipairs(fixtures.kpi_ids()) do
         assert.is_truthy(model.parse(fixtures.get(id).body, id), id)

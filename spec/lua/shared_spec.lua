@@ -121,6 +121,19 @@ describe("shared.clean", function()
     end
   end)
 
+  it("falls back to utf8.len without the C module (the model's specs under a plain lua5.4)", function()
+    local preload, loaded = package.preload["kpiwatch._text"], package.loaded["kpiwatch._text"]
+    package.preload["kpiwatch._text"] = function() error("no C modules here") end
+    package.loaded["kpiwatch._text"], package.loaded["kpiwatch.shared"] = nil, nil
+    local ok, plain = pcall(require, "kpiwatch.shared")
+    package.preload["kpiwatch._text"], package.loaded["kpiwatch._text"] = preload, loaded
+    package.loaded["kpiwatch.shared"] = shared
+    assert.is_true(ok, tostring(plain))
+    assert.are_not.equal(shared, plain)
+    assert.are.equal("a\239\191\189b\239\191\189\239\191\189c", plain.fix_utf8("a\255b\192\175c"))
+    assert.are.equal("ok", plain.fix_utf8("ok"))
+  end)
+
   it("fixes strings of a decoded tree, keys too, copying only what changed", function()
     local inner = { "ok" }
     local t = { ["k\255"] = "v\254", same = inner }

@@ -59,11 +59,13 @@ end
 -- the values' tokens checked one by one (a cost only hostile bodies pay).
 -- Each is a plain string (memchr-fast) and the whole value it starts,
 -- delimited on both sides, so times and prose in strings rarely count.
+-- A hex prefix is looked for from its letter: memchr stops at every 0 of
+-- a KPIs body, and most bodies have no x at all.
 -- Leading zeros (01) are not looked for: they read as the number written.
 local SUSPECT = {
-  { "0x", "[:,%[]%s*[+-]?0x%x*%s*[,}%]]" }, { "0X", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]" },
-  { "Infinity", "[:,%[]%s*[+-]?Infinity%s*[,}%]]" }, { "NaN", "[:,%[]%s*[+-]?NaN%s*[,}%]]" },
-  { "+", "[:,%[]%s*%+[%d.]" },
+  { "x", "0x", "[:,%[]%s*[+-]?0x%x*%s*[,}%]]" }, { "X", "0X", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]" },
+  { "Infinity", "Infinity", "[:,%[]%s*[+-]?Infinity%s*[,}%]]" }, { "NaN", "NaN", "[:,%[]%s*[+-]?NaN%s*[,}%]]" },
+  { "+", "+", "[:,%[]%s*%+[%d.]" },
 }
 
 -- A strict JSON number followed by the end of the value.
@@ -98,7 +100,7 @@ local function check_numbers(text, inner)
   local suspect = false
   for i = 1, #SUSPECT do
     local p = SUSPECT[i]
-    if find(text, p[1], 1, true) and find(text, p[2]) then
+    if find(text, p[1], 1, true) and find(text, p[2], 1, true) and find(text, p[3]) then
       suspect = true
       break
     end
