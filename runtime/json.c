@@ -70,46 +70,49 @@ static const char *find_empty_array(const char *p, const char *end, const char *
   return NULL;
 }
 
-/* Rewrite every empty array outside strings into MARK_JSON. Returns 0 when
- * the text has none (the common case: nothing is copied). */
+/* Past the string whose opening quote is at quote: after the next quote
+ * that ends an even run of backslashes (an odd run escapes it), or end. */
+static const char *skip_string(const char *quote, const char *end) {
+  const char *p = quote + 1;
+  for (;;) {
+    const char *q = memchr(p, '"', (size_t)(end - p)), *k;
+    if (!q) return end;
+    for (k = q; k > quote + 1 && k[-1] == '\\'; k--) {
+    }
+    p = q + 1;
+    if (((q - k) & 1) == 0) return p;
+  }
+}
+
+/* Rewrite every empty array outside strings into MARK_JSON, pushing the
+ * text rewritten. Returns how many (0 when the text has none, the common
+ * case: nothing is copied or pushed). Strings are skipped only up to the
+ * last "[]" in the text, wherever it is: a KPIs body has a hundred of them
+ * and one empty array, if any. */
 static int mark_empty_arrays(lua_State *L, const char *s, size_t len) {
-  const char *end = s + len, *p = s, *from = s, *open, *close;
+  const char *end = s + len, *p = s, *from = s, *close;
+  const char *open = find_empty_array(s, end, &close);
   luaL_Buffer b;
   int found = 0;
-  /* Most bodies have no empty array at all, in a string or not. */
-  if (!find_empty_array(s, end, &close)) return 0;
-  while (p < end) {
-    /* Outside strings: up to the next quote. */
-    const char *quote = memchr(p, '"', (size_t)(end - p));
-    const char *stop = quote ? quote : end;
-    while ((open = find_empty_array(p, stop, &close))) {
-      if (!found) luaL_buffinit(L, &b);
-      found = 1;
-      luaL_addlstring(&b, from, (size_t)(open - from));
-      luaL_addlstring(&b, MARK_JSON, MARK_JSON_LEN);
-      from = p = close + 1;
+  while (open) {
+    /* Outside strings from p: is there a string before the candidate? */
+    const char *quote = memchr(p, '"', (size_t)(open - p));
+    if (quote) {
+      p = skip_string(quote, end);
+      if (open < p) open = find_empty_array(p, end, &close); /* it was in that string */
+      continue;
     }
-    if (!quote) break;
-    /* In a string: it ends at the next quote after an even run of
-     * backslashes (an odd run escapes it). */
-    p = quote + 1;
-    for (;;) {
-      const char *q = memchr(p, '"', (size_t)(end - p));
-      const char *k;
-      if (!q) {
-        p = end;
-        break;
-      }
-      for (k = q; k > quote + 1 && k[-1] == '\\'; k--) {
-      }
-      p = q + 1;
-      if (((q - k) & 1) == 0) break;
-    }
+    if (!found) luaL_buffinit(L, &b);
+    found++;
+    luaL_addlstring(&b, from, (size_t)(open - from));
+    luaL_addlstring(&b, MARK_JSON, MARK_JSON_LEN);
+    from = p = close + 1;
+    open = find_empty_array(p, end, &close);
   }
   if (!found) return 0;
   luaL_addlstring(&b, from, (size_t)(end - from));
   luaL_pushresult(&b);
-  return 1;
+  return found;
 }
 
 /* Every number cjson decodes (see the top). Integral and exact in a double
@@ -122,8 +125,11 @@ void kw_json_pushnumber(lua_State *L, lua_Number n) {
     lua_pushnumber(L, n);
 }
 
-/* Marked arrays back to empty arrays (only after a decode that marked). */
-static void fix_decoded(lua_State *L, int idx, int depth) {
+/* Marked arrays back to empty arrays (only after a decode that marked).
+ * *left counts the marks not met yet, and the walk stops at the last one;
+ * -1 when the text could hold a string equal to MARK (below): every table
+ * is visited. */
+static void fix_decoded(lua_State *L, int idx, int depth, int *left) {
   idx = lua_absindex(L, idx);
   if (lua_rawlen(L, idx) == 1) {
     lua_rawgeti(L, idx, 1);
@@ -132,16 +138,31 @@ static void fix_decoded(lua_State *L, int idx, int depth) {
       lua_pushnil(L);
       lua_rawseti(L, idx, 1);
       luaL_setmetatable(L, ARRAY_MT);
+      if (*left > 0) --*left;
       return;
     }
     lua_pop(L, 1);
   }
   luaL_checkstack(L, 4, "json too deep");
   lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -1) == LUA_TTABLE && depth < MAX_DEPTH) fix_decoded(L, -1, depth + 1);
+  while (*left != 0 && lua_next(L, idx)) {
+    if (lua_type(L, -1) == LUA_TTABLE && depth < MAX_DEPTH) fix_decoded(L, -1, depth + 1, left);
     lua_pop(L, 1);
   }
+  lua_settop(L, idx); /* lua_next's key when the walk stopped early */
+}
+
+/* Whether the text may decode to a string starting with NUL, as MARK does:
+ * only through \u0000 (cjson stops at a raw NUL; an escaped backslash
+ * before "u0000" counts too: a full walk is merely slower). */
+static int may_hold_mark(const char *s, size_t len) {
+  static const char esc[] = "\\u0000";
+  const char *p = s, *end = s + len;
+  while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+    if ((size_t)(end - p) >= sizeof esc - 1 && memcmp(p, esc, sizeof esc - 1) == 0) return 1;
+    p++;
+  }
+  return 0;
 }
 
 static int l_decode(lua_State *L) {
@@ -159,7 +180,10 @@ static int l_decode(lua_State *L) {
     }
     return luaL_error(L, "invalid JSON: %s", lua_tostring(L, -1));
   }
-  if (marked && lua_istable(L, -1)) fix_decoded(L, -1, 0);
+  if (marked && lua_istable(L, -1)) {
+    if (may_hold_mark(s, len)) marked = -1;
+    fix_decoded(L, -1, 0, &marked);
+  }
   return 1;
 }
 

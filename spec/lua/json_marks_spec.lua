@@ -41,6 +41,25 @@ describe("json.decode and empty arrays", function()
     assert.is_true(is_empty_array(d[3]))
   end)
 
+  it("restores every empty array, however many, wherever they are", function()
+    local parts = {}
+    for i = 1, 40 do parts[i] = ('"k%d": {"s": "[ ]", "a": [%s], "n": %d}'):format(i, i % 3 == 0 and "" or "1", i) end
+    local d = json.decode("{" .. table.concat(parts, ", ") .. "}")
+    for i = 1, 40 do
+      if i % 3 == 0 then assert.is_true(is_empty_array(d["k" .. i].a), i) else assert.equal(1, d["k" .. i].a[1]) end
+      assert.equal("[ ]", d["k" .. i].s)
+    end
+  end)
+
+  it("restores a real empty array after a string that looks like its mark", function()
+    -- the walk after decoding may stop at the last mark only when no
+    -- string of the text can be the mark (it starts with NUL)
+    local d = json.decode('[["\\u0000kw-empty-array"], []]')
+    assert.is_true(is_empty_array(d[2]))
+    d = json.decode('{"a": ["\\u0000kw-empty-array"], "b": {"c": []}}')
+    assert.is_true(is_empty_array(d.b.c))
+  end)
+
   it("still reports invalid JSON, unterminated strings included", function()
     assert.has_error(function() json.decode('{"a": "[]') end)
     assert.has_error(function() json.decode('{"a": [] "b"') end)
