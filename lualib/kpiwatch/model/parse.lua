@@ -62,11 +62,18 @@ end
 -- A hex prefix is looked for from its letter: memchr stops at every 0 of
 -- a KPIs body, and most bodies have no x at all.
 -- Leading zeros (01) are not looked for: they read as the number written.
-local SUSPECT = {
-  { "x", "0x", "[:,%[]%s*[+-]?0x%x*%s*[,}%]]" }, { "X", "0X", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]" },
-  { "Infinity", "Infinity", "[:,%[]%s*[+-]?Infinity%s*[,}%]]" }, { "NaN", "NaN", "[:,%[]%s*[+-]?NaN%s*[,}%]]" },
-  { "+", "+", "[:,%[]%s*%+[%d.]" },
-}
+local HEX, HEX_UPPER = "[:,%[]%s*[+-]?0x%x*%s*[,}%]]", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]"
+local INFINITY, NAN, PLUS = "[:,%[]%s*[+-]?Infinity%s*[,}%]]", "[:,%[]%s*[+-]?NaN%s*[,}%]]", "[:,%[]%s*%+[%d.]"
+
+-- Whether text may hold a number the grammar refuses (each test a
+-- memchr-fast plain search first, the pattern only on a hit).
+local function suspect(text)
+  return find(text, "x", 1, true) and find(text, "0x", 1, true) and find(text, HEX)
+    or find(text, "X", 1, true) and find(text, "0X", 1, true) and find(text, HEX_UPPER)
+    or find(text, "Infinity", 1, true) and find(text, INFINITY)
+    or find(text, "NaN", 1, true) and find(text, NAN)
+    or find(text, "+", 1, true) and find(text, PLUS)
+end
 
 -- A strict JSON number followed by the end of the value.
 local function json_number_at(text, pos)
@@ -97,15 +104,7 @@ end
 -- Non-finite values (1e400, a NaN the prefilter did not see) are found
 -- where they are read (nonfinite), at no cost to a parse.
 local function check_numbers(text, inner)
-  local suspect = false
-  for i = 1, #SUSPECT do
-    local p = SUSPECT[i]
-    if find(text, p[1], 1, true) and find(text, p[2], 1, true) and find(text, p[3]) then
-      suspect = true
-      break
-    end
-  end
-  if not suspect then return end
+  if not suspect(text) then return end
   local bad
   for key, v in next, inner do
     if type(v) == "number" and type(key) == "string" then
