@@ -161,12 +161,19 @@ describe("kpiwatch.history", function()
       local h = require "kpiwatch.history"
       local model = require "kpiwatch.model"
       local w = tonumber(arg[2])
+      -- odd writers open, record and close each time, as gates do (the
+      -- last connection out checkpoints and empties the kept WAL while
+      -- others write); even writers keep one connection, as a watch does
       local s = assert(h.open(arg[1]))
       for i = 1, 40 do
         local id = ("00000000-0000-4000-8000-%06d%06d"):format(w, i)
         assert(s:record(model.new({ total_calls = 10, failed_calls = w, avg_score = i / 100 }),
           { execution_id = id, run_test = "par", status = "completed",
             calls = { { id = "a", overall_score = 0.5 }, { id = "b", overall_score = 0.25 } } }) == true)
+        if w % 2 == 1 then
+          s:close()
+          s = assert(h.open(arg[1]))
+        end
       end
       s:close()
     ]])
@@ -197,5 +204,27 @@ describe("kpiwatch.history", function()
     local raw = store:run("SELECT kpis FROM bodies b JOIN executions e ON e.n = b.n WHERE e.id = ?", uuid(30))
     assert.equal(3, json.decode(raw).callsAttempted)
     assert.equal(3, store:series("rt", "calls_attempted").values[1])
+  end)
+
+  it("leaves every record in the file itself once closed, keeping an empty WAL", function()
+    local path = dir .. "/sub/h.db"
+    assert.is_true(store:record(kpi(0.6), { execution_id = uuid(40), run_test = "rt", status = "completed" }))
+    store:close()
+    -- the last connection out checkpointed: the WAL and its index stay, the WAL empty
+    assert.equal(0, fs.stat(path .. "-wal").size)
+    assert.equal(tonumber("600", 8), fs.stat(path .. "-wal").mode & tonumber("777", 8))
+    assert.equal(tonumber("600", 8), fs.stat(path .. "-shm").mode & tonumber("777", 8))
+    -- a copy of the database file alone (a CI cache of history.db) has the record
+    local copy = dir .. "/copy.db"
+    assert(os.execute(("cp '%s' '%s'"):format(path, copy)))
+    local c = assert(history.open(copy, { readonly = true }))
+    assert.equal(1, c:count("rt"))
+    assert.equal(0.6, c:series("rt", "avg_score").values[1])
+    c:close()
+    -- and the file reopens for writing where it is, records kept
+    store = assert(history.open(path))
+    assert.is_false(store:record(kpi(0.1), { execution_id = uuid(40), run_test = "rt", status = "completed" }))
+    assert.is_true(store:record(kpi(0.7), { execution_id = uuid(41), run_test = "rt", status = "completed" }))
+    assert.same({ 0.6, 0.7 }, store:series("rt", "avg_score").values)
   end)
 end)

@@ -201,17 +201,25 @@ local function mkdirs_for(path)
   return true
 end
 
+-- sqlite.open, creating the file (and its folder) only when it is missing:
+-- a gate records into a file that exists nearly always, and the folder
+-- checks and the creating open cost system calls on every record.
+local function open_db(path, readonly)
+  if readonly then return sqlite.open(path, "ro") end
+  local db, msg, code = sqlite.open(path, "rw")
+  if db or code ~= "cantopen" then return db, msg end
+  local ok, err = mkdirs_for(path)
+  if not ok then return nil, err end
+  return sqlite.open(path, "rwc", 384) -- 0600
+end
+
 ---Opens (creating it 0600 when missing) a history file and brings its schema up to date.
 ---@param path string
 ---@param opts? {readonly?: boolean}
 ---@return table|nil store, string|nil message
 function M.open(path, opts)
   opts = opts or {}
-  if not opts.readonly then
-    local ok, err = mkdirs_for(path)
-    if not ok then return nil, "history: " .. err end
-  end
-  local db, msg = sqlite.open(path, opts.readonly and "ro" or "rwc", 384) -- 0600
+  local db, msg = open_db(path, opts.readonly)
   if not db then return nil, "history: " .. msg end
   db:busy_timeout(M.BUSY_TIMEOUT_MS)
   local self = setmetatable({ db = db, path = path, stmts = {} }, Store)
@@ -220,6 +228,17 @@ function M.open(path, opts)
     -- on power loss; a lost last record is re-imported, never corrupt.
     check(path, db:exec("PRAGMA synchronous=NORMAL"))
     if not opts.readonly then
+      -- Each gate opens the file, records one execution and closes it. The
+      -- last connection to close checkpoints, so the file alone always holds
+      -- every record (a CI cache of history.db loses nothing). Persistent
+      -- WAL keeps the -wal and -shm files, the WAL emptied to 0 bytes
+      -- (journal_size_limit=0), rather than deleting and creating both on
+      -- every record: creating, chowning and unlinking them was a tenth of
+      -- a record's CPU. (Not checkpointing on close was slower still: the
+      -- first connection of each process rebuilds the WAL index by reading
+      -- the whole WAL, and the file alone would lack the newest records.)
+      db:persist_wal(true)
+      check(path, db:exec("PRAGMA journal_size_limit=0"))
       migrate(self)
     elseif user_version(db) ~= M.SCHEMA_VERSION then
       error("history: " .. path .. " has schema version " .. user_version(db) .. ", expected " ..
@@ -322,18 +341,21 @@ function Store:record(k, info)
   if lower(info.status) ~= "completed" then return false end
   local start = type(info.start_time) == "string" and info.start_time or nil
   return transaction(self, function()
-    local n, run_test, known_start = self:run("SELECT n, run_test, start_time FROM executions WHERE id = ?", id)
-    local new = not n
+    -- the insert first: a new execution (a gate's usual case) costs no lookup
+    local now = iso_now()
+    self:run([[INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT(id) DO NOTHING]], id, info.run_test, "completed", start, now, start or now)
+    local new = self.db:changes() == 1
+    local n
     if new then
-      local now = iso_now()
-      self:run("INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)",
-        id, info.run_test, "completed", start, now, start or now)
       n = self.db:last_insert_rowid()
       self:run("INSERT INTO bodies(n, kpis) VALUES (?, ?)", n, json.encode(k:raw()))
       for name, v in pairs(metrics_of(k)) do
         self:run("INSERT INTO metrics(n, name, value) VALUES (?, ?, ?)", n, name, v)
       end
     else
+      local run_test, known_start
+      n, run_test, known_start = self:run("SELECT n, run_test, start_time FROM executions WHERE id = ?", id)
       if run_test == nil and info.run_test then
         self:run("UPDATE executions SET run_test = ? WHERE n = ?", info.run_test, n)
       end
