@@ -82,6 +82,17 @@ class HistoryInGate(unittest.TestCase):
         self.assertLess(c["ci"][0], 0)
         self.assertGreater(c["ci"][1], 0)
         self.assertIn("not significant", c["message"])
+        # the trend shows the same exact mean the gate judged, marked as such,
+        # for the judged run and the five whose scores were pooled
+        r = self.run_kw("history", "voice-trend", "--format", "json", "--metric", "avg_score", history=h)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        points = {p["execution_id"]: p for p in json.loads(r.stdout)["executions"]}
+        self.assertEqual(points[NOISE]["avg_score_source"], "calls")
+        self.assertAlmostEqual(points[NOISE]["avg_score"], c["value"], places=12)
+        self.assertEqual(points[NOISE]["avg_score_server"], 0.8)
+        self.assertEqual(points[NOISE]["avg_score_calls"], 8)
+        self.assertEqual(sorted(i for i, p in points.items() if p["avg_score_source"] == "calls"),
+                         sorted([past(3, i) for i in range(4, 10)]))
 
         r = self.run_kw("gate", REGRESSION, *CHECK, "--significance", "0.05", history=h)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)

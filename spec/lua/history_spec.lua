@@ -227,4 +227,55 @@ describe("kpiwatch.history", function()
     assert.is_true(store:record(kpi(0.7), { execution_id = uuid(41), run_test = "rt", status = "completed" }))
     assert.same({ 0.6, 0.7 }, store:series("rt", "avg_score").values)
   end)
+
+  it("gives avg_score points as the exact mean of stored per-call scores, marked, the server's value elsewhere",
+    function()
+      local scored = { { id = "c1", overall_score = 0.81 }, { id = "c2", overall_score = 0.84 },
+        { id = "c3", status = "failed" } } -- an unscored call counts for nothing
+      store:record(kpi(0.8), { execution_id = uuid(50), run_test = "rt", status = "completed", start_time = start(1),
+        calls = scored })
+      store:record(kpi(0.8), { execution_id = uuid(51), run_test = "rt", status = "completed", start_time = start(2) })
+      store:record(kpi(0.9), { execution_id = uuid(52), run_test = "rt", status = "completed", start_time = start(3) })
+      -- calls fetched later (gate --significance, import --calls) make that point exact too
+      store:record({}, { execution_id = uuid(52), status = "completed",
+        calls = { { id = "d1", overall_score = 0.86 }, { id = "d2", overall_score = 0.87 } } })
+      local s = store:series("rt", "avg_score")
+      assert.equal(3, s.n)
+      assert.near(0.825, s.values[1], 1e-12)
+      assert.equal(0.8, s.values[2])
+      assert.near(0.865, s.values[3], 1e-12)
+      assert.same({ true, false, true }, s.exact)
+      assert.same({ 0.8, 0.8, 0.9 }, s.server)
+      assert.same({ 2, false, 2 }, s.calls)
+      assert.equal(2, s.exact_n)
+      assert.matches("exact means of the per%-call scores for 2 of 3 executions.*rounded to 0%.1",
+        history.precision_note(s))
+      -- newest first then reversed: the last one stays in its place with --last
+      local last = store:series("rt", "avg_score", { last = 2 })
+      assert.same({ false, true }, last.exact)
+      assert.equal(0.9, last.server[2])
+      -- other metrics have no exact counterpart
+      assert.is_nil(store:series("rt", "failure_rate").exact)
+      assert.is_nil(history.precision_note(store:series("rt", "failure_rate")))
+      -- a median baseline is held against the server's value of the judged
+      -- execution: it is taken of the server's values
+      assert.equal(0.8, (store:median("rt", "avg_score", 2, uuid(52))))
+    end)
+
+  it("back-fills the exact means of a file written before they were kept (schema 1)", function()
+    local path = dir .. "/old.db"
+    local s = assert(history.open(path))
+    s:record(kpi(0.8), { execution_id = uuid(60), run_test = "rt", status = "completed",
+      calls = { { id = "a", overall_score = 0.75 }, { id = "b", overall_score = 0.8 } } })
+    -- as schema 1 left it: calls stored, no table of exact values
+    assert(s.db:exec("DROP TABLE exact"))
+    assert(s.db:exec("PRAGMA user_version = 1"))
+    s:close()
+    s = assert(history.open(path))
+    assert.equal(history.SCHEMA_VERSION, (s:run("PRAGMA user_version")))
+    local got = s:series("rt", "avg_score")
+    assert.same({ true }, got.exact)
+    assert.near(0.775, got.values[1], 1e-12)
+    s:close()
+  end)
 end)

@@ -97,9 +97,25 @@ local MIGRATIONS = {
         overall_score REAL,
         PRIMARY KEY(n, call_id)) WITHOUT ROWID]],
   },
+  [2] = {
+    -- the exact value of a metric the server rounds, from the stored calls
+    -- (avg_score: the mean of the per-call overall_score), kept per
+    -- execution so a series read never averages every call again (30 calls
+    -- each over 10,000 executions tripled a read); `calls` is how many
+    -- scored calls it is the mean of
+    [[CREATE TABLE exact(
+        n INTEGER NOT NULL REFERENCES executions(n),
+        name TEXT NOT NULL,
+        value REAL NOT NULL,
+        calls INTEGER NOT NULL,
+        PRIMARY KEY(n, name)) WITHOUT ROWID]],
+    [[INSERT INTO exact(n, name, value, calls)
+        SELECT n, 'avg_score', avg(overall_score), count(overall_score) FROM calls
+        WHERE overall_score IS NOT NULL GROUP BY n]],
+  },
 }
 -- PRAGMA user_version takes no bound parameter: one fixed text per version.
-local SET_VERSION = { [1] = "PRAGMA user_version = 1" }
+local SET_VERSION = { [1] = "PRAGMA user_version = 1", [2] = "PRAGMA user_version = 2" }
 M.SCHEMA_VERSION = #MIGRATIONS
 
 -- ---- where ----------------------------------------------------------------
@@ -371,6 +387,9 @@ function Store:record(k, info)
         self:run("INSERT OR IGNORE INTO calls(n, call_id, status, overall_score) VALUES (?, ?, ?, ?)",
           n, tostring(c.id), lower(c.status), score)
       end
+      self:run([[INSERT OR REPLACE INTO exact(n, name, value, calls)
+          SELECT n, 'avg_score', avg(overall_score), count(overall_score) FROM calls
+          WHERE n = ? AND overall_score IS NOT NULL GROUP BY n]], n)
     end
     return new
   end)
@@ -441,9 +460,13 @@ end
 ---@class kpiwatch.history.Series
 ---@field metric string as asked
 ---@field key string the stored name
----@field values number[] oldest first
+---@field values number[] oldest first; for avg_score the exact mean of the stored per-call scores where there are some
 ---@field ids string[] execution ids, parallel to values
 ---@field times string[] start (or fetch) times, ISO 8601 UTC
+---@field exact? boolean[] avg_score only: true where the value is the exact mean of per-call scores
+---@field server? number[] avg_score only: the server's (rounded) value of each point
+---@field calls? (integer|false)[] avg_score only: how many scored calls an exact point is the mean of
+---@field exact_n? integer avg_score only: how many points are exact
 ---@field n integer
 local Series = {}
 Series.__index = Series
@@ -456,6 +479,24 @@ Series.__tostring = function(s)
     model.format_value(last), s.n)
 end
 M.Series = Series
+
+---A one-line note on where a series' values come from when the server rounds the metric (nil otherwise).
+---@param s table a series
+---@return string|nil note
+function M.precision_note(s)
+  if not s.exact or s.n == 0 then return nil end
+  local n = s.exact_n or 0
+  local step = require("kpiwatch.significance").PRECISION[s.key]
+  local rounded = step and ("rounded to " .. model.format_value(step)) or "rounded"
+  if n == s.n then
+    return ("exact means of the per-call scores (all %d executions)"):format(s.n)
+  elseif n == 0 then
+    return ("the server's values, %s (no per-call scores stored; kpiwatch history import --calls adds them)")
+      :format(rounded)
+  end
+  return ("exact means of the per-call scores for %d of %d executions, the server's values (%s) for the rest")
+    :format(n, s.n, rounded)
+end
 
 ---The median of the series' values (nil when empty).
 ---@return number|nil
@@ -476,7 +517,24 @@ function M.median(values, n)
   return (t[n // 2] + t[n // 2 + 1]) / 2
 end
 
----One metric of a run test's completed executions, oldest first.
+local SERIES_SQL = [[SELECT e.id, e.at, m.value FROM executions e
+    JOIN metrics m ON m.n = e.n AND m.name = ?
+    WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]]
+
+-- Metrics the server rounds that stored per-call scores give exactly: the
+-- server sends avg_score as ROUND(AVG(overall_score), 1) (FIELD-NOTES), so
+-- where an execution's calls were recorded its point is their exact mean
+-- (the table `exact`: the mean --significance judges on, of the scored
+-- calls); elsewhere the server's value stands.
+local EXACT = {
+  avg_score = [[SELECT e.id, e.at, m.value, x.value, x.calls FROM executions e
+    JOIN metrics m ON m.n = e.n AND m.name = ?
+    LEFT JOIN exact x ON x.n = e.n AND x.name = m.name
+    WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]],
+}
+
+---One metric of a run test's completed executions, oldest first. avg_score points are the exact mean of the
+---execution's stored per-call scores where there are some (the server rounds it to 0.1), marked in `exact`.
 ---@param run_test string
 ---@param metric string e.g. "avg_score", "failure_rate", "task_completion"
 ---@param opts? {last?: integer, before?: string} last N only; before: executions started before this one's
@@ -485,22 +543,32 @@ function Store:series(run_test, metric, opts)
   opts = opts or {}
   local key, alt = metric_key(metric)
   local limit = opts.last or -1
-  local sql = [[SELECT e.id, e.at, m.value FROM executions e
-      JOIN metrics m ON m.n = e.n AND m.name = ?
-      WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]]
   local s = setmetatable({ metric = metric, key = key, run_test = run_test, values = {}, ids = {}, times = {}, n = 0 },
     Series)
   -- straight into the series' arrays, newest first, then reversed: no
   -- table per row (a 10,000-execution read spent a third of its time there)
   local function fill(name)
+    local exact_sql = EXACT[name]
     local ids, times, values = s.ids, s.times, s.values
-    local n = 0
-    local st = self:stmt(sql)
+    local exact, server, calls, n, n_exact = nil, nil, nil, 0, 0
+    if exact_sql then
+      exact, server, calls = {}, {}, {}
+      s.exact, s.server, s.calls = exact, server, calls
+    end
+    local st = self:stmt(exact_sql or SERIES_SQL)
     check("bind", st:bind(name, run_test, limit))
     local ok, err = pcall(function()
-      for id, at, v in st:rows() do
+      for id, at, v, mean, scored in st:rows() do
         n = n + 1
-        ids[n], times[n], values[n] = id, at, v
+        ids[n], times[n] = id, at
+        if exact then
+          server[n], exact[n], calls[n] = v, mean ~= nil, scored or false
+          if mean ~= nil then
+            v = mean
+            n_exact = n_exact + 1
+          end
+        end
+        values[n] = v
       end
     end)
     st:reset()
@@ -510,8 +578,13 @@ function Store:series(run_test, metric, opts)
       ids[i], ids[j] = ids[j], ids[i]
       times[i], times[j] = times[j], times[i]
       values[i], values[j] = values[j], values[i]
+      if exact then
+        exact[i], exact[j], server[i], server[j] = exact[j], exact[i], server[j], server[i]
+        calls[i], calls[j] = calls[j], calls[i]
+      end
     end
     s.n = n
+    if exact then s.exact_n = n_exact end
   end
   fill(key)
   if s.n == 0 and alt then
@@ -560,7 +633,7 @@ function Store:calls(id)
   return out
 end
 
----The median of a metric over a run test's last n stored executions (optionally excluding one).
+---The median of a metric over a run test's last n stored executions (optionally excluding one), of the server's values.
 ---@param run_test string
 ---@param metric string
 ---@param n integer
@@ -568,25 +641,26 @@ end
 ---@return number|nil median, table series the values it was taken from
 function Store:median(run_test, metric, n, exclude)
   local s = self:series(run_test, metric, { last = n + (exclude and 1 or 0) })
-  if exclude then
-    local keep = setmetatable({ metric = s.metric, key = s.key, run_test = run_test, values = {}, ids = {}, times = {},
-      n = 0 }, Series)
-    for i = 1, s.n do
-      if s.ids[i] ~= exclude then
-        keep.n = keep.n + 1
-        keep.values[keep.n], keep.ids[keep.n], keep.times[keep.n] = s.values[i], s.ids[i], s.times[i]
-      end
+  -- the median is held against the judged execution's value as the server
+  -- sent it, so it is taken of the server's values too: an exact mean beside
+  -- a rounded one would show a move of up to 0.05 where there is none
+  local values = s.server or s.values
+  local keep = setmetatable({ metric = s.metric, key = s.key, run_test = run_test, values = {}, ids = {}, times = {},
+    n = 0 }, Series)
+  for i = 1, s.n do
+    if s.ids[i] ~= exclude then
+      keep.n = keep.n + 1
+      keep.values[keep.n], keep.ids[keep.n], keep.times[keep.n] = values[i], s.ids[i], s.times[i]
     end
-    -- at most n, the newest
-    while keep.n > n do
-      table.remove(keep.values, 1)
-      table.remove(keep.ids, 1)
-      table.remove(keep.times, 1)
-      keep.n = keep.n - 1
-    end
-    s = keep
   end
-  return s:median(), s
+  -- at most n, the newest
+  while keep.n > n do
+    table.remove(keep.values, 1)
+    table.remove(keep.ids, 1)
+    table.remove(keep.times, 1)
+    keep.n = keep.n - 1
+  end
+  return keep:median(), keep
 end
 
 ---Metric names stored for a run test, sorted.
