@@ -118,7 +118,7 @@ local function chart(s, thresholds)
   local note = history.precision_note(s)
   if note then
     out[#out + 1] = format('<p class="meta prec">%s%s</p>', text(note),
-      (s.exact_n or 0) < s.n and " &#183; hollow points: the server&#8217;s rounded value" or "")
+      (s.exact_n or 0) < s.n and " &#183; hollow points: the server's rounded value" or "")
   end
   out[#out + 1] = format('<svg viewBox="0 0 %d %d" role="img" aria-label="%s">', W, H,
     attr(name .. " over " .. s.n .. " executions"))
