@@ -550,11 +550,12 @@ function Store:series(run_test, metric, opts)
   local function fill(name)
     local exact_sql = EXACT[name]
     local ids, times, values = s.ids, s.times, s.values
-    local exact, server, calls, n, n_exact = nil, nil, nil, 0, 0
-    if exact_sql then
-      exact, server, calls = {}, {}, {}
-      s.exact, s.server, s.calls = exact, server, calls
-    end
+    local n, n_exact = 0, 0
+    -- where the value comes from, for a metric the server rounds
+    local exact = exact_sql and {} or nil
+    local server = exact_sql and {} or nil
+    local calls = exact_sql and {} or nil
+    s.exact, s.server, s.calls = exact, server, calls
     local st = self:stmt(exact_sql or SERIES_SQL)
     check("bind", st:bind(name, run_test, limit))
     local ok, err = pcall(function()
