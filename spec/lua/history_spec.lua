@@ -254,13 +254,24 @@ describe("kpiwatch.history", function()
       local last = store:series("rt", "avg_score", { last = 2 })
       assert.same({ false, true }, last.exact)
       assert.equal(0.9, last.server[2])
+      assert.same({ "calls", 0.9, 2 }, { last:source(2) })
+      assert.same({ "server", 0.8 }, { last:source(1) })
       -- other metrics have no exact counterpart
-      assert.is_nil(store:series("rt", "failure_rate").exact)
+      assert.is_nil(store:series("rt", "failure_rate").exact_n)
+      assert.is_nil(store:series("rt", "failure_rate"):source(1))
       assert.is_nil(history.precision_note(store:series("rt", "failure_rate")))
       -- a median baseline is held against the server's value of the judged
       -- execution: it is taken of the server's values
       assert.equal(0.8, (store:median("rt", "avg_score", 2, uuid(52))))
     end)
+
+  it("marks every avg_score point as the server's when no per-call scores are stored", function()
+    store:record(kpi(0.8), { execution_id = uuid(55), run_test = "rt", status = "completed" })
+    local s = store:series("rt", "avg_score")
+    assert.equal(0, s.exact_n)
+    assert.same({ "server", 0.8 }, { s:source(1) })
+    assert.matches("^the server's values, rounded to 0%.1", history.precision_note(s))
+  end)
 
   it("back-fills the exact means of a file written before they were kept (schema 1)", function()
     local path = dir .. "/old.db"

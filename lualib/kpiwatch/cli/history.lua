@@ -135,7 +135,8 @@ local function by_execution(series)
         rows[#rows + 1] = r
       end
       r.values[si] = s.values[i]
-      if s.exact then r[si] = { exact = s.exact[i], server = s.server[i], calls = s.calls[i] } end
+      local source, server, calls = s:source(i)
+      if source then r[si] = { source = source, server = server, calls = calls } end
     end
   end
   table.sort(rows, function(a, b)
@@ -196,9 +197,9 @@ local function render_json(run_test, series)
       -- which points are exact means of per-call scores, which the server's rounding
       local p = r[si]
       if p then
-        o[s.display .. "_source"] = p.exact and "calls" or "server"
+        o[s.display .. "_source"] = p.source
         o[s.display .. "_server"] = p.server
-        if p.exact then o[s.display .. "_calls"] = p.calls end
+        o[s.display .. "_calls"] = p.calls
       end
     end
     list[#list + 1] = o
@@ -214,7 +215,7 @@ local function render_csv(series)
   local head = { "execution_id", "time" }
   for _, s in ipairs(series) do
     head[#head + 1] = csv_field(s.display)
-    if s.exact then head[#head + 1] = csv_field(s.display .. "_source") end
+    if s.exact_n then head[#head + 1] = csv_field(s.display .. "_source") end
   end
   local out = { table.concat(head, ",") }
   for _, r in ipairs(by_execution(series)) do
@@ -222,7 +223,7 @@ local function render_csv(series)
     for si, s in ipairs(series) do
       local v = r.values[si]
       cells[#cells + 1] = v == nil and "" or model.format_value(v)
-      if s.exact then cells[#cells + 1] = r[si] and (r[si].exact and "calls" or "server") or "" end
+      if s.exact_n then cells[#cells + 1] = r[si] and r[si].source or "" end
     end
     out[#out + 1] = table.concat(cells, ",")
   end

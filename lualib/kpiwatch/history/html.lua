@@ -78,11 +78,13 @@ end
 -- source(s, i) -> where point i of a series the server rounds comes from,
 -- as " (...)" ("" for other metrics)
 local function source(s, i)
-  if not s.exact then return "" end
-  if s.exact[i] then
-    return format(" (exact mean of %s per-call scores; the server says %s)", tostring(s.calls[i]), fmt(s.server[i]))
+  local from, server, calls = s:source(i)
+  if from == "calls" then
+    return format(" (exact mean of %d per-call scores; the server says %s)", calls, fmt(server))
+  elseif from == "server" then
+    return " (the server's value, rounded)"
   end
-  return " (the server's value, rounded)"
+  return ""
 end
 
 -- chart(s, thresholds) -> the <section> of one metric
@@ -149,7 +151,7 @@ local function chart(s, thresholds)
     out[#out + 1] = format('<polyline class="line" points="%s"/>', concat(pts, " "))
   end
   for i = 1, s.n do
-    local rounded = s.exact and not s.exact[i]
+    local rounded = s:source(i) == "server"
     out[#out + 1] = format('<circle class="pt%s%s" cx="%s" cy="%s" r="4"><title>%s</title></circle>',
       rounded and " srv" or "", i == s.n and " last" or "", num(x(i)), num(y(vals[i])),
       text(format("%s\n%s\n%s = %s%s", s.ids[i], tostring(s.times[i] or ""), name, fmt(vals[i]), source(s, i))))
@@ -168,11 +170,11 @@ local function chart(s, thresholds)
   end
   out[#out + 1] = "</svg>"
   out[#out + 1] = "<details><summary>" .. s.n .. " executions</summary><table><tr><th>execution</th><th>date</th>"
-    .. "<th>" .. text(name) .. "</th>" .. (s.exact and "<th>source</th>" or "") .. "</tr>"
+    .. "<th>" .. text(name) .. "</th>" .. (s.exact_n and "<th>source</th>" or "") .. "</tr>"
   for i = s.n, 1, -1 do
     out[#out + 1] = format('<tr><td><code>%s</code></td><td>%s</td><td class="num">%s</td>%s</tr>', text(s.ids[i]),
       text(tostring(s.times[i] or "")), text(fmt(vals[i])),
-      s.exact and ("<td>" .. text(source(s, i):match("^ %((.*)%)$")) .. "</td>") or "")
+      s.exact_n and ("<td>" .. text(source(s, i):match("^ %((.*)%)$")) .. "</td>") or "")
   end
   out[#out + 1] = "</table></details></section>"
   return concat(out, "\n")
