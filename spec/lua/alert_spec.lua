@@ -842,6 +842,25 @@ describe("alert.watch", function()
     assert.are.equal(0, #doc.outbox)
   end)
 
+  it("raises a cancellation of its task mid-delivery, with the notification spooled, not in the outbox", function()
+    local state = dir .. "/state.json"
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 5, backoff = 0.01, max_backoff = 0.01 }
+    reg:hook("slow", function() task.sleep(5) end)
+    reg:rule { name = "score-floor", metric = "avg_score", below = 0.8 }
+    local t = task.spawn(reg.watch, reg, { ids = { snap(0.7) }, every = 30, state = state })
+    task.sleep(0.1)
+    task.cancel(t, "enough")
+    local ok, err = pcall(task.wait, t)
+    assert.is_false(ok)
+    assert.are.equal("enough", err)
+    local sp = json.decode(assert(io.open(state .. ".spool")):read("a"))
+    assert.are.equal(1, #sp.entries)
+    -- in the spool only: the next run does not send it twice
+    local doc = json.decode(assert(io.open(state)):read("a"))
+    assert.are.equal(0, #doc.outbox)
+  end)
+
   it("rejects bad options", function()
     local reg = watched()
     assert.has_error(function() reg:watch { ids = {}, evry = 3 } end)

@@ -178,6 +178,23 @@ describe("task.map", function()
     assert.is_true(started < 6)
   end)
 
+  it("on a cancellation of its caller, cancels every worker at once and raises it", function()
+    local finished = 0
+    local t = task.spawn(task.map, { 1, 2, 3 }, function()
+      task.sleep(5)
+      finished = finished + 1
+    end, { concurrency = 3 })
+    task.sleep(0.05)
+    local t0 = task.now()
+    task.cancel(t, "enough")
+    local ok, err = pcall(task.wait, t)
+    assert.is_false(ok)
+    assert.are.equal("enough", err)
+    assert.is_true(task.now() - t0 < 1, "waited for the other workers")
+    task.sleep(0.05)
+    assert.are.equal(0, finished)
+  end)
+
   it("refuses a bad concurrency and returns {} for an empty list", function()
     assert.has_error(function() task.map({ 1 }, print, { concurrency = 0 }) end)
     assert.are.same({}, task.map({}, error))

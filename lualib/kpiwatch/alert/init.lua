@@ -373,7 +373,9 @@ function Registry:check(x, opts)
         jobs[#jobs + 1] = { hook = h, event = ev }
       end
     end
-    self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+    -- a cancellation of this task comes back once the rest is spooled
+    local _, cancelled = self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+    if cancelled then error(cancelled, 0) end
   end)
   deliver.stop_end(ctx)
   if not ok then error(err, 0) end

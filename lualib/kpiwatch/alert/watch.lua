@@ -48,7 +48,7 @@ function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
     end
   end
   if #jobs == 0 and #waiting == #st.outbox then return 0 end
-  local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
+  local unspooled, cancelled = self:_deliver(jobs, sp, ctx, rep, state_path)
   if #unregistered > 0 then
     local ok, err = sp:add_all(unregistered)
     if not ok then
@@ -59,8 +59,17 @@ function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
   end
   st.outbox = waiting
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
-  if not state_path then return #unspooled end
+  -- cancelled (task.cancel of the watch's task): raised once the outbox holds
+  -- only what is neither delivered nor spooled, and is saved
+  if not state_path then
+    if cancelled then error(cancelled, 0) end
+    return #unspooled
+  end
   local ok, err = save_state(state_path, st)
+  if cancelled then
+    if not ok then self:_log("cannot save the alert state: " .. tostring(err), true) end
+    error(cancelled, 0)
+  end
   if ok then return 0 end
   self:_log("cannot save the alert state: " .. tostring(err), true)
   if #unspooled > 0 and rep then
