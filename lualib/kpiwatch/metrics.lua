@@ -446,6 +446,22 @@ local function from_execution(ex, entry)
   return entry
 end
 
+-- Run test id -> name, looked up once per process: the API names a run test
+-- only in its list of run tests (kpis.run_test_name pages through it), and a
+-- poll every interval should not read that list each time.
+local run_test_names = {}
+
+-- The name of a run test given by id for its `run_test` label; nil when the
+-- lookup fails (tried again next poll: the label is a bonus, the KPIs still go out).
+local function name_of(kpis, rt)
+  local key = rt:lower()
+  if run_test_names[key] == nil then
+    local ok, name = pcall(kpis.run_test_name, rt)
+    if ok then run_test_names[key] = name end
+  end
+  return run_test_names[key]
+end
+
 -- A target's execution: {execution_id=, run_test_id=, run_test=, status=,
 -- completed_at=}; false when a run test has no completed execution yet;
 -- nil, error when the API failed. For an id the status is a bonus: an
@@ -470,6 +486,8 @@ local function resolve_target(t)
   if not ok then return nil, list end
   local ex = list[1]
   if not ex then return false end
+  -- given by id, the run test's name was missing from the `run_test` label
+  if not name then name = name_of(kpis, rt) end
   return from_execution(ex, { execution_id = ex.id, run_test_id = rt, run_test = name })
 end
 
