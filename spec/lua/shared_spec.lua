@@ -151,6 +151,20 @@ describe("shared.validate and shared.config_error", function()
   end)
 end)
 
+describe("shared.uuid4 and shared.random_hex", function()
+  it("give random ids in the API's UUID shape (version 4, RFC 9562 variant)", function()
+    local seen = {}
+    for _ = 1, 200 do
+      local u = shared.uuid4()
+      assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$", u)
+      assert.is_nil(seen[u])
+      seen[u] = true
+    end
+    assert.matches("^%x+$", shared.random_hex(6))
+    assert.are.equal(12, #shared.random_hex(6))
+  end)
+end)
+
 describe("task.map", function()
   it("keeps the order of the list and at most `concurrency` tasks at once", function()
     local active, peak = 0, 0

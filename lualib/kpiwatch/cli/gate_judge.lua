@@ -322,7 +322,6 @@ function M.prepare(o, env, flags)
   local sandbox
   if o.flags.sandbox and not (flags or {}).sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
-    require("kpiwatch.history").configure({ sandbox = true })
     kpis.point_at(sandbox)
   end
   return {

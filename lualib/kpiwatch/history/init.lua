@@ -104,16 +104,16 @@ M.SCHEMA_VERSION = #MIGRATIONS
 
 -- ---- where ----------------------------------------------------------------
 
-local config = { path = nil, disabled = false, sandbox = false }
+-- The sandbox has no place of its own: its executions go to the default
+-- file like the API's, as their ids never meet the account's (its run tests'
+-- ids are its own, and runs it starts get random UUIDs).
+local config = { path = nil, disabled = false }
 
----Sets where history goes for this process (the CLI's --history and --no-history). sandbox:
----true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to
----the next: only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions.
----@param t {path?: string|false, disabled?: boolean, sandbox?: boolean}
+---Sets where history goes for this process (the CLI's --history and --no-history).
+---@param t {path?: string|false, disabled?: boolean}
 function M.configure(t)
   if t.path ~= nil then config.path = t.path or nil end
   if t.disabled ~= nil then config.disabled = t.disabled end
-  if t.sandbox ~= nil then config.sandbox = t.sandbox end
   if M._default then
     M._default:close()
     M._default = nil
@@ -128,7 +128,6 @@ function M.path()
   local env = os.getenv("KPIWATCH_HISTORY")
   if env == "off" then return nil end
   if env and env ~= "" then return env end
-  if config.sandbox then return nil end
   local base = os.getenv("XDG_DATA_HOME")
   if not base or base == "" or base:sub(1, 1) ~= "/" then
     local home = os.getenv("HOME")
