@@ -415,24 +415,8 @@ end
 
 -- ---- polling -------------------------------------------------------------------------
 
-local ISO = "^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$"
-
 -- ISO 8601 time (as the executions list gives start_time) -> epoch seconds.
-local function parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, frac, zone = s:match(ISO)
-  if not y then return nil end
-  local days = require("kpiwatch.http_retry").days_from_civil
-  local t = days(tonumber(y), tonumber(mo), tonumber(d)) * 86400
-  t = t + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) + (tonumber("0" .. frac) or 0)
-  local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")
-  if sign then
-    local off = tonumber(zh) * 3600 + tonumber(zm) * 60
-    t = sign == "+" and t - off or t + off
-  end
-  return t
-end
-M._parse_time = parse_time
+local parse_time = require("kpiwatch.time").parse_iso8601
 
 -- An execution object (kpis.execution / kpis.executions) -> entry fields.
 local function from_execution(ex, entry)

@@ -33,9 +33,7 @@ local function round_to(x, digits)
   return v
 end
 
-local function iso(epoch)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", floor(epoch))
-end
+local iso = require("kpiwatch.time").rfc3339
 
 local function title(s)
   return (s:gsub("^%l", string.upper))

@@ -15,7 +15,7 @@ local format, sort = string.format, table.sort
 ---@param t number seconds since the epoch
 ---@return string
 local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+  return require("kpiwatch.time").rfc3339(t)
 end
 M.rfc3339 = rfc3339
 

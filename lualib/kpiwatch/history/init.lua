@@ -287,7 +287,13 @@ end
 Store.__close = Store.close
 
 local function iso_now()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+  return require("kpiwatch.time").rfc3339()
+end
+
+-- `at` of a start time: in UTC, so that text order stays time order when the
+-- server writes an offset ("+05:30") or fractions; as given if unreadable.
+local function at_of(start)
+  return require("kpiwatch.time").to_utc(start) or start
 end
 
 -- The numeric metrics of a KPI object: documented numeric fields and eval
@@ -326,7 +332,7 @@ function Store:record(k, info)
     if new then
       local now = iso_now()
       self:run("INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)",
-        id, info.run_test, "completed", start, now, start or now)
+        id, info.run_test, "completed", start, now, start and at_of(start) or now)
       n = self.db:last_insert_rowid()
       self:run("INSERT INTO bodies(n, kpis) VALUES (?, ?)", n, json.encode(k:raw()))
       for name, v in pairs(metrics_of(k)) do
@@ -339,7 +345,7 @@ function Store:record(k, info)
       -- recorded from a status read that had no start time (the detail
       -- endpoint): the list's start time puts it in its place
       if known_start == nil and start then
-        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, start, n)
+        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, at_of(start), n)
       end
     end
     if info.calls then

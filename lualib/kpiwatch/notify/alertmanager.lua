@@ -71,7 +71,7 @@ function M.to_alert(ev, opts)
   if type(ev.fired_at) == "string" then a.startsAt = ev.fired_at end
   if ev.state == "resolved" then
     a.endsAt = type(ev.resolved_at) == "string" and ev.resolved_at
-      or os.date("!%Y-%m-%dT%H:%M:%SZ")
+      or require("kpiwatch.time").rfc3339()
   end
   if opts.generator_url then
     local url = opts.generator_url:gsub("{execution_id}", ev.execution_id or "")
