@@ -1,22 +1,25 @@
 -- Specs for what `kpiwatch check` and `kpiwatch watch` share
--- (kpiwatch.cli.rules_cmd): the option parser, the rules file loader's
+-- (kpiwatch.cli.rules_cmd): their options, the rules file loader's
 -- one-line errors, and alert.evaluate over no execution at all (a check
 -- whose every fetch failed judges nothing, not an empty body).
 
 local cmd = require "kpiwatch.cli.rules_cmd"
 local alert = require "kpiwatch.alert"
 
-local SPEC = { ["--run-test"] = "list", ["--id"] = "list", ["--every"] = "value", ["--json"] = "flag" }
 local ID = "C0FFEE00-0000-4000-8000-000000000001"
 
-describe("rules_cmd.parse", function()
+describe("rules_cmd.OPTIONS (kpiwatch.cli.args)", function()
+  local args = require "kpiwatch.cli.args"
+  local SPEC = { options = args.merge(cmd.OPTIONS, { ["--every"] = { check = args.duration },
+    ["--json"] = { flag = true } }) }
+
   it("collects positional arguments, lists, values and flags", function()
-    local o = assert(cmd.parse({ "r.lua", "--id", ID, "--run-test=nightly", "--json", "--every", "5m", "--",
-      "--x" }, SPEC, cmd.CHECKS))
+    local o = assert(args.parse({ "r.lua", "--id", ID, "--run-test=nightly", "--json", "--every", "5m", "--",
+      "--x" }, SPEC))
     assert.same({ "r.lua", "--x" }, o.args)
     assert.same({ ID:lower() }, o.id)
-    assert.same({ "nightly" }, o["run-test"])
-    assert.equal("5m", o.every)
+    assert.same({ "nightly" }, o.run_test)
+    assert.equal(300, o.every)
     assert.is_true(o.json)
   end)
 
@@ -25,12 +28,12 @@ describe("rules_cmd.parse", function()
       { { "--nope" }, "unknown option '--nope'" },
       { { "--id" }, "option '--id' needs a value" },
       { { "--every", "1s", "--every", "2s" }, "option '--every' given twice" },
-      { { "--id", "x\n" }, "bad --id 'x?': not a UUID" },
+      { { "--id", "x\n" }, "bad --id 'x ': not a UUID" },
       { { "--run-test", "" }, "bad --run-test '': a run test id or name" },
       { { "--json=yes" }, "option '--json' takes no value" },
     }
     for _, c in ipairs(cases) do
-      local o, msg = cmd.parse(c[1], SPEC, cmd.CHECKS)
+      local o, msg = args.parse(c[1], SPEC)
       assert.is_nil(o)
       assert.equal(c[2], msg)
       assert.is_nil(msg:find("\n"))

@@ -3,6 +3,7 @@
 -- execution of run tests. The exit status is the verdict.
 
 local errors = require "kpiwatch.errors"
+local args = require "kpiwatch.cli.args"
 local cmd = require "kpiwatch.cli.rules_cmd"
 
 local PROG = "kpiwatch check"
@@ -38,6 +39,8 @@ Exit status:
             during the deliveries: what is left is spooled)
 ]]
 
+local OPTIONS = args.merge(cmd.OPTIONS, { ["--json"] = { flag = true } })
+
 -- The newest completed execution of each run test -> ids, and the run
 -- tests that have none.
 local function newest_completed(run_tests)
@@ -72,24 +75,19 @@ local function write_json(rep, none)
   }), "\n")
 end
 
-return function(args)
-  local o, perr = cmd.parse(args, { ["--run-test"] = "list", ["--id"] = "list", ["--json"] = "flag" },
-    cmd.CHECKS)
-  if not o then return cmd.usage_error(PROG, perr) end
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
+return function(argv)
+  local o, stop = args.command(argv, { prog = PROG, usage = USAGE, options = OPTIONS })
+  if not o then return stop end
   local path = table.remove(o.args, 1)
   if not path then return cmd.usage_error(PROG, "missing the rules file") end
   local ids = {}
   for _, id in ipairs(o.args) do
-    local conv, msg = cmd.CHECKS["--id"](id)
-    if not conv then return cmd.usage_error(PROG, "invalid execution ID '" .. cmd.show(id) .. "': " .. msg) end
+    local conv = args.uuid(id, "--id")
+    if not conv then return cmd.usage_error(PROG, "invalid execution ID '" .. cmd.show(id) .. "': not a UUID") end
     ids[#ids + 1] = conv
   end
   table.move(o.id, 1, #o.id, #ids + 1, ids)
-  local run_tests = o["run-test"]
+  local run_tests = o.run_test
   if #ids == 0 and #run_tests == 0 then
     return cmd.usage_error(PROG, "nothing to check: give execution IDs or --run-test")
   end

@@ -16,11 +16,19 @@ Exit status: 0 printed, 2 usage / bad id / missing credentials,
 3 API or network error.
 ]]
 
+local args = require "kpiwatch.cli.args"
+
 local FORMATS = { text = true, json = true, markdown = true }
 
+local OPTIONS = {
+  ["--format"] = { check = function(v)
+    if not FORMATS[v] then return nil, "--format takes text, json or markdown" end
+    return v
+  end },
+}
+
 local function usage_error(msg)
-  io.stderr:write("kpiwatch: compare: ", msg, " (see 'kpiwatch compare --help')\n")
-  return 2
+  return args.usage_error("kpiwatch: compare", msg)
 end
 
 local function markdown(rows, a, b)
@@ -51,33 +59,12 @@ local function as_json(rows, a, b)
   return json.encode({ a = a.execution_id, b = b.execution_id, rows = json.array(list) }) .. "\n"
 end
 
-return function(args)
+return function(argv)
   local errors = require "kpiwatch.errors"
   local kpis = require "kpiwatch.kpis"
-  local ids, fmt = {}, "text"
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    if a == "-h" or a == "--help" then
-      io.stdout:write(USAGE)
-      return 0
-    elseif (name or a) == "--format" then
-      if inline == nil then
-        i = i + 1
-        inline = args[i]
-      end
-      if not inline or not FORMATS[inline] then
-        return usage_error("--format takes text, json or markdown")
-      end
-      fmt = inline
-    elseif a:sub(1, 1) == "-" then
-      return usage_error("unknown option '" .. kpis._show_id(a) .. "'")
-    else
-      ids[#ids + 1] = a
-    end
-    i = i + 1
-  end
+  local o, stop = args.command(argv, { prog = "kpiwatch: compare", usage = USAGE, options = OPTIONS })
+  if not o then return stop end
+  local ids, fmt = o.args, o.format or "text"
   if #ids ~= 2 then return usage_error("expected two execution IDs, got " .. #ids) end
   for _, id in ipairs(ids) do
     if not kpis.is_uuid(id) then

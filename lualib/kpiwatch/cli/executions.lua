@@ -21,54 +21,34 @@ Exit status: 0 ok, 2 usage / missing credentials, 3 API or network error.
 local STATUSES = { pending = true, running = true, evaluating = true, cancelling = true, completed = true,
   failed = true, cancelled = true }
 
+local args = require "kpiwatch.cli.args"
+
 local function usage_error(msg)
-  io.stderr:write("kpiwatch: executions: ", msg, "\n", USAGE)
-  return 2
+  return args.usage_error("kpiwatch: executions", msg)
 end
 
-return function(args)
+local OPTIONS = {
+  ["--json"] = { flag = true },
+  ["--status"] = { check = function(v)
+    local s = require("kpiwatch.execution").normalize_status(v)
+    if not STATUSES[s] then return nil, "unknown status '" .. args.show(v) .. "'" end
+    return s
+  end },
+  ["--limit"] = { check = function(v, name)
+    local n = math.tointeger(tonumber(v))
+    if not n or n < 1 then
+      return nil, "option '" .. name .. "' needs a positive integer, got '" .. args.show(v) .. "'"
+    end
+    return n
+  end },
+}
+
+return function(argv)
   local errors = require "kpiwatch.errors"
-  local kpis = require "kpiwatch.kpis"
   local execution = require "kpiwatch.execution"
-  local show = kpis._show_id
-  local opts, as_json, positional = {}, false, {}
-  local i, only_pos = 1, false
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    if name and not only_pos then a = name end
-    local function value()
-      if inline then return inline end
-      i = i + 1
-      return args[i]
-    end
-    if only_pos or a:sub(1, 1) ~= "-" or a == "-" then
-      positional[#positional + 1] = args[i]
-    elseif a == "--" then
-      only_pos = true
-    elseif a == "--json" then
-      as_json = true
-    elseif a == "--status" then
-      local v = value()
-      if v == nil then return usage_error("option '--status' needs a value") end
-      local s = execution.normalize_status(v)
-      if not STATUSES[s] then return usage_error("unknown status '" .. show(v) .. "'") end
-      opts.status = s
-    elseif a == "--limit" then
-      local v = value()
-      local n = math.tointeger(tonumber(v or ""))
-      if not n or n < 1 then
-        return usage_error("option '--limit' needs a positive integer, got '" .. show(v or "") .. "'")
-      end
-      opts.limit = n
-    elseif a == "-h" or a == "--help" then
-      io.stdout:write(USAGE)
-      return 0
-    else
-      return usage_error("unknown option '" .. show(a) .. "'")
-    end
-    i = i + 1
-  end
+  local o, stop = args.command(argv, { prog = "kpiwatch: executions", usage = USAGE, options = OPTIONS })
+  if not o then return stop end
+  local opts, as_json, positional = { status = o.status, limit = o.limit }, o.json, o.args
   if #positional ~= 1 then
     return usage_error(#positional == 0 and "missing RUN_TEST (an id or a name)" or "expected one RUN_TEST")
   end

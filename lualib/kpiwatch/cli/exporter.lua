@@ -19,63 +19,34 @@ Exit status: 130 after SIGINT, 143 after SIGTERM, 2 usage error,
 3 the address cannot be bound.
 ]]
 
+local args = require "kpiwatch.cli.args"
+
 local function usage_error(msg)
-  io.stderr:write("kpiwatch: exporter: ", msg, "\n", USAGE)
-  return 2
+  return args.usage_error("kpiwatch: exporter", msg)
 end
 
-return function(args)
+-- --run-test, --name and --id add to one list of targets, in their order
+local OPTIONS = {
+  ["--run-test"] = { repeats = true, key = "targets", check = function(v) return { run_test = v } end },
+  ["--name"] = { repeats = true, key = "targets", check = function(v) return { name = v } end },
+  ["--id"] = { repeats = true, key = "targets", check = function(v, name)
+    local id, msg = args.uuid(v, name)
+    if not id then return nil, msg end
+    return { id = v }
+  end },
+  ["--listen"] = { check = args.listen },
+  ["--every"] = { check = args.duration },
+}
+
+return function(argv)
+  local o, stop = args.command(argv, { prog = "kpiwatch: exporter", usage = USAGE, options = OPTIONS,
+    positionals = false })
+  if not o then return stop end
   local errors = require "kpiwatch.errors"
   local kpis = require "kpiwatch.kpis"
   local metrics = require "kpiwatch.metrics"
   local task = require "kpiwatch.task"
-  local targets, listen, every = {}, nil, 60
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    if name then a = name end
-    local function value()
-      if inline then return inline end
-      i = i + 1
-      if args[i] == nil then error({ usage = "option '" .. a .. "' needs a value" }) end
-      return args[i]
-    end
-    local ok, perr = pcall(function()
-      if a == "--run-test" then
-        targets[#targets + 1] = { run_test = value() }
-      elseif a == "--name" then
-        targets[#targets + 1] = { name = value() }
-      elseif a == "--id" then
-        local id = value()
-        local okid, e = pcall(kpis.check_id, id)
-        if not okid then error({ usage = errors.is(e) and e.message or tostring(e) }) end
-        targets[#targets + 1] = { id = id }
-      elseif a == "--listen" then
-        listen = value()
-        local host, msg = metrics.parse_listen(listen)
-        if not host then error({ usage = "--listen: " .. msg }) end
-      elseif a == "--every" then
-        local v = value()
-        local d, msg = require("kpiwatch.alert").parse_duration(v)
-        if not d or d <= 0 then error({ usage = "--every: " .. (msg or "must be positive") }) end
-        every = d
-      elseif a == "-h" or a == "--help" then
-        error({ help = true })
-      else
-        error({ usage = "unknown argument '" .. kpis._show_id(a) .. "'" })
-      end
-    end)
-    if not ok then
-      if type(perr) == "table" and perr.help then
-        io.stdout:write(USAGE)
-        return 0
-      end
-      if type(perr) == "table" and perr.usage then return usage_error(perr.usage) end
-      error(perr, 0)
-    end
-    i = i + 1
-  end
+  local targets, listen, every = o.targets, o.listen, o.every or 60
   if #targets == 0 then return usage_error("needs at least one --run-test, --name or --id") end
   if not listen then return usage_error("needs --listen ADDR:PORT") end
 

@@ -7,6 +7,7 @@
 -- the client's retries. Nothing here can turn an error into 0: every path
 -- that is not an explicit pass returns non-zero.
 
+local args = require "kpiwatch.cli.args"
 local out = require "kpiwatch.cli.gate_emit"
 local judge = require "kpiwatch.cli.gate_judge"
 
@@ -129,76 +130,32 @@ Examples:
 
 local show, usage_error = out.show, out.usage_error
 
--- Options taking a value, and where parse_args stores it.
-local VALUE_OPTS = {
-  ["--require"] = "require", ["--rules"] = "rules", ["--baseline"] = "baseline",
-  ["--max-drop"] = "max_drop", ["--max-rise"] = "max_rise", ["--format"] = "format",
-  ["--output"] = "output", ["--comment"] = "comment", ["--comment-key"] = "comment_key",
-  ["--run-test"] = "run_test", ["--significance"] = "significance", ["--min-calls"] = "min_calls",
-  -- global flags, also accepted after `gate`
-  ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
-  ["--ca-file"] = "ca_file",
-}
-local REPEATABLE = { require = true, rules = true, max_drop = true, max_rise = true, output = true }
-local GLOBAL_BOOL = { ["--sandbox"] = "sandbox", ["--verbose"] = "verbose",
-  ["--allow-insecure-http"] = "allow_insecure_http" }
+-- The gate's options (kpiwatch.cli.args); kpiwatch run takes them too.
+M.OPTIONS = args.merge({
+  ["--require"] = { repeats = true }, ["--rules"] = { repeats = true }, ["--baseline"] = {},
+  ["--max-drop"] = { repeats = true }, ["--max-rise"] = { repeats = true }, ["--format"] = {},
+  ["--output"] = { repeats = true }, ["--comment"] = {}, ["--comment-key"] = {}, ["--run-test"] = {},
+  ["--significance"] = {}, ["--min-calls"] = {},
+  ["--allow-missing"] = { flag = true }, ["--allow-incomplete"] = { flag = true },
+  -- the value is optional, so only --wait=TIMEOUT (a separate word would
+  -- be the execution ID)
+  ["--wait"] = { optional = true },
+})
+-- the connection options, also accepted after `gate`, go to o.flags
+for name, opt in pairs(require("kpiwatch.cli").GLOBAL_OPTIONS) do
+  if opt.key ~= "history" and opt.key ~= "no_history" then
+    M.OPTIONS[name] = args.merge(opt, { into = "flags" })
+  end
+end
 
 -- parse_args(args) -> options, or nil and a one-line message. Options:
 -- ids, require[], rules[], baseline, max_drop[], max_rise[], format,
 -- output[], allow_missing, allow_incomplete, wait (true or the TIMEOUT
 -- text), run_test, help, flags (global flags given after gate).
-function M.parse_args(args)
-  local o = { ids = {}, require = {}, rules = {}, max_drop = {}, max_rise = {}, output = {}, flags = {} }
-  local i, n, only_ids = 1, #args, false
-  while i <= n do
-    local a = args[i]
-    if type(a) ~= "string" then return nil, "argument " .. i .. " is not a string" end
-    if only_ids or a:sub(1, 1) ~= "-" or a == "-" then
-      o.ids[#o.ids + 1] = a
-    elseif a == "--" then
-      only_ids = true
-    elseif a == "-h" or a == "--help" then
-      o.help = true
-    elseif a == "--allow-missing" then
-      o.allow_missing = true
-    elseif a == "--allow-incomplete" then
-      o.allow_incomplete = true
-    elseif a == "--wait" or a:sub(1, 7) == "--wait=" then
-      -- the value is optional, so only --wait=TIMEOUT (a separate word
-      -- would be the execution ID)
-      if o.wait ~= nil then return nil, "option '--wait' given twice" end
-      o.wait = a == "--wait" and true or a:sub(8)
-    elseif GLOBAL_BOOL[a] then
-      o.flags[GLOBAL_BOOL[a]] = true
-    else
-      local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
-      name = name or a
-      local key = VALUE_OPTS[name]
-      if not key then return nil, "unknown option '" .. show(a) .. "'" end
-      if val == nil then
-        i = i + 1
-        val = args[i]
-        if val == nil then return nil, "option '" .. name .. "' needs a value" end
-      end
-      if key == "base_url" or key == "timeout" or key == "retries" or key == "ca_file" then
-        if key ~= "base_url" and key ~= "ca_file" then
-          local num = tonumber(val)
-          if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
-            return nil, "option '" .. name .. "' needs a non-negative number, got '" .. show(val) .. "'"
-          end
-          val = num
-        end
-        o.flags[key] = val
-      elseif REPEATABLE[key] then
-        local list = o[key]
-        list[#list + 1] = val
-      else
-        if o[key] ~= nil then return nil, "option '" .. name .. "' given twice" end
-        o[key] = val
-      end
-    end
-    i = i + 1
-  end
+function M.parse_args(argv, options)
+  local o, err = args.parse(argv, { options = options or M.OPTIONS })
+  if not o then return nil, err end
+  o.ids, o.args = o.args, nil
   return o
 end
 
@@ -211,11 +168,11 @@ M.DEFAULT_WAIT = judge.DEFAULT_WAIT
 
 -- run(args, flags [, env]) -> exit code. env (tests): stdout, stderr,
 -- getenv, color, progress_tty.
-function M.run(args, flags, env)
+function M.run(argv, flags, env)
   env = out._setup_env(env)
   flags = flags or {}
 
-  local o, perr = M.parse_args(args or {})
+  local o, perr = M.parse_args(argv or {})
   if not o then return usage_error(perr) end
   M._report_usage_errors(o, env, o.ids[1])
   if o.help then
@@ -240,5 +197,5 @@ function M.run(args, flags, env)
 end
 
 return setmetatable(M, {
-  __call = function(_, args, flags) return M.run(args, flags) end,
+  __call = function(_, argv, flags) return M.run(argv, flags) end,
 })

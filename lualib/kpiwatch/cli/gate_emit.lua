@@ -22,7 +22,7 @@ local report_usage_error
 local function usage_error(msg)
   -- one line, whatever the message (a require failure lists every path)
   msg = tostring(msg):gsub("\n.*", "")
-  stderr:write(prog, ": ", msg, " (see '", prog, " --help')\n")
+  require("kpiwatch.cli.args").usage_error(prog, msg, stderr)
   if report_usage_error then report_usage_error(msg) end
   return 2
 end

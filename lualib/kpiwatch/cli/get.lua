@@ -19,32 +19,19 @@ Global options (--base-url, --timeout, --retries, --ca-file, --verbose,
 Exit status: 0 ok, 2 bad id / usage / missing credentials, 3 API or network error.
 ]]
 
+local args = require "kpiwatch.cli.args"
+
+local OPTIONS = { ["--json"] = { flag = true } }
+
 local function usage_error(msg)
-  io.stderr:write("kpiwatch: get: ", msg, "\n", USAGE)
-  return 2
+  return args.usage_error("kpiwatch: get", msg)
 end
 
-return function(args)
+return function(argv)
   local errors = require "kpiwatch.errors"
-  local as_json = false
-  local ids = {}
-  local i, only_ids = 1, false
-  while i <= #args do
-    local a = args[i]
-    if only_ids or a:sub(1, 1) ~= "-" or a == "-" then
-      ids[#ids + 1] = a
-    elseif a == "--" then
-      only_ids = true
-    elseif a == "--json" then
-      as_json = true
-    elseif a == "-h" or a == "--help" then
-      io.stdout:write(USAGE)
-      return 0
-    else
-      return usage_error("unknown option '" .. require("kpiwatch.kpis")._show_id(a) .. "'")
-    end
-    i = i + 1
-  end
+  local o, stop = args.command(argv, { prog = "kpiwatch: get", usage = USAGE, options = OPTIONS })
+  if not o then return stop end
+  local ids, as_json = o.args, o.json
   if #ids ~= 1 then
     return usage_error(#ids == 0 and "missing execution ID" or "expected one execution ID")
   end
@@ -64,7 +51,7 @@ return function(args)
     return code
   end
   local model = require "kpiwatch.model"
-local shared = require "kpiwatch.shared"
+  local shared = require "kpiwatch.shared"
   local status
   if not sok then
     io.stderr:write("kpiwatch: warning: cannot read the execution's status (", exec.kind, ": ",

@@ -46,66 +46,35 @@ local function show(s)
   return require("kpiwatch.requirement").show(s)
 end
 
-local function parse_args(args)
-  local o = { metrics = {}, require = {}, positional = {} }
-  local i = 1
-  local function value(name)
-    i = i + 1
-    local v = args[i]
-    if v == nil then return nil, "option '" .. name .. "' needs a value" end
+local args = require "kpiwatch.cli.args"
+
+local OPTIONS = {
+  ["--name"] = {},
+  ["--metric"] = { repeats = true, key = "metrics" },
+  ["--last"] = { check = function(v)
+    local n = tonumber(v)
+    if not n or math.type(n) ~= "integer" or n < 1 then
+      return nil, "--last needs a positive integer, got '" .. show(v) .. "'"
+    end
+    return n
+  end },
+  ["--format"] = { check = function(v)
+    if v ~= "table" and v ~= "json" and v ~= "csv" then
+      return nil, "--format must be table, json or csv, got '" .. show(v) .. "'"
+    end
     return v
-  end
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    local flag = name or a
-    local function val()
-      if inline then return inline end
-      return value(flag)
-    end
-    local v, err
-    if a == "-h" or a == "--help" then
-      o.help = true
-    elseif a == "--" then
-      for j = i + 1, #args do o.positional[#o.positional + 1] = args[j] end
-      break
-    elseif flag == "--name" then
-      v, err = val()
-      o.name = v
-    elseif flag == "--metric" then
-      v, err = val()
-      o.metrics[#o.metrics + 1] = v
-    elseif flag == "--last" then
-      v, err = val()
-      if v then
-        local n = tonumber(v)
-        if not n or math.type(n) ~= "integer" or n < 1 then
-          return nil, "--last needs a positive integer, got '" .. show(v) .. "'"
-        end
-        o.last = n
-      end
-    elseif flag == "--format" then
-      v, err = val()
-      if v and v ~= "table" and v ~= "json" and v ~= "csv" then
-        return nil, "--format must be table, json or csv, got '" .. show(v) .. "'"
-      end
-      o.format = v
-    elseif flag == "--html" then
-      v, err = val()
-      o.html = v
-    elseif flag == "--require" then
-      v, err = val()
-      o.require[#o.require + 1] = v
-    elseif a == "--calls" then
-      o.calls = true
-    elseif a:sub(1, 1) == "-" and a ~= "-" then
-      return nil, "unknown option '" .. show(a) .. "'"
-    else
-      o.positional[#o.positional + 1] = a
-    end
-    if err then return nil, err end
-    i = i + 1
-  end
+  end },
+  ["--html"] = {},
+  ["--require"] = { repeats = true },
+  ["--calls"] = { flag = true },
+}
+
+-- parse_args(argv [, env]) -> options (positional: the arguments), or nil
+-- and the exit status (a usage error or --help, written)
+local function parse_args(argv, env)
+  local o, stop = args.command(argv, { prog = "kpiwatch history", usage = M.USAGE, options = OPTIONS }, env)
+  if not o then return nil, stop end
+  o.positional, o.args = o.args, nil
   return o
 end
 M.parse_args = parse_args
@@ -305,20 +274,15 @@ end
 ---@param _? table global flags (applied by kpiwatch.cli before the command)
 ---@param env? {stdout?: file*, stderr?: file*, tty?: boolean}
 ---@return integer exit status
-function M.run(args, _, env)
+function M.run(argv, _, env)
   env = env or {}
   env.stdout = env.stdout or io.stdout
   env.stderr = env.stderr or io.stderr
   local function usage_error(msg)
-    env.stderr:write("kpiwatch history: ", msg, "\n", M.USAGE)
-    return 2
+    return args.usage_error("kpiwatch history", msg, env.stderr)
   end
-  local o, perr = parse_args(args or {})
-  if not o then return usage_error(perr) end
-  if o.help then
-    env.stdout:write(M.USAGE)
-    return 0
-  end
+  local o, stop = parse_args(argv or {}, env)
+  if not o then return stop end
   local importing = o.positional[1] == "import"
   if importing then table.remove(o.positional, 1) end
   if #o.positional > 1 then return usage_error("expected one run test, got '" .. show(o.positional[2]) .. "' too") end
@@ -394,4 +358,4 @@ function M.run(args, _, env)
   return 0
 end
 
-return setmetatable(M, { __call = function(_, args, flags) return M.run(args, flags) end })
+return setmetatable(M, { __call = function(_, argv, flags) return M.run(argv, flags) end })

@@ -6,6 +6,8 @@
 -- The returned integer is the process exit status (doc/kpiwatch.1: 0 ok,
 -- 1 a check failed, 2 usage/config/script error, 3 API or network error).
 
+local args = require "kpiwatch.cli.args"
+
 local M = {}
 
 local VERSION = "kpiwatch 0.1.0"
@@ -98,9 +100,20 @@ local function fail(msg)
   return 2
 end
 
--- Global kpiwatch flags that take a value, and the client option they set.
-local VALUE_FLAGS = { ["--base-url"] = "base_url", ["--timeout"] = "timeout", ["--retries"] = "retries",
-  ["--ca-file"] = "ca_file", ["--history"] = "history" }
+--- The connection options, before any command (M.parse) and,
+--- except --history and --no-history, after gate and run: the key of each
+--- in the client's flags.
+M.GLOBAL_OPTIONS = {
+  ["--base-url"] = { key = "base_url" },
+  ["--timeout"] = { key = "timeout", check = args.non_negative },
+  ["--retries"] = { key = "retries", check = args.non_negative_integer },
+  ["--ca-file"] = { key = "ca_file" },
+  ["--history"] = { key = "history" },
+  ["--sandbox"] = { flag = true, key = "sandbox" },
+  ["--verbose"] = { flag = true, key = "verbose" },
+  ["--allow-insecure-http"] = { flag = true, key = "allow_insecure_http" },
+  ["--no-history"] = { flag = true, key = "no_history" },
+}
 
 -- Parse argv (0-based, as C gives it) the way lua.c's collectargs does,
 -- plus the kpiwatch long options. Returns a plan or nil, message.
@@ -141,34 +154,17 @@ function M.parse(argv)
     elseif a == "--version" then
       plan.version = true
       plan.version_only = true
-    elseif a == "--sandbox" then
-      plan.flags.sandbox = true
-    elseif a == "--verbose" then
-      plan.flags.verbose = true
-    elseif a == "--allow-insecure-http" then
-      plan.flags.allow_insecure_http = true
-    elseif a == "--no-history" then
-      plan.flags.no_history = true
     else
-      local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
-      name = name or a
-      local key = VALUE_FLAGS[name]
-      if not key then
-        return nil, "unrecognized option '" .. a .. "' (try 'kpiwatch --help')"
-      end
-      if val == nil then
-        i = i + 1
-        val = argv[i]
-        if val == nil then return nil, "option '" .. name .. "' needs a value" end
-      end
-      if key ~= "base_url" and key ~= "ca_file" and key ~= "history" then
-        local num = tonumber(val)
-        if not num or num < 0 or (key == "retries" and math.type(num) ~= "integer") then
-          return nil, "option '" .. name .. "' needs a non-negative number, got '" .. val .. "'"
+      -- the connection options, as gate and run take them (kpiwatch.cli.args)
+      local opt, val, last = args.option(argv, i, M.GLOBAL_OPTIONS)
+      if not opt then
+        if last == "unknown" or last == "inline" then
+          return nil, "unrecognized option '" .. a .. "' (try 'kpiwatch --help')"
         end
-        val = num
+        return nil, val
       end
-      plan.flags[key] = val
+      i = last
+      plan.flags[opt.key] = val
     end
     i = i + 1
   end
@@ -329,8 +325,8 @@ function M.main(argv)
   -- A command: its own arguments follow it; `arg` is built as for a script.
   if plan.command then
     _G.arg = make_arg(argv, plan.script)
-    local args = table.move(argv, plan.script + 1, #argv, 1, {})
-    local code = require(M.commands[plan.command])(args, plan.flags)
+    local rest = table.move(argv, plan.script + 1, #argv, 1, {})
+    local code = require(M.commands[plan.command])(rest, plan.flags)
     return code or 0
   end
 

@@ -7,9 +7,10 @@
 -- execution id on stdout at once and in $GITHUB_OUTPUT, and the progress
 -- of the wait on stderr.
 
+local args = require "kpiwatch.cli.args"
 local gate = require "kpiwatch.cli.gate"
+local gate_emit = require "kpiwatch.cli.gate_emit"
 local errors = require "kpiwatch.errors"
-local requirement = require "kpiwatch.requirement"
 
 local M = {}
 
@@ -63,45 +64,13 @@ Example (one CI step):
       --baseline previous --max-drop 'avg_score=0.05' --output junit:kpiwatch.xml
 ]==]
 
-local function show(s)
-  return requirement.show(tostring(s))
-end
+local show = args.show
 
--- split(args) -> run options {run_test=, name=, scenarios={}, timeout=}
--- and the arguments left for the gate's parser, or nil, message.
-local function split(args)
-  local own = { scenarios = {} }
-  local rest = {}
-  local i, n = 1, #args
-  while i <= n do
-    local a = args[i]
-    if type(a) ~= "string" then return nil, "argument " .. i .. " is not a string" end
-    local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
-    name = name or a
-    if name == "--name" or name == "--scenario" or name == "--timeout" then
-      if val == nil then
-        i = i + 1
-        val = args[i]
-        if val == nil then return nil, "option '" .. name .. "' needs a value" end
-      end
-      if name == "--scenario" then
-        own.scenarios[#own.scenarios + 1] = val
-      else
-        local key = name:sub(3)
-        if own[key] ~= nil then return nil, "option '" .. name .. "' given twice" end
-        own[key] = val
-      end
-    elseif a == "--" then
-      for j = i, n do rest[#rest + 1] = args[j] end
-      break
-    else
-      rest[#rest + 1] = a
-    end
-    i = i + 1
-  end
-  return own, rest
-end
-M._split = split
+-- The run's own options, then the gate's: the checks and reports (its
+-- --timeout is the wait's; the per-request one goes before 'run').
+M.OPTIONS = args.merge(gate.OPTIONS, {
+  ["--name"] = {}, ["--scenario"] = { repeats = true, key = "scenarios" }, ["--timeout"] = {},
+})
 
 local function write_github_output(path, id)
   local f, err = io.open(path, "ab")
@@ -133,24 +102,16 @@ end
 
 --- run(args, flags [, env]) -> exit code (see M.USAGE). env (tests):
 --- stdout, stderr, getenv, color, progress_tty.
----@param args string[] the arguments after `run`
+---@param argv string[] the arguments after `run`
 ---@param flags? table global flags parsed before the command
 ---@param env? table
 ---@return integer
-function M.run(args, flags, env)
+function M.run(argv, flags, env)
   env = gate._setup_env(env, "kpiwatch run")
-  local o -- once parsed, a usage error also writes its --output reports
-  local function usage(msg)
-    msg = tostring(msg):gsub("\n.*", "")
-    env.stderr:write("kpiwatch run: ", msg, " (see 'kpiwatch run --help')\n")
-    if o then gate._usage_reports(o, env, msg) end
-    return 2
-  end
-  local own, rest = split(args or {})
-  if not own then return usage(rest) end
-  local perr
-  o, perr = gate.parse_args(rest)
+  local usage = gate_emit.usage_error
+  local o, perr = gate.parse_args(argv or {}, M.OPTIONS)
   if not o then return usage(perr) end
+  -- from now on a usage error also writes the --output reports
   gate._report_usage_errors(o, env)
   if o.help then
     env.stdout:write(M.USAGE)
@@ -161,10 +122,10 @@ function M.run(args, flags, env)
 
   local kpis = require "kpiwatch.kpis"
   local run_test
-  if own.name then
+  if o.name then
     if #o.ids > 0 then return usage("give RUN_TEST_ID or --name NAME, not both") end
-    if own.name == "" or own.name:find("%c") then return usage("bad --name '" .. show(own.name) .. "'") end
-    run_test = own.name
+    if o.name == "" or o.name:find("%c") then return usage("bad --name '" .. show(o.name) .. "'") end
+    run_test = o.name
   else
     if #o.ids == 0 then return usage("missing RUN_TEST_ID (or --name NAME)") end
     if #o.ids > 1 then
@@ -175,14 +136,14 @@ function M.run(args, flags, env)
     end
     run_test = o.ids[1]:lower()
   end
-  for _, sc in ipairs(own.scenarios) do
+  for _, sc in ipairs(o.scenarios) do
     if not kpis.is_uuid(sc) then return usage("invalid --scenario: not a UUID: '" .. show(sc) .. "'") end
   end
   local timeout = gate.DEFAULT_WAIT
-  if own.timeout then
-    local d, derr = require("kpiwatch.alert").parse_duration(own.timeout)
+  if o.timeout then
+    local d, derr = require("kpiwatch.alert").parse_duration(o.timeout)
     if not d or d <= 0 then
-      return usage("bad --timeout '" .. show(own.timeout) .. "': " .. (derr or "must be positive") .. " (e.g. 45m)")
+      return usage("bad --timeout '" .. show(o.timeout) .. "': " .. (derr or "must be positive") .. " (e.g. 45m)")
     end
     timeout = d
   end
@@ -192,7 +153,7 @@ function M.run(args, flags, env)
   if not plan then return code end
   plan.wait = timeout
 
-  local id, err = start(run_test, own.scenarios)
+  local id, err = start(run_test, o.scenarios)
   if not id then
     if plan.sandbox then plan.sandbox:close() end
     local c = (err.kind == "invalid_id" or err.kind == "config") and 2 or 3
@@ -217,5 +178,5 @@ function M.run(args, flags, env)
 end
 
 return setmetatable(M, {
-  __call = function(_, args, flags) return M.run(args, flags) end,
+  __call = function(_, argv, flags) return M.run(argv, flags) end,
 })

@@ -29,79 +29,56 @@ or the query ?fault=SPEC. SPECs: 500 502 503 504 429[:N] 429-date[:N]
 delay:S broken html drop flaky 401 404 ok, joined with + (delay:1+500).
 ]]
 
-local function usage_error(msg)
-  io.stderr:write("kpiwatch: sandbox: ", msg, "\n", USAGE)
-  return 2
+local args = require "kpiwatch.cli.args"
+
+-- check(message, convert): an option check that refuses with `message`
+local function check(message, convert)
+  return function(v)
+    local conv = convert(v)
+    if conv == nil then return nil, message end
+    return conv
+  end
 end
 
-return function(args)
+local OPTIONS = {
+  ["--port"] = { check = check("--port needs an integer from 0 to 65535", function(v)
+    local p = math.tointeger(tonumber(v))
+    if p and p >= 0 and p <= 65535 then return p end
+  end) },
+  ["--host"] = {},
+  ["--fixtures"] = { key = "fixtures_dir" },
+  ["--fault-rate"] = { repeats = true, key = "rates", check = check("--fault-rate needs SPEC=PROBABILITY", function(v)
+    local spec, p = v:match("^(.+)=([%d.]+)$")
+    if spec and tonumber(p) then return { spec, tonumber(p) } end
+  end) },
+  ["--seed"] = { check = check("--seed needs an integer", function(v) return math.tointeger(tonumber(v)) end) },
+  ["--fault"] = { repeats = true, key = "ids", check = check("--fault needs ID=SPEC", function(v)
+    local id, spec = v:match("^([^=]+)=(.+)$")
+    if id then return { id, spec } end
+  end) },
+  ["--api-key"] = {},
+  ["--secret-key"] = {},
+  ["--speed"] = { check = check("--speed needs a positive number", function(v)
+    local x = tonumber(v)
+    if x and x > 0 and x < math.huge then return x end
+  end) },
+  ["--list"] = { flag = true },
+  ["--log"] = { flag = true },
+  ["--verbose"] = { flag = true, key = "log" },
+}
+
+return function(argv)
+  local opts, stop = args.command(argv, { prog = "kpiwatch: sandbox", usage = USAGE, options = OPTIONS,
+    positionals = false })
+  if not opts then return stop end
   local errors = require "kpiwatch.errors"
   local sandbox = require "kpiwatch.sandbox"
   local task = require "kpiwatch.task"
-  local opts = { faults = { ids = {}, rates = {} } }
-  local i = 1
-  local function value(name)
-    i = i + 1
-    local v = args[i]
-    if v == nil then error({ usage = "option '" .. name .. "' needs a value" }) end
-    return v
-  end
-  local ok, perr = pcall(function()
-    while i <= #args do
-      local a = args[i]
-      local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-      if name then
-        a = name
-        table.insert(args, i + 1, inline)
-      end
-      if a == "--port" then
-        local p = math.tointeger(tonumber(value(a)))
-        if not p or p < 0 or p > 65535 then error({ usage = "--port needs an integer from 0 to 65535" }) end
-        opts.port = p
-      elseif a == "--host" then
-        opts.host = value(a)
-      elseif a == "--fixtures" then
-        opts.fixtures_dir = value(a)
-      elseif a == "--fault-rate" then
-        local spec, p = value(a):match("^(.+)=([%d.]+)$")
-        if not spec or not tonumber(p) then error({ usage = "--fault-rate needs SPEC=PROBABILITY" }) end
-        opts.faults.rates[spec] = tonumber(p)
-      elseif a == "--seed" then
-        local s = math.tointeger(tonumber(value(a)))
-        if not s then error({ usage = "--seed needs an integer" }) end
-        opts.faults.seed = s
-      elseif a == "--fault" then
-        local id, spec = value(a):match("^([^=]+)=(.+)$")
-        if not id then error({ usage = "--fault needs ID=SPEC" }) end
-        opts.faults.ids[id] = spec
-      elseif a == "--api-key" then
-        opts.api_key = value(a)
-      elseif a == "--secret-key" then
-        opts.secret_key = value(a)
-      elseif a == "--speed" then
-        local x = tonumber(value(a))
-        if not x or not (x > 0 and x < math.huge) then error({ usage = "--speed needs a positive number" }) end
-        opts.speed = x
-      elseif a == "--list" then
-        opts.list = true
-      elseif a == "--log" or a == "--verbose" then
-        opts.log = true
-      elseif a == "-h" or a == "--help" then
-        error({ help = true })
-      else
-        error({ usage = "unknown argument '" .. require("kpiwatch.kpis")._show_id(a) .. "'" })
-      end
-      i = i + 1
-    end
-  end)
-  if not ok then
-    if type(perr) == "table" and perr.help then
-      io.stdout:write(USAGE)
-      return 0
-    end
-    if type(perr) == "table" and perr.usage then return usage_error(perr.usage) end
-    error(perr, 0)
-  end
+  -- the sandbox's fault table: rates by SPEC, SPECs by ID (the last one given wins)
+  opts.faults = { ids = {}, rates = {}, seed = opts.seed }
+  for _, r in ipairs(opts.rates) do opts.faults.rates[r[1]] = r[2] end
+  for _, f in ipairs(opts.ids) do opts.faults.ids[f[1]] = f[2] end
+  opts.rates, opts.ids, opts.seed, opts.args = nil, nil, nil, nil
 
   if opts.list then
     local fixtures = require "kpiwatch.fixtures"

@@ -1,6 +1,7 @@
 -- kpiwatch watch RULES.lua [--run-test RT]... [--id ID]...: alert.watch
 -- with the rules file's rules and hooks until SIGINT or SIGTERM.
 
+local args = require "kpiwatch.cli.args"
 local cmd = require "kpiwatch.cli.rules_cmd"
 
 local PROG = "kpiwatch watch"
@@ -32,38 +33,25 @@ Exit status:
             in the state, or the metrics address cannot be bound
 ]]
 
-local CHECKS = {
-  ["--every"] = function(v)
-    local d, msg = require("kpiwatch.alert").parse_duration(v)
-    if not d or d <= 0 then return nil, msg or "must be positive" end
-    return d
-  end,
-  ["--metrics"] = function(v)
-    local ok, msg = require("kpiwatch.metrics").parse_listen(v)
-    if not ok then return nil, msg end
-    return v
-  end,
-}
-for k, f in pairs(cmd.CHECKS) do CHECKS[k] = f end
+local OPTIONS = args.merge(cmd.OPTIONS, {
+  ["--every"] = { check = args.duration },
+  ["--state"] = {},
+  ["--metrics"] = { check = args.listen },
+})
 
 local function plural(n, what)
   return n .. " " .. what .. (n == 1 and "" or "s")
 end
 
-return function(args)
-  local o, perr = cmd.parse(args, { ["--run-test"] = "list", ["--id"] = "list", ["--every"] = "value",
-    ["--state"] = "value", ["--metrics"] = "value" }, CHECKS)
-  if not o then return cmd.usage_error(PROG, perr) end
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
+return function(argv)
+  local o, stop = args.command(argv, { prog = PROG, usage = USAGE, options = OPTIONS })
+  if not o then return stop end
   local path = o.args[1]
   if not path then return cmd.usage_error(PROG, "missing the rules file") end
   if o.args[2] then
     return cmd.usage_error(PROG, "unexpected argument '" .. cmd.show(o.args[2]) .. "' (execution ids go after --id)")
   end
-  local run_tests, ids = o["run-test"], o.id
+  local run_tests, ids = o.run_test, o.id
   if #run_tests == 0 and #ids == 0 then
     return cmd.usage_error(PROG, "nothing to watch: give --run-test or --id")
   end
