@@ -471,16 +471,23 @@ describe("delivery", function()
       reg.hooks.slow = function() error("receiver down") end
       reg.hooks.slow2 = reg.hooks.slow
       reg:check(kpi("failing"))
+      local old = {}
+      for _, x in ipairs(entries()) do old[x.event.id] = true end
       reg = slow_registry(calls)
-      -- a healthy execution: the replay alone delivers
-      local ok, err = cancelled_check(reg, kpi("voice-outbound"))
+      local ok, err = cancelled_check(reg, kpi("failing"))
       assert.is_false(ok)
       assert.are.equal("enough", err)
-      assert.are.equal(2, calls.n)
+      assert.are.equal(2, calls.n) -- the two replays; this check's own are not tried
       assert.is_nil(calls.finished)
+      -- the replayed two stay, unclaimed; this check's two are spooled
       local e = entries()
-      assert.are.equal(2, #e)
-      for _, x in ipairs(e) do assert.is_nil(x.claim) end
+      assert.are.equal(4, #e)
+      local n_old = 0
+      for _, x in ipairs(e) do
+        assert.is_nil(x.claim)
+        if old[x.event.id] then n_old = n_old + 1 end
+      end
+      assert.are.equal(2, n_old)
     end)
   end)
 

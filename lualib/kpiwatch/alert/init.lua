@@ -363,7 +363,10 @@ function Registry:check(x, opts)
   -- report: a script exited 1) and left their tasks running past the end.
   local ctx = deliver.stop_context({ "int", "term", "hup" })
   local ok, err = pcall(function()
-    self:_replay(sp, ctx, rep)
+    -- cancelled during the replay: this check's notifications are still
+    -- spooled, untried (as on a signal), then the cancellation is raised
+    local replayed, rerr = pcall(self._replay, self, sp, ctx, rep)
+    if not replayed then ctx.stopping = true end
     local now = os.time()
     local jobs = {}
     for _, a in ipairs(rep.firing) do
@@ -375,6 +378,7 @@ function Registry:check(x, opts)
     end
     -- a cancellation of this task comes back once the rest is spooled
     local _, cancelled = self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+    if not replayed then error(rerr, 0) end
     if cancelled then error(cancelled, 0) end
   end)
   deliver.stop_end(ctx)

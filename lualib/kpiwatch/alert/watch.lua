@@ -214,7 +214,12 @@ function M.watch(self, opts)
       local rep = self:step(st, list, now, { failed = failed, keep = keep })
       -- the same no-data or error line once per change, not every cycle
       said = print_problems(self, rep, said)
-      self:_replay(sp, ctx, rep)
+      -- cancelled during the replay (task.cancel of the watch's task): this
+      -- cycle's events still go to the outbox and, untried, to the spool (as
+      -- on a signal), then the cancellation is raised; raised at once, the
+      -- alerts were saved firing with their notifications nowhere
+      local replayed, rerr = pcall(self._replay, self, sp, ctx, rep)
+      if not replayed then ctx.stopping = true end
       group.enqueue(self, st.outbox, rep.events, clock())
       if state_path then
         local saved, serr = save_state(state_path, st)
@@ -222,6 +227,7 @@ function M.watch(self, opts)
       end
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
+      if not replayed then error(rerr, 0) end
       hook_cycles(self, rep, clock())
       if collector then require("kpiwatch.metrics").watch_cycle(collector, judged, failed, rep, clock()) end
       summary.last = rep
