@@ -338,6 +338,8 @@ end
 --- SIGINT, SIGTERM or SIGHUP during the deliveries cancels them, spools them,
 --- and raises an error of kind `interrupted` with `signal` ("int", "term",
 --- "hup") and `report` (the command line and a script exit 130, 143 or 129).
+--- A `task.cancel` of the task running `check` likewise stops the deliveries
+--- and spools what they did not deliver, then raises the cancellation's reason.
 ---@async
 ---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
 ---@param opts? {spool?: string} another spool path
