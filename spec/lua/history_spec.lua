@@ -110,6 +110,18 @@ describe("kpiwatch.history", function()
     assert.equal("avg_score (no data)", tostring(store:series("other", "avg_score")))
   end)
 
+  it("orders executions by their start in time, whatever offset or fraction the server wrote", function()
+    -- as text, "2026-01-05T12:00:00+05:30" (06:30Z) sorted after "2026-01-05T10:00:00Z"
+    local starts = { "2026-01-05T10:00:00Z", "2026-01-05T12:00:00+05:30", "2026-01-05T09:00:00.250000Z" }
+    for i, st in ipairs(starts) do
+      store:record(kpi(i / 10), { execution_id = uuid(40 + i), run_test = "tz", status = "completed",
+        start_time = st })
+    end
+    local s = store:series("tz", "avg_score")
+    assert.same({ uuid(42), uuid(43), uuid(41) }, s.ids)
+    assert.same({ "2026-01-05T06:30:00Z", "2026-01-05T09:00:00Z", "2026-01-05T10:00:00Z" }, s.times)
+  end)
+
   it("lists stored metric names", function()
     store:record(kpi(0.5), { execution_id = uuid(20), run_test = "rt", status = "completed" })
     local names = store:metrics("rt")

@@ -120,16 +120,16 @@ M.SCHEMA_VERSION = #MIGRATIONS
 
 -- ---- where ----------------------------------------------------------------
 
-local config = { path = nil, disabled = false, sandbox = false }
+-- The sandbox has no place of its own: its executions go to the default
+-- file like the API's, as their ids never meet the account's (its run tests'
+-- ids are its own, and runs it starts get random UUIDs).
+local config = { path = nil, disabled = false }
 
----Sets where history goes for this process (the CLI's --history and --no-history). sandbox:
----true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to
----the next: only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions.
----@param t {path?: string|false, disabled?: boolean, sandbox?: boolean}
+---Sets where history goes for this process (the CLI's --history and --no-history).
+---@param t {path?: string|false, disabled?: boolean}
 function M.configure(t)
   if t.path ~= nil then config.path = t.path or nil end
   if t.disabled ~= nil then config.disabled = t.disabled end
-  if t.sandbox ~= nil then config.sandbox = t.sandbox end
   if M._default then
     M._default:close()
     M._default = nil
@@ -144,7 +144,6 @@ function M.path()
   local env = os.getenv("KPIWATCH_HISTORY")
   if env == "off" then return nil end
   if env and env ~= "" then return env end
-  if config.sandbox then return nil end
   local base = os.getenv("XDG_DATA_HOME")
   if not base or base == "" or base:sub(1, 1) ~= "/" then
     local home = os.getenv("HOME")
@@ -323,7 +322,13 @@ end
 Store.__close = Store.close
 
 local function iso_now()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+  return require("kpiwatch.time").rfc3339()
+end
+
+-- `at` of a start time: in UTC, so that text order stays time order when the
+-- server writes an offset ("+05:30") or fractions; as given if unreadable.
+local function at_of(start)
+  return require("kpiwatch.time").to_utc(start) or start
 end
 
 -- The numeric metrics of a KPI object: documented numeric fields and eval
@@ -360,7 +365,7 @@ function Store:record(k, info)
     -- the insert first: a new execution (a gate's usual case) costs no lookup
     local now = iso_now()
     self:run([[INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)
-        ON CONFLICT(id) DO NOTHING]], id, info.run_test, "completed", start, now, start or now)
+        ON CONFLICT(id) DO NOTHING]], id, info.run_test, "completed", start, now, start and at_of(start) or now)
     local new = self.db:changes() == 1
     local n
     if new then
@@ -378,7 +383,7 @@ function Store:record(k, info)
       -- recorded from a status read that had no start time (the detail
       -- endpoint): the list's start time puts it in its place
       if known_start == nil and start then
-        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, start, n)
+        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, at_of(start), n)
       end
     end
     if info.calls then
