@@ -12,6 +12,9 @@
  *   db:exec(sql) -> true | nil, message, code        (no parameters, no rows)
  *   db:prepare(sql) -> stmt | nil, message, code     (one statement)
  *   db:busy_timeout(ms), db:changes(), db:last_insert_rowid()
+ *   db:persist_wal(on) -> db   (SQLITE_FCNTL_PERSIST_WAL: the last connection
+ *       to close keeps the -wal and -shm files, emptied, instead of deleting
+ *       them; see kpiwatch.history for why)
  *   db:close() -> true | nil, message, code  (also __close and __gc)
  *   stmt:bind(v1, v2, ...) -> stmt | nil, message, code
  *       Clears the previous bindings and binds every parameter in order:
@@ -215,6 +218,15 @@ static int l_db_busy_timeout(lua_State *L) {
   return 1;
 }
 
+static int l_db_persist_wal(lua_State *L) {
+  kw_db *d = check_db(L);
+  int on = lua_toboolean(L, 2);
+  int rc = sqlite3_file_control(d->db, "main", SQLITE_FCNTL_PERSIST_WAL, &on);
+  if (rc != SQLITE_OK) return fail_db(L, d->db, rc);
+  lua_settop(L, 1);
+  return 1;
+}
+
 static int l_db_changes(lua_State *L) {
   lua_pushinteger(L, sqlite3_changes(check_db(L)->db));
   return 1;
@@ -387,6 +399,7 @@ static const luaL_Reg db_methods[] = {
     {"exec", l_db_exec},
     {"prepare", l_db_prepare},
     {"busy_timeout", l_db_busy_timeout},
+    {"persist_wal", l_db_persist_wal},
     {"changes", l_db_changes},
     {"last_insert_rowid", l_db_last_insert_rowid},
     {"close", l_db_close},

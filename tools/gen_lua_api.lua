@@ -24,8 +24,8 @@
 -- Tags: @param name[?] type desc, @return type desc, @class, @field,
 -- @overload, @async, @see, @deprecated; text lines after a tag continue it.
 
-local MODULES = { "task", "http", "json", "kpis", "execution", "model", "shared", "alert", "notify", "metrics",
-  "comment", "sandbox", "repl", "history", "stats" }
+local MODULES = { "task", "http", "json", "kpis", "execution", "model", "shared", "time", "alert", "notify",
+  "metrics", "comment", "sandbox", "repl", "history", "stats" }
 
 local root = arg and arg[1]
 if not root then

@@ -325,6 +325,36 @@ function M.run_test_id(name, opts)
   return rid:lower()
 end
 
+--- The name of the run test `run_test_id`. The API names a run test only in
+--- its list of run tests (GET /simulate/run-tests/, whose `search` matches
+--- names, not ids): the pages are read until the id is met. Raises
+--- `not_found` when no run test has that id.
+---@async
+---@param run_test_id string a run test UUID
+---@param opts table|nil client options (kpis.configure's)
+---@return string name
+function M.run_test_name(run_test_id, opts)
+  if not kpis.is_uuid(run_test_id) then
+    errors.raise("config", "run test id must be a UUID", { retryable = false })
+  end
+  local want = run_test_id:lower()
+  local c = kpis._client(opts)
+  local url = c.base .. "/simulate/run-tests/?limit=100"
+  local name
+  each_page(c, url, nil, function(body)
+    for _, item in ipairs(body.results) do
+      if type(item) == "table" and type(item.id) == "string" and item.id:lower() == want then
+        name = type(item.name) == "string" and item.name or nil
+        return true
+      end
+    end
+  end)
+  if not name then
+    errors.raise("not_found", "run test not found: " .. want, { url = url, retryable = false })
+  end
+  return name
+end
+
 --- A run test given as an id or a name -> its id (a name costs one request).
 ---@async
 ---@param run_test string

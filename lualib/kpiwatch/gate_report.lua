@@ -335,7 +335,7 @@ function M.junit(result)
   for _, p in ipairs(props) do
     prop_xml[#prop_xml + 1] = "      <property" .. attrs({ "name", p[1], "value", tostring(p[2]) }) .. "/>\n"
   end
-  local timestamp = (result.started_at or os.date("!%Y-%m-%dT%H:%M:%SZ")):gsub("Z$", "")
+  local timestamp = (result.started_at or require("kpiwatch.time").rfc3339()):gsub("Z$", "")
   local out = {
     '<?xml version="1.0" encoding="UTF-8"?>\n',
     "<testsuites" .. attrs({ "name", "kpiwatch gate", "tests", tostring(tests), "failures", tostring(failures),

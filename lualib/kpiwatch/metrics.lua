@@ -415,24 +415,8 @@ end
 
 -- ---- polling -------------------------------------------------------------------------
 
-local ISO = "^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$"
-
 -- ISO 8601 time (as the executions list gives start_time) -> epoch seconds.
-local function parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, frac, zone = s:match(ISO)
-  if not y then return nil end
-  local days = require("kpiwatch.http_retry").days_from_civil
-  local t = days(tonumber(y), tonumber(mo), tonumber(d)) * 86400
-  t = t + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) + (tonumber("0" .. frac) or 0)
-  local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")
-  if sign then
-    local off = tonumber(zh) * 3600 + tonumber(zm) * 60
-    t = sign == "+" and t - off or t + off
-  end
-  return t
-end
-M._parse_time = parse_time
+local parse_time = require("kpiwatch.time").parse_iso8601
 
 -- An execution object (kpis.execution / kpis.executions) -> entry fields.
 local function from_execution(ex, entry)
@@ -444,6 +428,22 @@ local function from_execution(ex, entry)
   end
   if not entry.agent_type and type(ex.agent_type) == "string" then entry.agent_type = ex.agent_type end
   return entry
+end
+
+-- Run test id -> name, looked up once per process: the API names a run test
+-- only in its list of run tests (kpis.run_test_name pages through it), and a
+-- poll every interval should not read that list each time.
+local run_test_names = {}
+
+-- The name of a run test given by id for its `run_test` label; nil when the
+-- lookup fails (tried again next poll: the label is a bonus, the KPIs still go out).
+local function name_of(kpis, rt)
+  local key = rt:lower()
+  if run_test_names[key] == nil then
+    local ok, name = pcall(kpis.run_test_name, rt)
+    if ok then run_test_names[key] = name end
+  end
+  return run_test_names[key]
 end
 
 -- A target's execution: {execution_id=, run_test_id=, run_test=, status=,
@@ -470,6 +470,8 @@ local function resolve_target(t)
   if not ok then return nil, list end
   local ex = list[1]
   if not ex then return false end
+  -- given by id, the run test's name was missing from the `run_test` label
+  if not name then name = name_of(kpis, rt) end
   return from_execution(ex, { execution_id = ex.id, run_test_id = rt, run_test = name })
 end
 

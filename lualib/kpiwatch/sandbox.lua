@@ -85,15 +85,7 @@ local HTML_200 = "<!DOCTYPE html>\n<html lang=\"en\">\n"
   .. "<head><meta charset=\"utf-8\"><title>Future AGI</title></head>\n"
   .. "<body><div id=\"root\"></div><script src=\"/static/js/main.js\"></script></body>\n</html>\n"
 
-local WEEKDAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
-local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
-
-local function http_date(t)
-  local d = os.date("!*t", t)
-  return format("%s, %02d %s %04d %02d:%02d:%02d GMT", WEEKDAYS[d.wday], d.day, MONTHS[d.month],
-    d.year, d.hour, d.min, d.sec)
-end
-M._http_date = http_date
+local http_date = require("kpiwatch.time").http_date
 
 -- A small seeded PRNG of our own (64-bit LCG, high bits), so that the
 -- fault sequence depends on the seed only, not on who else uses math.random.

@@ -33,9 +33,7 @@ local function round_to(x, digits)
   return v
 end
 
-local function iso(epoch)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", floor(epoch))
-end
+local iso = require("kpiwatch.time").rfc3339
 
 local function title(s)
   return (s:gsub("^%l", string.upper))
@@ -83,7 +81,7 @@ end
 -- ---- the state ----------------------------------------------------------------------
 
 --- The run tests' state of one sandbox (kpiwatch.sandbox keeps it as sb.runs):
---- route(req), kpis_body(id), start(rt [, ncalls]), set_speed(x), speed(),
+--- route(req), kpis_body(id), start(rt [, ncalls [, fixed]]), set_speed(x), speed(),
 --- status(id), executions(run_test), scores(id), has(id), started (runs
 --- started by POST execute).
 ---@param opts {speed?: number, new_rng: fun(seed: integer): fun(): number, fixtures?: table}
@@ -127,16 +125,22 @@ function M.new(opts)
     return e.calls
   end
 
-  -- start(rt [, ncalls]) -> a new execution of rt, pending now.
-  local function start(rt, ncalls)
+  -- start(rt [, ncalls [, fixed]]) -> a new execution of rt, pending now.
+  -- A fixture's run (fixed: started with the sandbox) has a counted id, the
+  -- same in every sandbox like the other fixtures; a run started by POST
+  -- gets random execution and call ids, unique across sandbox processes as
+  -- the API's are: counted, two sandboxes (or one restarted) handed out the
+  -- same id for different runs, and a history file mixed them up.
+  local function start(rt, ncalls, fixed)
     live_n = live_n + 1
     local spec = {}
     for k, v in pairs(rt.next_run) do spec[k] = v end
     spec.calls = ncalls or spec.calls
+    local shared = require "kpiwatch.shared"
     local e = {
-      id = format("c0ffee00-0000-4000-a000-%012x", live_n), rt = rt, spec = spec,
-      num = 0x100000 + live_n, seed = rt.index * 7919 + live_n,
-      created = clock(), wall_created = os.time(),
+      id = fixed and format("c0ffee00-0000-4000-a000-%012x", live_n) or shared.uuid4(), rt = rt, spec = spec,
+      num = fixed and 0x100000 + live_n or tonumber(shared.random_hex(6), 16),
+      seed = rt.index * 7919 + live_n, created = clock(), wall_created = os.time(),
     }
     add(rt, e)
     return e
@@ -144,7 +148,7 @@ function M.new(opts)
   st.start = start
 
   for _, rt in ipairs(fixtures.run_tests()) do
-    if rt.start_running then start(rt) end
+    if rt.start_running then start(rt, nil, true) end
   end
 
   -- snap(e) -> {status=, done=, evaluated=, visible=, error_reason=, start=, duration=}

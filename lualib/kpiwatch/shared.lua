@@ -414,6 +414,27 @@ function M.backoff(attempt, base, cap, random)
   return (random or math.random)() * ceiling
 end
 
+-- ---- random ids --------------------------------------------------------------------
+
+---`n` random bytes from the CSPRNG (kpiwatch._crypto) as 2n lowercase hex digits:
+---ids that no other process hands out (event ids, the sandbox's new runs).
+---@param n integer
+---@return string hex
+function M.random_hex(n)
+  return (require("kpiwatch._crypto").random_bytes(n):gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end))
+end
+
+---A random UUID (version 4, RFC 9562), lowercase: the shape of the API's ids.
+---@return string uuid
+function M.uuid4()
+  local h = M.random_hex(16)
+  local variant = string.format("%x", 8 + tonumber(h:sub(17, 17), 16) % 4)
+  return h:sub(1, 8) .. "-" .. h:sub(9, 12) .. "-4" .. h:sub(14, 16) .. "-" .. variant
+    .. h:sub(18, 20) .. "-" .. h:sub(21, 32)
+end
+
 -- ---- configuration errors ----------------------------------------------------------
 
 ---"file:line" of the first stack frame that is Lua code outside the

@@ -246,7 +246,7 @@ function Spool:_expire(doc, now)
       why = format("spooled for more than %gs", self.max_age)
     end
     if why and not claim_holds(e, now) then
-      e.dead_reason, e.dead_at, e.claim, e.claimed_at = why, os.date("!%Y-%m-%dT%H:%M:%SZ", now), nil, nil
+      e.dead_reason, e.dead_at, e.claim, e.claimed_at = why, require("kpiwatch.time").rfc3339(now), nil, nil
       dead[#dead + 1] = e
     else
       keep[#keep + 1] = e
@@ -283,7 +283,7 @@ function Spool:add_all(list)
         e.last_error = item.last_error or e.last_error
       else
         e = { hook = item.hook, event = item.event, attempts = item.attempts or 0,
-          last_error = item.last_error, spooled_at = os.date("!%Y-%m-%dT%H:%M:%SZ", now),
+          last_error = item.last_error, spooled_at = require("kpiwatch.time").rfc3339(now),
           first_spooled = now }
         doc.entries[#doc.entries + 1] = e
         index[k] = e

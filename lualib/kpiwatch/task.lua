@@ -74,11 +74,16 @@ function M.map(list, fn, opts)
   end
   local workers = {}
   for w = 1, math.min(conc, n) do workers[w] = core.spawn(worker) end
-  local ok, e = pcall(M.all, workers)
-  if not ok then
-    fatal = fatal or { e }
-    for _, w in ipairs(workers) do pcall(core.cancel, w) end
-    error(e, 0)
+  -- Not M.all: a worker never raises (it catches fn's errors), so a failed
+  -- wait is this task's cancellation, and M.all would first wait for the
+  -- other workers to finish their items: the cancellation must stop them now.
+  for _, w in ipairs(workers) do
+    local ok, e = pcall(core.wait, w)
+    if not ok then
+      fatal = fatal or { e }
+      for _, w2 in ipairs(workers) do pcall(core.cancel, w2) end
+      error(e, 0)
+    end
   end
   if fatal then error(fatal[1], 0) end
   return results

@@ -39,6 +39,9 @@
 #   BENCH_RUNS_PAST       past executions of each of the 3 run tests of the
 #                         run-test watch (default 200)
 #   BENCH_HISTORY_N       executions in the history read (default 10000)
+#   BENCH_HISTORY_BEFORE  a lualib folder (e.g. another commit's, from git
+#                         archive): its recording is measured too, in the same
+#                         rounds, for a before/after figure side by side
 #   BENCH_ONLY            comma-separated subset of
 #                         throughput,gate,startup,memory,watch,runs,history
 #   BENCH_PYTHON          Python with aiohttp (default /usr/bin/python3)
@@ -242,6 +245,10 @@ if wants history; then
   "$KW" spec/bench/history_bench.lua read "$tmp/history.db" 9 >"$tmp/history_read"
   for r in $(seq "$ROUNDS"); do
     "$KW" spec/bench/history_bench.lua record "$tmp/history.db" 40 >>"$tmp/history_record"
+    if [ -n "${BENCH_HISTORY_BEFORE:-}" ]; then
+      KPIWATCH_LUALIB=$BENCH_HISTORY_BEFORE "$KW" spec/bench/history_bench.lua record "$tmp/history.db" 40 \
+        >>"$tmp/history_record_before"
+    fi
     # the gate alone (no history), whole process: what recording is weighed against
     measure gate_cpu 120 -- "$KW" --no-history gate "$ID" --require 'avg_score>=0.8'
   done
@@ -389,6 +396,13 @@ if wants history; then
   printf '   %-46s %10s\n' "gate, whole process, --no-history: CPU" "$(na "$(calc '%.1f ms' 'a * 1000' "$gate_cpu")")"
   goal "read one metric of $HISTORY_N executions < 50 ms (CPU)" "$(calc '%.1f' 'a' "$hc")" "<" 50 " ms"
   goal "recording <= 5% of a gate's CPU" "$(calc '%.1f' 'a / (b * 1000) * 100' "$rec_cpu" "$gate_cpu")" "<=" 5 "%"
+  if [ -s "$tmp/history_record_before" ]; then
+    rec_before=$(awk '$1 == "record_cpu_ms" {print $2}' "$tmp/history_record_before" | sort -g |
+      awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}')
+    printf '   %-46s %10s\n' "record, $BENCH_HISTORY_BEFORE: CPU" "$(na "$(calc '%.2f ms' 'a' "$rec_before")")"
+    echo "         (before: $(na "$(calc '%.1f%%' 'a / (b * 1000) * 100' "$rec_before" "$gate_cpu")") of the gate's CPU;" \
+      "after / before: $(na "$(calc '%.2fx' 'a / b' "$rec_cpu" "$rec_before")"))"
+  fi
 fi
 
 echo

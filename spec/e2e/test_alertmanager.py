@@ -222,5 +222,29 @@ receivers:
         self.assertEqual("resolved", notifications(EXEC_C)[1]["status"])
 
 
+class FirstCycleE2E(unittest.TestCase):
+    """The stand-in server as the Alertmanager, counting POSTs: the first
+    cycle of a watch posted its firing alerts twice (the delivery, then at
+    once the hook's re-send of everything firing)."""
+
+    def test_first_cycle_posts_firing_alerts_once(self):
+        with tempfile.TemporaryDirectory() as tmp, MockServer(receive) as am:
+            script = os.path.join(tmp, "watch.lua")
+            with open(script, "w") as f:
+                f.write(WATCH)
+            body = os.path.join(tmp, "body.json")
+            with open(body, "w") as f:
+                json.dump(FAILING, f)
+            state = os.path.join(tmp, "w.state")
+            open(state + ".stop", "w").close()  # on_cycle ends the watch after one cycle
+            env = dict(os.environ, HOME=tmp, XDG_STATE_HOME="", KPIWATCH_SPOOL="")
+            r = subprocess.run([KW, script, body, EXEC_A, am.url, state, "1m"], env=env,
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(0, r.returncode, r.stderr)
+            posts = [q for q in am.requests if q.method == "POST" and q.path == "/api/v2/alerts"]
+            self.assertEqual(1, len(posts), [q.json() for q in posts])
+            self.assertEqual(3, len(posts[0].json()))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -124,6 +124,8 @@ class Exporter(unittest.TestCase):
         res = query('futureagi_execution_total_calls{run_test_id="%s"}' % NIGHTLY)
         self.assertEqual(1, len(res))
         self.assertEqual(latest["id"], res[0]["metric"]["execution_id"])
+        # given by id (--run-test ID), the run test is still named (the label was empty)
+        self.assertEqual("nightly", res[0]["metric"]["run_test"])
         self.assertEqual(want["total_calls"], float(res[0]["value"][1]))
         start = calendar.timegm(time.strptime(latest["start_time"], "%Y-%m-%dT%H:%M:%SZ"))
         res = query('futureagi_execution_completed_timestamp_seconds{run_test_id="%s"}' % NIGHTLY)

@@ -33,6 +33,19 @@ for i = 1, 12 do
 end
 """
 
+FILL_EXACT = r"""
+local h = require "kpiwatch.history"
+local model = require "kpiwatch.model"
+local s = assert(h.default())
+for i = 1, 4 do
+  local calls = i % 2 == 0 and { { id = "a", overall_score = 0.81 }, { id = "b", overall_score = 0.84 },
+    { id = "c", status = "failed" } } or nil
+  s:record(model.new({ total_calls = 3, failed_calls = 1, avg_score = 0.8 }), {
+    execution_id = ("00000000-0000-4000-8000-%012d"):format(i), run_test = arg[1], status = "completed",
+    start_time = ("2026-02-%02dT08:00:00Z"):format(i), calls = calls })
+end
+"""
+
 
 def env(extra=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("FI_", "LUA_INIT", "KPIWATCH_HISTORY"))}
@@ -99,9 +112,10 @@ class HistoryCli(unittest.TestCase):
                 self.db)
         self.assertEqual(r.returncode, 0, r.stderr)
         rows = list(csv.reader(io.StringIO(r.stdout)))
-        self.assertEqual(rows[0], ["execution_id", "time", "avg_score", "failed_calls"])
+        # no per-call scores stored: every avg_score point is the server's
+        self.assertEqual(rows[0], ["execution_id", "time", "avg_score", "avg_score_source", "failed_calls"])
         self.assertEqual([x[0][-2:] for x in rows[1:]], ["10", "11", "12"])
-        self.assertEqual(rows[3][2:], ["0.82", "12"])
+        self.assertEqual(rows[3][2:], ["0.82", "server", "12"])
         r = run(["history", RT, "--format=json", "--metric", "eval:*"], self.db)
         self.assertEqual(r.returncode, 0, r.stderr)
         doc = json.loads(r.stdout)
@@ -129,6 +143,38 @@ class HistoryCli(unittest.TestCase):
         self.assertNotIn("\x1b", html)
         self.assertIn("00000000-0000-4000-8000-000000000012", html)
         self.assertIn("2026-02-12", html)
+
+    def test_avg_score_is_the_exact_mean_of_stored_calls_and_says_so(self):
+        # executions 2 and 4 have per-call scores (mean 0.825, the server says 0.8); 1 and 3 only the server's 0.8
+        db = os.path.join(self.tmp.name, "exact.db")
+        fill = os.path.join(self.tmp.name, "fill_exact.lua")
+        with open(fill, "w") as f:
+            f.write(FILL_EXACT)
+        r = run([fill, RT], db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["history", RT, "--format", "json", "--metric", "avg_score"], db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        points = json.loads(r.stdout)["executions"]
+        self.assertEqual([p["avg_score_source"] for p in points], ["server", "calls", "server", "calls"])
+        self.assertEqual([p["avg_score"] for p in points], [0.8, 0.825, 0.8, 0.825])
+        self.assertEqual([p["avg_score_server"] for p in points], [0.8] * 4)
+        self.assertEqual(points[1]["avg_score_calls"], 2)
+        self.assertNotIn("avg_score_calls", points[0])
+        r = run(["history", RT, "--format", "csv", "--metric", "avg_score"], db)
+        rows = list(csv.reader(io.StringIO(r.stdout)))
+        self.assertEqual([x[2:] for x in rows[1:]], [["0.8", "server"], ["0.825", "calls"]] * 2)
+        r = run(["history", RT], db)
+        rows = {l.split()[0]: l.split()[1:] for l in r.stdout.splitlines()[1:3]}
+        self.assertEqual(rows["avg_score"], ["0.825", "0.8125", "0.8", "0.825", "4"])
+        self.assertIn("avg_score: exact means of the per-call scores for 2 of 4 executions", r.stdout)
+        out = os.path.join(self.tmp.name, "exact.html")
+        r = run(["history", RT, "--html", out, "--metric", "avg_score"], db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out, encoding="utf-8") as f:
+            html = f.read()
+        self.assertEqual(html.count('class="pt srv'), 2)  # hollow: the server's rounded values
+        self.assertEqual(html.count("avg_score = 0.825 (exact mean of 2 per-call scores; the server says 0.8)"), 2)
+        self.assertEqual(html.count("avg_score = 0.8 (the server's value, rounded)"), 2)
 
     def test_empty_history_says_how_to_import(self):
         r = run(["history", "22222222-2222-4222-8222-222222222222"], self.db)

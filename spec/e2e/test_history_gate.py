@@ -12,7 +12,7 @@ noisy drop that is not significant (run 9: 8 calls) and a real regression
     once; a partial (running) execution never is; `history import` fills the
     rest (all pages) and a second import adds nothing
   - kpiwatch run --name ... --baseline median:5 ... --significance
-  - --sandbox without --history writes no history file
+  - --sandbox keeps the default history file; two sandboxes' runs get their own ids
 """
 import json
 import os
@@ -82,6 +82,17 @@ class HistoryInGate(unittest.TestCase):
         self.assertLess(c["ci"][0], 0)
         self.assertGreater(c["ci"][1], 0)
         self.assertIn("not significant", c["message"])
+        # the trend shows the same exact mean the gate judged, marked as such,
+        # for the judged run and the five whose scores were pooled
+        r = self.run_kw("history", "voice-trend", "--format", "json", "--metric", "avg_score", history=h)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        points = {p["execution_id"]: p for p in json.loads(r.stdout)["executions"]}
+        self.assertEqual(points[NOISE]["avg_score_source"], "calls")
+        self.assertAlmostEqual(points[NOISE]["avg_score"], c["value"], places=12)
+        self.assertEqual(points[NOISE]["avg_score_server"], 0.8)
+        self.assertEqual(points[NOISE]["avg_score_calls"], 8)
+        self.assertEqual(sorted(i for i, p in points.items() if p["avg_score_source"] == "calls"),
+                         sorted([past(3, i) for i in range(4, 10)]))
 
         r = self.run_kw("gate", REGRESSION, *CHECK, "--significance", "0.05", history=h)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
@@ -165,20 +176,25 @@ class HistoryInGate(unittest.TestCase):
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(msg, r.stderr, args)
 
-    def test_sandbox_flag_keeps_no_default_history(self):
+    def test_sandbox_flag_keeps_the_default_history(self):
+        # Two --sandbox processes, one after the other, each run nightly: their
+        # runs have ids of their own (counted per sandbox, both were the same
+        # id, which is why --sandbox used to keep no default history), and
+        # both land in the default file.
         env = {k: v for k, v in self.env.items() if not k.startswith("FI_")}
         home = tempfile.mkdtemp(dir=self.tmp.name)
-        env["HOME"] = home
-        r = subprocess.run([KW, "--sandbox", "get", past(3, 1)], capture_output=True, text=True, env=env, timeout=60)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertFalse(os.path.exists(os.path.join(home, ".local/share/kpiwatch/history.db")))
-        r = subprocess.run([KW, "get", past(3, 1)], capture_output=True, text=True, env=dict(self.env, HOME=home),
-                           timeout=60)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        env.update(HOME=home, KPIWATCH_SANDBOX_SPEED="50")
+        for _ in range(2):
+            r = subprocess.run([KW, "--sandbox", "run", "--name", "nightly", "--require", "avg_score>=0.5"],
+                               capture_output=True, text=True, env=env, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         db = os.path.join(home, ".local/share/kpiwatch/history.db")
-        self.assertTrue(os.path.exists(db))  # the default place, when talking to an API
         self.assertEqual(os.stat(db).st_mode & 0o777, 0o600)
-
+        r = subprocess.run([KW, "history", "c0ffee00-0000-4000-8000-00000000a001", "--format", "json",
+                            "--metric", "avg_score"], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ids = [e["execution_id"] for e in json.loads(r.stdout)["executions"]]
+        self.assertEqual(2, len(set(ids)), ids)
 
 if __name__ == "__main__":
     unittest.main()

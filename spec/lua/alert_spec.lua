@@ -842,6 +842,49 @@ describe("alert.watch", function()
     assert.are.equal(0, #doc.outbox)
   end)
 
+  it("raises a cancellation of its task mid-delivery, with the notification spooled, not in the outbox", function()
+    local state = dir .. "/state.json"
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 5, backoff = 0.01, max_backoff = 0.01 }
+    reg:hook("slow", function() task.sleep(5) end)
+    reg:rule { name = "score-floor", metric = "avg_score", below = 0.8 }
+    local t = task.spawn(reg.watch, reg, { ids = { snap(0.7) }, every = 30, state = state })
+    task.sleep(0.1)
+    task.cancel(t, "enough")
+    local ok, err = pcall(task.wait, t)
+    assert.is_false(ok)
+    assert.are.equal("enough", err)
+    local sp = json.decode(assert(io.open(state .. ".spool")):read("a"))
+    assert.are.equal(1, #sp.entries)
+    -- in the spool only: the next run does not send it twice
+    local doc = json.decode(assert(io.open(state)):read("a"))
+    assert.are.equal(0, #doc.outbox)
+  end)
+
+  it("cancelled during its replay, still spools the cycle's new notification and saves state", function()
+    local spool = dir .. "/spool.json"
+    local reg = alert.registry()
+    reg:configure { quiet = true, retries = 0 }
+    reg:hook("slow", function() error("receiver down") end)
+    reg:rule { name = "score-floor", metric = "avg_score", below = 0.8 }
+    reg:watch { ids = { snap(0.7) }, every = 0, max_cycles = 1, spool = spool, state = dir .. "/a.json" }
+    reg.hooks.slow = function() task.sleep(5) end
+    -- a fresh state: the alert fires again, while the spooled one is replayed
+    local state = dir .. "/b.json"
+    local t = task.spawn(reg.watch, reg, { ids = { snap(0.7) }, every = 30, spool = spool, state = state })
+    task.sleep(0.1)
+    task.cancel(t, "enough")
+    local ok, err = pcall(task.wait, t)
+    assert.is_false(ok)
+    assert.are.equal("enough", err)
+    local sp = json.decode(assert(io.open(spool)):read("a"))
+    assert.are.equal(2, #sp.entries)
+    for _, e in ipairs(sp.entries) do assert.is_nil(e.claim) end
+    local doc = json.decode(assert(io.open(state)):read("a"))
+    assert.are.equal("firing", doc.alerts["score-floor|exec-1|avg_score"].state)
+    assert.are.equal(0, #doc.outbox)
+  end)
+
   it("rejects bad options", function()
     local reg = watched()
     assert.has_error(function() reg:watch { ids = {}, evry = 3 } end)

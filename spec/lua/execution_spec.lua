@@ -180,6 +180,16 @@ describe("executions client", function()
     end)
   end)
 
+  describe("kpis.run_test_name", function()
+    it("finds the name in the list of run tests; an unknown id is not_found", function()
+      assert.are.equal("nightly", kpis.run_test_name(NIGHTLY))
+      assert.are.equal("broken-agent", kpis.run_test_name(BROKEN:upper()))
+      local e = raises(function() kpis.run_test_name("c0ffee00-0000-4000-8000-00000000ffff") end)
+      assert.are.equal("not_found", e.kind)
+      assert.are.equal("config", raises(function() kpis.run_test_name("nightly") end).kind)
+    end)
+  end)
+
   describe("kpis.run", function()
     it("starts a run and returns the new execution id", function()
       local before = sb.runs.started

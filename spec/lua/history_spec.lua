@@ -110,6 +110,18 @@ describe("kpiwatch.history", function()
     assert.equal("avg_score (no data)", tostring(store:series("other", "avg_score")))
   end)
 
+  it("orders executions by their start in time, whatever offset or fraction the server wrote", function()
+    -- as text, "2026-01-05T12:00:00+05:30" (06:30Z) sorted after "2026-01-05T10:00:00Z"
+    local starts = { "2026-01-05T10:00:00Z", "2026-01-05T12:00:00+05:30", "2026-01-05T09:00:00.250000Z" }
+    for i, st in ipairs(starts) do
+      store:record(kpi(i / 10), { execution_id = uuid(40 + i), run_test = "tz", status = "completed",
+        start_time = st })
+    end
+    local s = store:series("tz", "avg_score")
+    assert.same({ uuid(42), uuid(43), uuid(41) }, s.ids)
+    assert.same({ "2026-01-05T06:30:00Z", "2026-01-05T09:00:00Z", "2026-01-05T10:00:00Z" }, s.times)
+  end)
+
   it("lists stored metric names", function()
     store:record(kpi(0.5), { execution_id = uuid(20), run_test = "rt", status = "completed" })
     local names = store:metrics("rt")
@@ -161,12 +173,19 @@ describe("kpiwatch.history", function()
       local h = require "kpiwatch.history"
       local model = require "kpiwatch.model"
       local w = tonumber(arg[2])
+      -- odd writers open, record and close each time, as gates do (the
+      -- last connection out checkpoints and empties the kept WAL while
+      -- others write); even writers keep one connection, as a watch does
       local s = assert(h.open(arg[1]))
       for i = 1, 40 do
         local id = ("00000000-0000-4000-8000-%06d%06d"):format(w, i)
         assert(s:record(model.new({ total_calls = 10, failed_calls = w, avg_score = i / 100 }),
           { execution_id = id, run_test = "par", status = "completed",
             calls = { { id = "a", overall_score = 0.5 }, { id = "b", overall_score = 0.25 } } }) == true)
+        if w % 2 == 1 then
+          s:close()
+          s = assert(h.open(arg[1]))
+        end
       end
       s:close()
     ]])
@@ -197,5 +216,89 @@ describe("kpiwatch.history", function()
     local raw = store:run("SELECT kpis FROM bodies b JOIN executions e ON e.n = b.n WHERE e.id = ?", uuid(30))
     assert.equal(3, json.decode(raw).callsAttempted)
     assert.equal(3, store:series("rt", "calls_attempted").values[1])
+  end)
+
+  it("leaves every record in the file itself once closed, keeping an empty WAL", function()
+    local path = dir .. "/sub/h.db"
+    assert.is_true(store:record(kpi(0.6), { execution_id = uuid(40), run_test = "rt", status = "completed" }))
+    store:close()
+    -- the last connection out checkpointed: the WAL and its index stay, the WAL empty
+    assert.equal(0, fs.stat(path .. "-wal").size)
+    assert.equal(tonumber("600", 8), fs.stat(path .. "-wal").mode & tonumber("777", 8))
+    assert.equal(tonumber("600", 8), fs.stat(path .. "-shm").mode & tonumber("777", 8))
+    -- a copy of the database file alone (a CI cache of history.db) has the record
+    local copy = dir .. "/copy.db"
+    assert(os.execute(("cp '%s' '%s'"):format(path, copy)))
+    local c = assert(history.open(copy, { readonly = true }))
+    assert.equal(1, c:count("rt"))
+    assert.equal(0.6, c:series("rt", "avg_score").values[1])
+    c:close()
+    -- and the file reopens for writing where it is, records kept
+    store = assert(history.open(path))
+    assert.is_false(store:record(kpi(0.1), { execution_id = uuid(40), run_test = "rt", status = "completed" }))
+    assert.is_true(store:record(kpi(0.7), { execution_id = uuid(41), run_test = "rt", status = "completed" }))
+    assert.same({ 0.6, 0.7 }, store:series("rt", "avg_score").values)
+  end)
+
+  it("gives avg_score points as the exact mean of stored per-call scores, marked, the server's value elsewhere",
+    function()
+      local scored = { { id = "c1", overall_score = 0.81 }, { id = "c2", overall_score = 0.84 },
+        { id = "c3", status = "failed" } } -- an unscored call counts for nothing
+      store:record(kpi(0.8), { execution_id = uuid(50), run_test = "rt", status = "completed", start_time = start(1),
+        calls = scored })
+      store:record(kpi(0.8), { execution_id = uuid(51), run_test = "rt", status = "completed", start_time = start(2) })
+      store:record(kpi(0.9), { execution_id = uuid(52), run_test = "rt", status = "completed", start_time = start(3) })
+      -- calls fetched later (gate --significance, import --calls) make that point exact too
+      store:record({}, { execution_id = uuid(52), status = "completed",
+        calls = { { id = "d1", overall_score = 0.86 }, { id = "d2", overall_score = 0.87 } } })
+      local s = store:series("rt", "avg_score")
+      assert.equal(3, s.n)
+      assert.near(0.825, s.values[1], 1e-12)
+      assert.equal(0.8, s.values[2])
+      assert.near(0.865, s.values[3], 1e-12)
+      assert.same({ true, false, true }, s.exact)
+      assert.same({ 0.8, 0.8, 0.9 }, s.server)
+      assert.same({ 2, false, 2 }, s.calls)
+      assert.equal(2, s.exact_n)
+      assert.matches("exact means of the per%-call scores for 2 of 3 executions.*rounded to 0%.1",
+        history.precision_note(s))
+      -- newest first then reversed: the last one stays in its place with --last
+      local last = store:series("rt", "avg_score", { last = 2 })
+      assert.same({ false, true }, last.exact)
+      assert.equal(0.9, last.server[2])
+      assert.same({ "calls", 0.9, 2 }, { last:source(2) })
+      assert.same({ "server", 0.8 }, { last:source(1) })
+      -- other metrics have no exact counterpart
+      assert.is_nil(store:series("rt", "failure_rate").exact_n)
+      assert.is_nil(store:series("rt", "failure_rate"):source(1))
+      assert.is_nil(history.precision_note(store:series("rt", "failure_rate")))
+      -- a median baseline is held against the server's value of the judged
+      -- execution: it is taken of the server's values
+      assert.equal(0.8, (store:median("rt", "avg_score", 2, uuid(52))))
+    end)
+
+  it("marks every avg_score point as the server's when no per-call scores are stored", function()
+    store:record(kpi(0.8), { execution_id = uuid(55), run_test = "rt", status = "completed" })
+    local s = store:series("rt", "avg_score")
+    assert.equal(0, s.exact_n)
+    assert.same({ "server", 0.8 }, { s:source(1) })
+    assert.matches("^the server's values, rounded to 0%.1", history.precision_note(s))
+  end)
+
+  it("back-fills the exact means of a file written before they were kept (schema 1)", function()
+    local path = dir .. "/old.db"
+    local s = assert(history.open(path))
+    s:record(kpi(0.8), { execution_id = uuid(60), run_test = "rt", status = "completed",
+      calls = { { id = "a", overall_score = 0.75 }, { id = "b", overall_score = 0.8 } } })
+    -- as schema 1 left it: calls stored, no table of exact values
+    assert(s.db:exec("DROP TABLE exact"))
+    assert(s.db:exec("PRAGMA user_version = 1"))
+    s:close()
+    s = assert(history.open(path))
+    assert.equal(history.SCHEMA_VERSION, (s:run("PRAGMA user_version")))
+    local got = s:series("rt", "avg_score")
+    assert.same({ true }, got.exact)
+    assert.near(0.775, got.values[1], 1e-12)
+    s:close()
   end)
 end)

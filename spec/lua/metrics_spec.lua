@@ -189,15 +189,14 @@ describe("metrics.poll and metrics.serve", function()
     local c2 = metrics.collector()
     assert.is_true((metrics.poll(c2, { { run_test = runs.nightly }, { name = "voice-trend" } })))
     local text = c2:render(false)
-    for _, rt in ipairs({ { runs.nightly, nil }, { runs["voice-trend"], "voice-trend" } }) do
+    -- by id too, the run_test label carries the name (it was empty)
+    for _, rt in ipairs({ { runs.nightly, "nightly" }, { runs["voice-trend"], "voice-trend" } }) do
       local latest = kpis.executions(rt[1], { status = "completed", limit = 1 })[1]
       local k = kpis.get(latest.id)
       local needle = { 'run_test_id="' .. rt[1] .. '"', 'execution_id="' .. latest.id .. '"' }
       assert.are.equal(k.total_calls, sample(text, "futureagi_execution_total_calls", needle))
-      if rt[2] then
-        local _, line = sample(text, "futureagi_execution_total_calls", needle)
-        assert.truthy(line:find('run_test="voice-trend"', 1, true))
-      end
+      local _, line = sample(text, "futureagi_execution_total_calls", needle)
+      assert.truthy(line:find('run_test="' .. rt[2] .. '"', 1, true), line)
       local y, mo, d, h, mi, sec = latest.start_time:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
       local start = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = sec, isdst = false }
         - os.time { year = 1970, month = 1, day = 1, hour = 0, isdst = false }

@@ -89,5 +89,22 @@ describe("notify.alertmanager", function()
       assert.are.equal(2, #posts)
       assert.is_nil(posts[2].body[1].endsAt)
     end)
+
+    it("on_cycle does not re-post what the hook posted in the same cycle", function()
+      local hook = notify.alertmanager { url = srv.url, resend = "30s" }
+      local other = {}
+      for k, v in pairs(EVENT) do other[k] = v end
+      other.metric = "failed_calls"
+      hook(EVENT)                                        -- cycle 1: fires, posted once
+      assert.is_nil(hook:on_cycle({ EVENT }, 1000))
+      hook(other)                                        -- cycle 2: another fires
+      assert.is_nil(hook:on_cycle({ EVENT, other }, 1020))
+      assert.is_true(hook:on_cycle({ EVENT, other }, 1030)) -- EVENT's resend is due
+      assert.are.equal(3, #posts)
+      assert.are.equal(1, #posts[3].body)
+      assert.are.equal("avg_score", posts[3].body[1].labels.metric)
+      assert.is_true(hook:on_cycle({ EVENT, other }, 1050)) -- then other's
+      assert.are.equal("failed_calls", posts[4].body[1].labels.metric)
+    end)
   end)
 end)

@@ -418,6 +418,79 @@ describe("delivery", function()
     end
   end)
 
+  -- task.cancel of the task running check raises its reason there (kpiwatch.task); the
+  -- deliveries' pool swallowed it: check returned, the hook went on retrying behind it
+  describe("when the calling task is cancelled", function()
+    local task = require "kpiwatch.task"
+
+    local function slow_registry(calls)
+      local reg = alert.registry()
+      reg:configure { retries = 3, backoff = 0.01, max_backoff = 0.05, quiet = true,
+        exit_on_lost = false, spool = dir .. "/spool.json" }
+      for _, name in ipairs({ "slow", "slow2" }) do
+        reg:hook(name, function()
+          calls.n = calls.n + 1
+          task.sleep(5)
+          calls.finished = true
+        end)
+      end
+      reg:rule { name = "score-floor", metric = "avg_score", below = 0.8, notify = { "slow", "slow2" } }
+      return reg
+    end
+
+    local function cancelled_check(reg, k)
+      local t = task.spawn(function() return reg:check(k) end)
+      task.sleep(0.1)
+      local t0 = now()
+      task.cancel(t, "enough")
+      local ok, err = pcall(task.wait, t)
+      return ok, err, now() - t0
+    end
+
+    local function entries()
+      return json.decode(assert(io.open(dir .. "/spool.json")):read("a")).entries
+    end
+
+    it("raises the cancellation, stops the delivery and spools it", function()
+      local calls = { n = 0 }
+      local ok, err, took = cancelled_check(slow_registry(calls), kpi("failing"))
+      assert.is_false(ok)
+      assert.are.equal("enough", err)
+      assert.is_true(took < 1, "did not stop promptly")
+      task.sleep(0.1)
+      assert.are.equal(2, calls.n) -- no retry after the cancel
+      assert.is_nil(calls.finished)
+      local e = entries()
+      assert.are.equal(2, #e)
+      for _, x in ipairs(e) do assert.is_nil(x.claim) end
+    end)
+
+    it("during a replay, leaves the spooled notification in the spool, unclaimed", function()
+      local calls = { n = 0 }
+      local reg = slow_registry(calls)
+      reg.hooks.slow = function() error("receiver down") end
+      reg.hooks.slow2 = reg.hooks.slow
+      reg:check(kpi("failing"))
+      local old = {}
+      for _, x in ipairs(entries()) do old[x.event.id] = true end
+      reg = slow_registry(calls)
+      local ok, err = cancelled_check(reg, kpi("failing"))
+      assert.is_false(ok)
+      assert.are.equal("enough", err)
+      assert.are.equal(2, calls.n) -- the two replays; this check's own are not tried
+      assert.is_nil(calls.finished)
+      -- the replayed two stay, unclaimed; this check's two are spooled
+      local e = entries()
+      assert.are.equal(4, #e)
+      local n_old = 0
+      for _, x in ipairs(e) do
+        assert.is_nil(x.claim)
+        if old[x.event.id] then n_old = n_old + 1 end
+      end
+      assert.are.equal(2, n_old)
+    end)
+  end)
+
   it("reports a notification as lost when it can be neither delivered nor spooled", function()
     local reg = alert.registry()
     reg:configure { retries = 0, quiet = true, exit_on_lost = false,

@@ -215,6 +215,35 @@ describe("sandbox run tests", function()
     assert.are.equal("failed", sb.runs.status(id))
   end)
 
+  it("gives runs started by execute random UUIDs: two sandboxes never hand out the same ids", function()
+    -- counted per sandbox, they did: a history file then mixed two sandboxes' runs
+    local one, two = sandbox.start { speed = 40 }, sandbox.start { speed = 40 }
+    finally(function() one:close() two:close() end)
+    assert.are.same({ one.api_key, one.secret_key }, { sb.api_key, sb.secret_key })
+    local function run(box)
+      local id = json.decode(req(box.url .. "/simulate/run-tests/" .. NIGHTLY .. "/execute/", "POST", "{}").body)
+        .execution_id
+      for _ = 1, 400 do
+        local b = json.decode(req(box.url .. "/simulate/test-executions/" .. id .. "/?limit=100").body)
+        if b.status == "completed" then
+          local calls = {}
+          for i, c in ipairs(b.results) do calls[i] = c.id end
+          return id, calls
+        end
+        task.sleep(0.005)
+      end
+      error("never completed: " .. id)
+    end
+    local a, ca = run(one)
+    local b, cb = run(two)
+    assert.is_nil(a:find("^c0ffee00")) -- not a fixture's
+    assert.is_true(require("kpiwatch.kpis").is_uuid(a))
+    assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", a)
+    assert.are_not.equal(a, b)
+    assert.are.equal(#ca, #cb)
+    for i = 1, #ca do assert.are_not.equal(ca[i], cb[i]) end
+  end)
+
   it("execute rejects unknown fields, bad scenario ids, other methods", function()
     local p = "/simulate/run-tests/" .. NIGHTLY .. "/execute/"
     local r = req(p, "POST", '{"scenario_ids": [], "bogus": 1}')

@@ -220,6 +220,20 @@ describe("shared.validate and shared.config_error", function()
   end)
 end)
 
+describe("shared.uuid4 and shared.random_hex", function()
+  it("give random ids in the API's UUID shape (version 4, RFC 9562 variant)", function()
+    local seen = {}
+    for _ = 1, 200 do
+      local u = shared.uuid4()
+      assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$", u)
+      assert.is_nil(seen[u])
+      seen[u] = true
+    end
+    assert.matches("^%x+$", shared.random_hex(6))
+    assert.are.equal(12, #shared.random_hex(6))
+  end)
+end)
+
 describe("task.map", function()
   it("keeps the order of the list and at most `concurrency` tasks at once", function()
     local active, peak = 0, 0
@@ -245,6 +259,23 @@ describe("task.map", function()
     assert.is_false(ok)
     assert.are.equal("bad item", err)
     assert.is_true(started < 6)
+  end)
+
+  it("on a cancellation of its caller, cancels every worker at once and raises it", function()
+    local finished = 0
+    local t = task.spawn(task.map, { 1, 2, 3 }, function()
+      task.sleep(5)
+      finished = finished + 1
+    end, { concurrency = 3 })
+    task.sleep(0.05)
+    local t0 = task.now()
+    task.cancel(t, "enough")
+    local ok, err = pcall(task.wait, t)
+    assert.is_false(ok)
+    assert.are.equal("enough", err)
+    assert.is_true(task.now() - t0 < 1, "waited for the other workers")
+    task.sleep(0.05)
+    assert.are.equal(0, finished)
   end)
 
   it("refuses a bad concurrency and returns {} for an empty list", function()

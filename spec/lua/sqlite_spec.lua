@@ -127,6 +127,27 @@ describe("kpiwatch._sqlite", function()
     os.execute("rm -rf '" .. dir .. "'")
   end)
 
+  it("keeps the WAL files on close only with persist_wal", function()
+    local dir = util.tmpdir()
+    for _, keep in ipairs({ true, false }) do
+      local path = dir .. "/p" .. tostring(keep) .. ".db"
+      local db = assert(sqlite.open(path))
+      assert(db:exec("PRAGMA journal_mode=WAL"))
+      assert.equal(db, db:persist_wal(keep))
+      assert(db:exec("PRAGMA journal_size_limit=0"))
+      assert(db:exec("CREATE TABLE t(x)"))
+      assert(db:exec("INSERT INTO t VALUES (1)"))
+      db:close()
+      local wal = fs.stat(path .. "-wal")
+      if keep then
+        assert.equal(0, wal.size) -- checkpointed into the file, then emptied
+      else
+        assert.is_nil(wal)
+      end
+    end
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
   it("opens read-only and reports a missing file as cantopen", function()
     local dir = util.tmpdir()
     local db, msg, code = sqlite.open(dir .. "/missing.db", "ro")

@@ -44,6 +44,9 @@ local function ctx_sleep(ctx, secs)
   if ctx then ctx.sleepers[t] = true end
   local ok = pcall(T.wait, t)
   if ctx then ctx.sleepers[t] = nil end
+  -- the waiter was cancelled: its sleep must not outlive it (it would hold
+  -- the loop, and the process, for the rest of the delay)
+  if not ok then pcall(T.cancel, t) end
   return ok and not (ctx and ctx.stopping)
 end
 M.sleep = ctx_sleep
@@ -80,9 +83,9 @@ function M.stop_end(ctx)
   for t in pairs(ctx.sleepers) do pcall(T.cancel, t) end
 end
 
--- deliver_one(reg, job, opts) -> {status = delivered|failed|skipped,
--- attempts=, error=}. Never raises.
-local function deliver_one(reg, job, opts)
+-- deliver_one(reg, job, opts, stopped) -> {status = delivered|failed|skipped,
+-- attempts=, error=}. Never raises; stops retrying once stopped() is true.
+local function deliver_one(reg, job, opts, stopped)
   local cfg = reg.config
   local fn = reg.hooks[job.hook]
   local retries = opts.retries or cfg.retries
@@ -95,7 +98,7 @@ local function deliver_one(reg, job, opts)
     if errors.is(e) and e.kind == "hook_disabled" then
       return { status = "skipped", attempts = attempts, error = tostring(e.message) }
     end
-    if not retryable(e) or attempts > retries or (opts.ctx and opts.ctx.stopping) then break end
+    if not retryable(e) or attempts > retries or stopped() then break end
     local delay = (errors.is(e) and type(e.retry_after) == "number") and e.retry_after
       or backoff_delay(cfg, attempts)
     if delay > cfg.max_retry_wait then break end
@@ -104,35 +107,52 @@ local function deliver_one(reg, job, opts)
   return { status = "failed", attempts = attempts, error = short_error(last) }
 end
 
--- run_jobs(reg, jobs, opts) -> results (same order). Each job in a task,
+-- run_jobs(reg, jobs, opts) -> results (same order), cancelled. Each job in
+-- a task of its own (which a stop or a cancellation aborts where it waits),
 -- at most config.concurrency at once; one failing hook never stops others.
+-- A cancellation of the calling task (task.cancel, Ctrl-C: its reason is
+-- raised where the caller waits) cancels the deliveries in flight, waits for
+-- them and comes back as `cancelled` rather than raised, so that the caller
+-- spools or releases what was not delivered and then raises it: swallowed,
+-- the caller went on as if nothing happened and the hooks kept retrying.
 local function run_jobs(reg, jobs, opts)
-  -- deliver_one never raises; an interruption of the caller cancels the
-  -- deliveries in flight, and what they did not finish is reported so
-  -- (results is filled as they come: a cancelled map returns nothing)
   local results = {}
   local ctx = opts.ctx
   local T = tasks()
-  pcall(T.map, jobs, function(job, i)
+  local cancelled           -- the caller's cancellation, once it came
+  local inflight = {}       -- delivery task -> its job's index
+  local function stopped() return cancelled ~= nil or (ctx ~= nil and ctx.stopping) end
+  local function finish(i, r)
+    results[i] = r
+    if opts.on_done then opts.on_done(i, r) end
+  end
+  local ok, err = pcall(T.map, jobs, function(job, i)
     -- stopping: what is left is not tried, and is spooled as interrupted
-    if ctx and ctx.stopping then return end
-    local done, r
-    if ctx and ctx.tasks then
-      -- in a task of its own, which a stop cancels where it waits
-      local t = T.spawn(deliver_one, reg, job, opts)
-      ctx.tasks[t] = true
-      done, r = pcall(T.wait, t)
-      ctx.tasks[t] = nil
-    else
-      done, r = pcall(deliver_one, reg, job, opts)
-    end
-    results[i] = done and r or { status = "failed", attempts = 0, error = short_error(r) }
-    if opts.on_done then opts.on_done(i, results[i]) end
+    if stopped() then return end
+    local t = T.spawn(deliver_one, reg, job, opts, stopped)
+    inflight[t] = i
+    if ctx and ctx.tasks then ctx.tasks[t] = true end
+    local done, r = pcall(T.wait, t)
+    if ctx and ctx.tasks then ctx.tasks[t] = nil end
+    -- this worker was cancelled with the caller: the delivery is settled below
+    if not done and cancelled then return end
+    inflight[t] = nil
+    finish(i, done and r or { status = "failed", attempts = 0, error = short_error(r) })
   end, { concurrency = reg.config.concurrency })
+  if not ok then
+    -- T.map raised: the caller was cancelled (or on_done failed); set before
+    -- any wait, so the workers resumed by map's cancels see it
+    cancelled = err
+    for t in pairs(inflight) do pcall(T.cancel, t, tostring(err)) end
+    for t, i in pairs(inflight) do
+      local done, r = pcall(T.wait, t)
+      finish(i, done and r or { status = "failed", attempts = 0, error = short_error(r) })
+    end
+  end
   for i = 1, #jobs do
     results[i] = results[i] or { status = "failed", attempts = 0, error = "delivery was interrupted" }
   end
-  return results
+  return results, cancelled
 end
 
 local function job_label(job)
@@ -216,7 +236,7 @@ function M.replay(self, sp, ctx, rep)
   end
   -- Written back as each ends (on_done), so that a run killed mid-replay
   -- leaves nothing it delivered in the spool.
-  local results = run_jobs(self, jobs, { retries = 0, ctx = ctx, on_done = settle })
+  local results, cancelled = run_jobs(self, jobs, { retries = 0, ctx = ctx, on_done = settle })
   local delivered = 0
   for i, res in ipairs(results) do
     if not settled[i] then pcall(settle, i, res) end -- interrupted: the claim is released
@@ -231,6 +251,8 @@ function M.replay(self, sp, ctx, rep)
     self:_log(format("delivered %d spooled notification%s from %s", delivered,
       delivered == 1 and "" or "s", sp.path))
   end
+  -- every claim is settled: what was not delivered stays in the spool
+  if cancelled then error(cancelled, 0) end
   return delivered
 end
 
@@ -244,8 +266,10 @@ end
 ---@param rep table|nil report the deliveries are recorded in
 ---@param fallback string|nil where unspooled jobs are kept (for messages)
 ---@return table unspooled the jobs that could not be spooled
+---@return any cancelled the calling task's cancellation (task.cancel's reason),
+--- which the caller raises once it has kept `unspooled`
 function M.deliver(self, jobs, sp, ctx, rep, fallback)
-  local results = run_jobs(self, jobs, { ctx = ctx })
+  local results, cancelled = run_jobs(self, jobs, { ctx = ctx })
   local failed, items = {}, {}
   for i, job in ipairs(jobs) do
     local res = results[i]
@@ -283,7 +307,7 @@ function M.deliver(self, jobs, sp, ctx, rep, fallback)
   if rep then
     for i, job in ipairs(jobs) do record(rep, job, results[i]) end
   end
-  return unspooled
+  return unspooled, cancelled
 end
 
 return M

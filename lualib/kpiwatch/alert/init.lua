@@ -338,6 +338,8 @@ end
 --- SIGINT, SIGTERM or SIGHUP during the deliveries cancels them, spools them,
 --- and raises an error of kind `interrupted` with `signal` ("int", "term",
 --- "hup") and `report` (the command line and a script exit 130, 143 or 129).
+--- A `task.cancel` of the task running `check` likewise stops the deliveries
+--- and spools what they did not deliver, then raises the cancellation's reason.
 ---@async
 ---@param x string|kpiwatch.Kpi|table an id, a KPI object, a body, or a list of those
 ---@param opts? {spool?: string} another spool path
@@ -363,7 +365,10 @@ function Registry:check(x, opts)
   -- report: a script exited 1) and left their tasks running past the end.
   local ctx = deliver.stop_context({ "int", "term", "hup" })
   local ok, err = pcall(function()
-    self:_replay(sp, ctx, rep)
+    -- cancelled during the replay: this check's notifications are still
+    -- spooled, untried (as on a signal), then the cancellation is raised
+    local replayed, rerr = pcall(self._replay, self, sp, ctx, rep)
+    if not replayed then ctx.stopping = true end
     local now = os.time()
     local jobs = {}
     for _, a in ipairs(rep.firing) do
@@ -373,7 +378,10 @@ function Registry:check(x, opts)
         jobs[#jobs + 1] = { hook = h, event = ev }
       end
     end
-    self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+    -- a cancellation of this task comes back once the rest is spooled
+    local _, cancelled = self:_deliver(group.jobs(self, jobs), sp, ctx, rep)
+    if not replayed then error(rerr, 0) end
+    if cancelled then error(cancelled, 0) end
   end)
   deliver.stop_end(ctx)
   if not ok then error(err, 0) end

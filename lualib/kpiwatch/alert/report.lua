@@ -15,18 +15,14 @@ local format, sort = string.format, table.sort
 ---@param t number seconds since the epoch
 ---@return string
 local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+  return require("kpiwatch.time").rfc3339(t)
 end
 M.rfc3339 = rfc3339
 
-local crypto
 --- A fresh random event id ("msg_" and 32 hex digits).
 ---@return string
 local function new_id()
-  crypto = crypto or require "kpiwatch._crypto"
-  return "msg_" .. (crypto.random_bytes(16):gsub(".", function(c)
-    return format("%02x", c:byte())
-  end))
+  return "msg_" .. require("kpiwatch.shared").random_hex(16)
 end
 M.new_id = new_id
 

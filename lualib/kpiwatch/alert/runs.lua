@@ -44,29 +44,7 @@ M.MAX_KNOWN = 200
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 -- "2026-11-30T21:05:00Z" (or with an offset, or fractions) -> Unix time, or nil.
-local function iso_epoch(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)%.?%d*(.*)$")
-  if not y then return nil end
-  local off = 0
-  local sign, oh, om = rest:match("^([+-])(%d%d):?(%d%d)$")
-  if sign then
-    off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "+" and 1 or -1)
-  elseif rest ~= "Z" and rest ~= "" then
-    return nil
-  end
-  -- days since the epoch of a civil date (proleptic Gregorian)
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  local yy = mo <= 2 and y - 1 or y
-  local era = yy // 400
-  local yoe = yy - era * 400
-  local mp = mo > 2 and mo - 3 or mo + 9
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
-end
-M._iso_epoch = iso_epoch
+local iso_epoch = require("kpiwatch.time").parse_iso8601
 
 local function remember(rs, id, status)
   if rs.known[id] == nil then rs.order[#rs.order + 1] = id end

@@ -48,7 +48,7 @@ function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
     end
   end
   if #jobs == 0 and #waiting == #st.outbox then return 0 end
-  local unspooled = self:_deliver(jobs, sp, ctx, rep, state_path)
+  local unspooled, cancelled = self:_deliver(jobs, sp, ctx, rep, state_path)
   if #unregistered > 0 then
     local ok, err = sp:add_all(unregistered)
     if not ok then
@@ -59,8 +59,17 @@ function M.flush_outbox(self, st, sp, ctx, rep, state_path, now)
   end
   st.outbox = waiting
   for _, job in ipairs(unspooled) do st.outbox[#st.outbox + 1] = { hook = job.hook, event = job.event } end
-  if not state_path then return #unspooled end
+  -- cancelled (task.cancel of the watch's task): raised once the outbox holds
+  -- only what is neither delivered nor spooled, and is saved
+  if not state_path then
+    if cancelled then error(cancelled, 0) end
+    return #unspooled
+  end
   local ok, err = save_state(state_path, st)
+  if cancelled then
+    if not ok then self:_log("cannot save the alert state: " .. tostring(err), true) end
+    error(cancelled, 0)
+  end
   if ok then return 0 end
   self:_log("cannot save the alert state: " .. tostring(err), true)
   if #unspooled > 0 and rep then
@@ -205,7 +214,12 @@ function M.watch(self, opts)
       local rep = self:step(st, list, now, { failed = failed, keep = keep })
       -- the same no-data or error line once per change, not every cycle
       said = print_problems(self, rep, said)
-      self:_replay(sp, ctx, rep)
+      -- cancelled during the replay (task.cancel of the watch's task): this
+      -- cycle's events still go to the outbox and, untried, to the spool (as
+      -- on a signal), then the cancellation is raised; raised at once, the
+      -- alerts were saved firing with their notifications nowhere
+      local replayed, rerr = pcall(self._replay, self, sp, ctx, rep)
+      if not replayed then ctx.stopping = true end
       group.enqueue(self, st.outbox, rep.events, clock())
       if state_path then
         local saved, serr = save_state(state_path, st)
@@ -213,6 +227,7 @@ function M.watch(self, opts)
       end
       summary.lost = summary.lost + self:_flush_outbox(st, sp, ctx, rep, state_path, clock())
       add(rep)
+      if not replayed then error(rerr, 0) end
       hook_cycles(self, rep, clock())
       if collector then require("kpiwatch.metrics").watch_cycle(collector, judged, failed, rep, clock()) end
       summary.last = rep

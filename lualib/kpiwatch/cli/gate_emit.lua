@@ -165,7 +165,7 @@ function M._usage_reports(o, env, msg, id)
     verdict = "error", exit_code = 2, checks = {}, duration = 0,
     error = { kind = "usage", message = msg },
     summary = { total = 0, passed = 0, failed = 0, no_data = 0, skipped = 0, errors = 1 },
-    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    started_at = require("kpiwatch.time").rfc3339(),
   }
   for _, f in ipairs(files) do
     local ok, err = write_file(f.path, report.render(f.format, result))

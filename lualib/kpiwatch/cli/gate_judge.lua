@@ -322,7 +322,6 @@ function M.prepare(o, env, flags)
   local sandbox
   if o.flags.sandbox and not (flags or {}).sandbox then
     sandbox = require("kpiwatch.sandbox").start_for_client()
-    require("kpiwatch.history").configure({ sandbox = true })
     kpis.point_at(sandbox)
   end
   return {
@@ -357,7 +356,7 @@ function M.judge(plan, id, env, ctx)
     execution_id = id,
     baseline_id = plan.baseline ~= "previous" and plan.baseline or nil,
     run_test = run_test,
-    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    started_at = require("kpiwatch.time").rfc3339(),
     checks = {},
     hostname = env.getenv("HOSTNAME") or hostname(),
   }

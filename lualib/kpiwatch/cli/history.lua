@@ -135,6 +135,8 @@ local function by_execution(series)
         rows[#rows + 1] = r
       end
       r.values[si] = s.values[i]
+      local source, server, calls = s:source(i)
+      if source then r[si] = { source = source, server = server, calls = calls } end
     end
   end
   table.sort(rows, function(a, b)
@@ -178,6 +180,10 @@ local function render_table(series, tty)
     end
     out[#out + 1] = table.concat(cells, "  ")
   end
+  for _, s in ipairs(series) do
+    local note = require("kpiwatch.history").precision_note(s)
+    if note then out[#out + 1] = show(s.display) .. ": " .. note end
+  end
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -188,6 +194,13 @@ local function render_json(run_test, series)
     local o = { execution_id = r.id, time = r.time }
     for si, s in ipairs(series) do
       o[s.display] = r.values[si] == nil and json.null or r.values[si]
+      -- which points are exact means of per-call scores, which the server's rounding
+      local p = r[si]
+      if p then
+        o[s.display .. "_source"] = p.source
+        o[s.display .. "_server"] = p.server
+        o[s.display .. "_calls"] = p.calls
+      end
     end
     list[#list + 1] = o
   end
@@ -200,13 +213,17 @@ end
 local function render_csv(series)
   local model = require "kpiwatch.model"
   local head = { "execution_id", "time" }
-  for _, s in ipairs(series) do head[#head + 1] = csv_field(s.display) end
+  for _, s in ipairs(series) do
+    head[#head + 1] = csv_field(s.display)
+    if s.exact_n then head[#head + 1] = csv_field(s.display .. "_source") end
+  end
   local out = { table.concat(head, ",") }
   for _, r in ipairs(by_execution(series)) do
     local cells = { csv_field(r.id), csv_field(r.time or "") }
-    for si = 1, #series do
+    for si, s in ipairs(series) do
       local v = r.values[si]
       cells[#cells + 1] = v == nil and "" or model.format_value(v)
+      if s.exact_n then cells[#cells + 1] = r[si] and r[si].source or "" end
     end
     out[#out + 1] = table.concat(cells, ",")
   end

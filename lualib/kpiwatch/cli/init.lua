@@ -315,8 +315,6 @@ function M.main(argv)
   -- leaves running can still use it, and it never keeps the process alive.
   if plan.flags.sandbox then
     require("kpiwatch.kpis").point_at(require("kpiwatch.sandbox").start_for_client())
-    -- the sandbox's data is not the account's: no default history file
-    require("kpiwatch.history").configure({ sandbox = true })
   end
 
   if not plan.noenv then

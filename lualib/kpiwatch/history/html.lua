@@ -2,7 +2,9 @@
 --
 -- One inline SVG line chart per metric, thresholds drawn as dashed lines,
 -- every point a circle whose <title> names its execution id, date and
--- value (shown on hover), and under each chart the same points as a table
+-- value (shown on hover; for avg_score also whether it is the exact mean
+-- of the stored per-call scores, a filled point, or the server's value
+-- rounded to 0.1, a hollow one), and under each chart the same points as a table
 -- (for screen readers, copy and paste). No script, no external font, image
 -- or stylesheet: the file opens offline and as a CI artifact. Every text
 -- that came from the server or the command line goes through the one XML
@@ -10,6 +12,7 @@
 
 local report = require "kpiwatch.gate_report"
 local model = require "kpiwatch.model"
+local history = require "kpiwatch.history"
 
 local M = {}
 
@@ -30,6 +33,8 @@ svg{width:100%;height:auto;background:#fafbfc;border:1px solid #d0d7de;border-ra
 .line{fill:none;stroke:#0969da;stroke-width:2}
 .pt{fill:#0969da;stroke:#fff;stroke-width:1.5}
 .pt.last{fill:#cf222e}
+.pt.srv{fill:#fff;stroke:#0969da;stroke-width:1.5}
+.pt.srv.last{stroke:#cf222e}
 .med{stroke:#8c959f;stroke-width:1;stroke-dasharray:2 3}
 .thr{stroke:#cf222e;stroke-width:1.5;stroke-dasharray:6 4}
 .lbl{font-size:11px;fill:#57606a}
@@ -70,6 +75,18 @@ local function date_of(t)
   return t and tostring(t):sub(1, 10) or "?"
 end
 
+-- source(s, i) -> where point i of a series the server rounds comes from,
+-- as " (...)" ("" for other metrics)
+local function source(s, i)
+  local from, server, calls = s:source(i)
+  if from == "calls" then
+    return format(" (exact mean of %d per-call scores; the server says %s)", calls, fmt(server))
+  elseif from == "server" then
+    return " (the server's value, rounded)"
+  end
+  return ""
+end
+
 -- chart(s, thresholds) -> the <section> of one metric
 local function chart(s, thresholds)
   local vals = s.values
@@ -100,6 +117,11 @@ local function chart(s, thresholds)
     out[#out + 1] = format('<p class="meta">last %s &#183; median %s (dotted) &#183; %d executions</p>',
       text(fmt(vals[s.n])), text(fmt(s:median())), s.n)
   end
+  local note = history.precision_note(s)
+  if note then
+    out[#out + 1] = format('<p class="meta prec">%s%s</p>', text(note),
+      (s.exact_n or 0) < s.n and " &#183; hollow points: the server's rounded value" or "")
+  end
   out[#out + 1] = format('<svg viewBox="0 0 %d %d" role="img" aria-label="%s">', W, H,
     attr(name .. " over " .. s.n .. " executions"))
   out[#out + 1] = format("<title>%s</title>", text(name))
@@ -129,9 +151,10 @@ local function chart(s, thresholds)
     out[#out + 1] = format('<polyline class="line" points="%s"/>', concat(pts, " "))
   end
   for i = 1, s.n do
-    out[#out + 1] = format('<circle class="pt%s" cx="%s" cy="%s" r="4"><title>%s</title></circle>',
-      i == s.n and " last" or "", num(x(i)), num(y(vals[i])),
-      text(format("%s\n%s\n%s = %s", s.ids[i], tostring(s.times[i] or ""), name, fmt(vals[i]))))
+    local rounded = s:source(i) == "server"
+    out[#out + 1] = format('<circle class="pt%s%s" cx="%s" cy="%s" r="4"><title>%s</title></circle>',
+      rounded and " srv" or "", i == s.n and " last" or "", num(x(i)), num(y(vals[i])),
+      text(format("%s\n%s\n%s = %s%s", s.ids[i], tostring(s.times[i] or ""), name, fmt(vals[i]), source(s, i))))
   end
   -- x labels: first and last dates (and the middle one when there is room)
   local marks = s.n > 2 and { 1, (s.n + 1) // 2, s.n } or (s.n == 2 and { 1, 2 } or { 1 })
@@ -147,10 +170,11 @@ local function chart(s, thresholds)
   end
   out[#out + 1] = "</svg>"
   out[#out + 1] = "<details><summary>" .. s.n .. " executions</summary><table><tr><th>execution</th><th>date</th>"
-    .. "<th>" .. text(name) .. "</th></tr>"
+    .. "<th>" .. text(name) .. "</th>" .. (s.exact_n and "<th>source</th>" or "") .. "</tr>"
   for i = s.n, 1, -1 do
-    out[#out + 1] = format('<tr><td><code>%s</code></td><td>%s</td><td class="num">%s</td></tr>', text(s.ids[i]),
-      text(tostring(s.times[i] or "")), text(fmt(vals[i])))
+    out[#out + 1] = format('<tr><td><code>%s</code></td><td>%s</td><td class="num">%s</td>%s</tr>', text(s.ids[i]),
+      text(tostring(s.times[i] or "")), text(fmt(vals[i])),
+      s.exact_n and ("<td>" .. text(source(s, i):match("^ %((.*)%)$")) .. "</td>") or "")
   end
   out[#out + 1] = "</table></details></section>"
   return concat(out, "\n")

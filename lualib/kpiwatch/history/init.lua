@@ -97,23 +97,39 @@ local MIGRATIONS = {
         overall_score REAL,
         PRIMARY KEY(n, call_id)) WITHOUT ROWID]],
   },
+  [2] = {
+    -- the exact value of a metric the server rounds, from the stored calls
+    -- (avg_score: the mean of the per-call overall_score), kept per
+    -- execution so a series read never averages every call again (30 calls
+    -- each over 10,000 executions tripled a read); `calls` is how many
+    -- scored calls it is the mean of
+    [[CREATE TABLE exact(
+        n INTEGER NOT NULL REFERENCES executions(n),
+        name TEXT NOT NULL,
+        value REAL NOT NULL,
+        calls INTEGER NOT NULL,
+        PRIMARY KEY(n, name)) WITHOUT ROWID]],
+    [[INSERT INTO exact(n, name, value, calls)
+        SELECT n, 'avg_score', avg(overall_score), count(overall_score) FROM calls
+        WHERE overall_score IS NOT NULL GROUP BY n]],
+  },
 }
 -- PRAGMA user_version takes no bound parameter: one fixed text per version.
-local SET_VERSION = { [1] = "PRAGMA user_version = 1" }
+local SET_VERSION = { [1] = "PRAGMA user_version = 1", [2] = "PRAGMA user_version = 2" }
 M.SCHEMA_VERSION = #MIGRATIONS
 
 -- ---- where ----------------------------------------------------------------
 
-local config = { path = nil, disabled = false, sandbox = false }
+-- The sandbox has no place of its own: its executions go to the default
+-- file like the API's, as their ids never meet the account's (its run tests'
+-- ids are its own, and runs it starts get random UUIDs).
+local config = { path = nil, disabled = false }
 
----Sets where history goes for this process (the CLI's --history and --no-history). sandbox:
----true when the client talks to the sandbox, whose new runs' ids repeat from one sandbox to
----the next: only an explicit --history FILE or KPIWATCH_HISTORY keeps its executions.
----@param t {path?: string|false, disabled?: boolean, sandbox?: boolean}
+---Sets where history goes for this process (the CLI's --history and --no-history).
+---@param t {path?: string|false, disabled?: boolean}
 function M.configure(t)
   if t.path ~= nil then config.path = t.path or nil end
   if t.disabled ~= nil then config.disabled = t.disabled end
-  if t.sandbox ~= nil then config.sandbox = t.sandbox end
   if M._default then
     M._default:close()
     M._default = nil
@@ -128,7 +144,6 @@ function M.path()
   local env = os.getenv("KPIWATCH_HISTORY")
   if env == "off" then return nil end
   if env and env ~= "" then return env end
-  if config.sandbox then return nil end
   local base = os.getenv("XDG_DATA_HOME")
   if not base or base == "" or base:sub(1, 1) ~= "/" then
     local home = os.getenv("HOME")
@@ -201,17 +216,25 @@ local function mkdirs_for(path)
   return true
 end
 
+-- sqlite.open, creating the file (and its folder) only when it is missing:
+-- a gate records into a file that exists nearly always, and the folder
+-- checks and the creating open cost system calls on every record.
+local function open_db(path, readonly)
+  if readonly then return sqlite.open(path, "ro") end
+  local db, msg, code = sqlite.open(path, "rw")
+  if db or code ~= "cantopen" then return db, msg end
+  local ok, err = mkdirs_for(path)
+  if not ok then return nil, err end
+  return sqlite.open(path, "rwc", 384) -- 0600
+end
+
 ---Opens (creating it 0600 when missing) a history file and brings its schema up to date.
 ---@param path string
 ---@param opts? {readonly?: boolean}
 ---@return table|nil store, string|nil message
 function M.open(path, opts)
   opts = opts or {}
-  if not opts.readonly then
-    local ok, err = mkdirs_for(path)
-    if not ok then return nil, "history: " .. err end
-  end
-  local db, msg = sqlite.open(path, opts.readonly and "ro" or "rwc", 384) -- 0600
+  local db, msg = open_db(path, opts.readonly)
   if not db then return nil, "history: " .. msg end
   db:busy_timeout(M.BUSY_TIMEOUT_MS)
   local self = setmetatable({ db = db, path = path, stmts = {} }, Store)
@@ -220,6 +243,17 @@ function M.open(path, opts)
     -- on power loss; a lost last record is re-imported, never corrupt.
     check(path, db:exec("PRAGMA synchronous=NORMAL"))
     if not opts.readonly then
+      -- Each gate opens the file, records one execution and closes it. The
+      -- last connection to close checkpoints, so the file alone always holds
+      -- every record (a CI cache of history.db loses nothing). Persistent
+      -- WAL keeps the -wal and -shm files, the WAL emptied to 0 bytes
+      -- (journal_size_limit=0), rather than deleting and creating both on
+      -- every record: creating, chowning and unlinking them was a tenth of
+      -- a record's CPU. (Not checkpointing on close was slower still: the
+      -- first connection of each process rebuilds the WAL index by reading
+      -- the whole WAL, and the file alone would lack the newest records.)
+      db:persist_wal(true)
+      check(path, db:exec("PRAGMA journal_size_limit=0"))
       migrate(self)
     elseif user_version(db) ~= M.SCHEMA_VERSION then
       error("history: " .. path .. " has schema version " .. user_version(db) .. ", expected " ..
@@ -288,7 +322,13 @@ end
 Store.__close = Store.close
 
 local function iso_now()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+  return require("kpiwatch.time").rfc3339()
+end
+
+-- `at` of a start time: in UTC, so that text order stays time order when the
+-- server writes an offset ("+05:30") or fractions; as given if unreadable.
+local function at_of(start)
+  return require("kpiwatch.time").to_utc(start) or start
 end
 
 -- The numeric metrics of a KPI object: documented numeric fields and eval
@@ -322,25 +362,28 @@ function Store:record(k, info)
   if lower(info.status) ~= "completed" then return false end
   local start = type(info.start_time) == "string" and info.start_time or nil
   return transaction(self, function()
-    local n, run_test, known_start = self:run("SELECT n, run_test, start_time FROM executions WHERE id = ?", id)
-    local new = not n
+    -- the insert first: a new execution (a gate's usual case) costs no lookup
+    local now = iso_now()
+    self:run([[INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT(id) DO NOTHING]], id, info.run_test, "completed", start, now, start and at_of(start) or now)
+    local new = self.db:changes() == 1
+    local n
     if new then
-      local now = iso_now()
-      self:run("INSERT INTO executions(id, run_test, status, start_time, fetched_at, at) VALUES (?, ?, ?, ?, ?, ?)",
-        id, info.run_test, "completed", start, now, start or now)
       n = self.db:last_insert_rowid()
       self:run("INSERT INTO bodies(n, kpis) VALUES (?, ?)", n, json.encode(k:raw()))
       for name, v in pairs(metrics_of(k)) do
         self:run("INSERT INTO metrics(n, name, value) VALUES (?, ?, ?)", n, name, v)
       end
     else
+      local run_test, known_start
+      n, run_test, known_start = self:run("SELECT n, run_test, start_time FROM executions WHERE id = ?", id)
       if run_test == nil and info.run_test then
         self:run("UPDATE executions SET run_test = ? WHERE n = ?", info.run_test, n)
       end
       -- recorded from a status read that had no start time (the detail
       -- endpoint): the list's start time puts it in its place
       if known_start == nil and start then
-        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, start, n)
+        self:run("UPDATE executions SET start_time = ?, at = ? WHERE n = ?", start, at_of(start), n)
       end
     end
     if info.calls then
@@ -349,6 +392,9 @@ function Store:record(k, info)
         self:run("INSERT OR IGNORE INTO calls(n, call_id, status, overall_score) VALUES (?, ?, ?, ?)",
           n, tostring(c.id), lower(c.status), score)
       end
+      self:run([[INSERT OR REPLACE INTO exact(n, name, value, calls)
+          SELECT n, 'avg_score', avg(overall_score), count(overall_score) FROM calls
+          WHERE n = ? AND overall_score IS NOT NULL GROUP BY n]], n)
     end
     return new
   end)
@@ -419,9 +465,13 @@ end
 ---@class kpiwatch.history.Series
 ---@field metric string as asked
 ---@field key string the stored name
----@field values number[] oldest first
+---@field values number[] oldest first; for avg_score the exact mean of the stored per-call scores where there are some
 ---@field ids string[] execution ids, parallel to values
 ---@field times string[] start (or fetch) times, ISO 8601 UTC
+---@field exact_n? integer avg_score only: how many points are exact (see Series:source)
+---@field exact? boolean[] avg_score, when some point is exact: true where the value is the exact mean of per-call scores
+---@field server? number[] avg_score, when some point is exact: the server's (rounded) value of each point
+---@field calls? (integer|false)[] avg_score, when some point is exact: how many scored calls an exact point is the mean of
 ---@field n integer
 local Series = {}
 Series.__index = Series
@@ -434,6 +484,34 @@ Series.__tostring = function(s)
     model.format_value(last), s.n)
 end
 M.Series = Series
+
+---A one-line note on where a series' values come from when the server rounds the metric (nil otherwise).
+---@param s table a series
+---@return string|nil note
+function M.precision_note(s)
+  if s.exact_n == nil or s.n == 0 then return nil end
+  local n = s.exact_n or 0
+  local step = require("kpiwatch.significance").PRECISION[s.key]
+  local rounded = step and ("rounded to " .. model.format_value(step)) or "rounded"
+  if n == s.n then
+    return ("exact means of the per-call scores (all %d executions)"):format(s.n)
+  elseif n == 0 then
+    return ("the server's values, %s (no per-call scores stored; kpiwatch history import --calls adds them)")
+      :format(rounded)
+  end
+  return ("exact means of the per-call scores for %d of %d executions, the server's values (%s) for the rest")
+    :format(n, s.n, rounded)
+end
+
+---Where point i comes from, for a metric the server rounds (avg_score): "calls" (the exact mean of the stored
+---per-call scores), or "server" (the server's rounded value). nil for other metrics.
+---@param i integer
+---@return string|nil source, number|nil server the server's value, integer|nil calls scored calls of an exact mean
+function Series:source(i)
+  if self.exact_n == nil then return nil end
+  if self.exact and self.exact[i] then return "calls", self.server[i], self.calls[i] end
+  return "server", self.values[i], nil
+end
 
 ---The median of the series' values (nil when empty).
 ---@return number|nil
@@ -454,7 +532,24 @@ function M.median(values, n)
   return (t[n // 2] + t[n // 2 + 1]) / 2
 end
 
----One metric of a run test's completed executions, oldest first.
+local SERIES_SQL = [[SELECT e.id, e.at, m.value FROM executions e
+    JOIN metrics m ON m.n = e.n AND m.name = ?
+    WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]]
+
+-- Metrics the server rounds that stored per-call scores give exactly: the
+-- server sends avg_score as ROUND(AVG(overall_score), 1) (FIELD-NOTES), so
+-- where an execution's calls were recorded its point is their exact mean
+-- (the table `exact`: the mean --significance judges on, of the scored
+-- calls); elsewhere the server's value stands.
+local EXACT = {
+  avg_score = [[SELECT e.id, e.at, m.value, x.value, x.calls FROM executions e
+    JOIN metrics m ON m.n = e.n AND m.name = ?
+    LEFT JOIN exact x ON x.n = e.n AND x.name = m.name
+    WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]],
+}
+
+---One metric of a run test's completed executions, oldest first. avg_score points are the exact mean of the
+---execution's stored per-call scores where there are some (the server rounds it to 0.1), marked in `exact`.
 ---@param run_test string
 ---@param metric string e.g. "avg_score", "failure_rate", "task_completion"
 ---@param opts? {last?: integer, before?: string} last N only; before: executions started before this one's
@@ -463,22 +558,41 @@ function Store:series(run_test, metric, opts)
   opts = opts or {}
   local key, alt = metric_key(metric)
   local limit = opts.last or -1
-  local sql = [[SELECT e.id, e.at, m.value FROM executions e
-      JOIN metrics m ON m.n = e.n AND m.name = ?
-      WHERE e.run_test = ? ORDER BY e.at DESC, e.id DESC LIMIT ?]]
   local s = setmetatable({ metric = metric, key = key, run_test = run_test, values = {}, ids = {}, times = {}, n = 0 },
     Series)
   -- straight into the series' arrays, newest first, then reversed: no
   -- table per row (a 10,000-execution read spent a third of its time there)
   local function fill(name)
+    local exact_sql = EXACT[name]
     local ids, times, values = s.ids, s.times, s.values
-    local n = 0
-    local st = self:stmt(sql)
+    local n, n_exact = 0, 0
+    -- no exact value stored at all (no calls ever fetched): the plain read,
+    -- without a lookup per point (a sixth of a 10,000-point read)
+    local joined = exact_sql and self:run("SELECT 1 FROM exact LIMIT 1") ~= nil
+    -- where each value comes from, for a metric the server rounds
+    local exact = joined and {} or nil
+    local server = joined and {} or nil
+    local calls = joined and {} or nil
+    s.exact, s.server, s.calls = exact, server, calls
+    local st = self:stmt(joined and exact_sql or SERIES_SQL)
     check("bind", st:bind(name, run_test, limit))
     local ok, err = pcall(function()
-      for id, at, v in st:rows() do
-        n = n + 1
-        ids[n], times[n], values[n] = id, at, v
+      if joined then
+        for id, at, v, mean, scored in st:rows() do
+          n = n + 1
+          ids[n], times[n], server[n] = id, at, v
+          if mean ~= nil then
+            values[n], exact[n], calls[n] = mean, true, scored
+            n_exact = n_exact + 1
+          else
+            values[n], exact[n], calls[n] = v, false, false
+          end
+        end
+      else
+        for id, at, v in st:rows() do
+          n = n + 1
+          ids[n], times[n], values[n] = id, at, v
+        end
       end
     end)
     st:reset()
@@ -488,8 +602,13 @@ function Store:series(run_test, metric, opts)
       ids[i], ids[j] = ids[j], ids[i]
       times[i], times[j] = times[j], times[i]
       values[i], values[j] = values[j], values[i]
+      if joined then
+        exact[i], exact[j], server[i], server[j] = exact[j], exact[i], server[j], server[i]
+        calls[i], calls[j] = calls[j], calls[i]
+      end
     end
     s.n = n
+    if exact_sql then s.exact_n = n_exact end
   end
   fill(key)
   if s.n == 0 and alt then
@@ -538,7 +657,7 @@ function Store:calls(id)
   return out
 end
 
----The median of a metric over a run test's last n stored executions (optionally excluding one).
+---The median of a metric over a run test's last n stored executions (optionally excluding one), of the server's values.
 ---@param run_test string
 ---@param metric string
 ---@param n integer
@@ -546,25 +665,26 @@ end
 ---@return number|nil median, table series the values it was taken from
 function Store:median(run_test, metric, n, exclude)
   local s = self:series(run_test, metric, { last = n + (exclude and 1 or 0) })
-  if exclude then
-    local keep = setmetatable({ metric = s.metric, key = s.key, run_test = run_test, values = {}, ids = {}, times = {},
-      n = 0 }, Series)
-    for i = 1, s.n do
-      if s.ids[i] ~= exclude then
-        keep.n = keep.n + 1
-        keep.values[keep.n], keep.ids[keep.n], keep.times[keep.n] = s.values[i], s.ids[i], s.times[i]
-      end
+  -- the median is held against the judged execution's value as the server
+  -- sent it, so it is taken of the server's values too: an exact mean beside
+  -- a rounded one would show a move of up to 0.05 where there is none
+  local values = s.server or s.values
+  local keep = setmetatable({ metric = s.metric, key = s.key, run_test = run_test, values = {}, ids = {}, times = {},
+    n = 0 }, Series)
+  for i = 1, s.n do
+    if s.ids[i] ~= exclude then
+      keep.n = keep.n + 1
+      keep.values[keep.n], keep.ids[keep.n], keep.times[keep.n] = values[i], s.ids[i], s.times[i]
     end
-    -- at most n, the newest
-    while keep.n > n do
-      table.remove(keep.values, 1)
-      table.remove(keep.ids, 1)
-      table.remove(keep.times, 1)
-      keep.n = keep.n - 1
-    end
-    s = keep
   end
-  return s:median(), s
+  -- at most n, the newest
+  while keep.n > n do
+    table.remove(keep.values, 1)
+    table.remove(keep.ids, 1)
+    table.remove(keep.times, 1)
+    keep.n = keep.n - 1
+  end
+  return keep:median(), keep
 end
 
 ---Metric names stored for a run test, sorted.

@@ -240,8 +240,9 @@ function M.compare(a, b)
 end
 
 -- Executions, run tests, runs and calls (kpis.execution, executions,
--- run_test_id, run, wait, calls, scores): see kpiwatch.execution.
-for _, name in ipairs({ "execution", "executions", "run_test_id", "run", "wait", "calls", "scores" }) do
+-- run_test_id, run_test_name, run, wait, calls, scores): see kpiwatch.execution.
+for _, name in ipairs({ "execution", "executions", "run_test_id", "run_test_name", "run", "wait", "calls",
+  "scores" }) do
   M[name] = function(...) return require("kpiwatch.execution")[name](...) end
 end
 

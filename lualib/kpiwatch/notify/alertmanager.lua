@@ -14,8 +14,8 @@
 --
 -- A firing alert is posted without endsAt: Alertmanager resolves it by
 -- itself after its resolve_timeout (default 5m) unless it is posted again.
--- A watch re-posts every firing alert each `resend` (default 1m, keep it
--- well under resolve_timeout) through on_cycle; a resolved alert is
+-- A watch re-posts each firing alert not posted for `resend` (default 1m,
+-- keep it well under resolve_timeout) through on_cycle; a resolved alert is
 -- posted with endsAt.
 
 local errors = require "kpiwatch.errors"
@@ -71,7 +71,7 @@ function M.to_alert(ev, opts)
   if type(ev.fired_at) == "string" then a.startsAt = ev.fired_at end
   if ev.state == "resolved" then
     a.endsAt = type(ev.resolved_at) == "string" and ev.resolved_at
-      or os.date("!%Y-%m-%dT%H:%M:%SZ")
+      or require("kpiwatch.time").rfc3339()
   end
   if opts.generator_url then
     local url = opts.generator_url:gsub("{execution_id}", ev.execution_id or "")
@@ -91,33 +91,62 @@ function Notifier:_post(alerts)
     headers, self.timeout)
 end
 
+-- Alertmanager's identity of an alert: its label set.
+local function identity(labels)
+  local names = {}
+  for k in pairs(labels) do names[#names + 1] = k end
+  table.sort(names)
+  local parts = {}
+  for i, k in ipairs(names) do parts[i] = k .. "=" .. labels[k] end
+  return table.concat(parts, "\0")
+end
+
 -- Called as a hook: one event, or a group ({alerts = {events}}): one POST.
 function Notifier:__call(ev)
   local list = type(ev.alerts) == "table" and ev.alerts or { ev }
   local alerts = {}
   for i, e in ipairs(list) do alerts[i] = M.to_alert(e, self) end
   self:_post(alerts)
+  -- Remembered for on_cycle: an alert posted by this cycle's delivery must
+  -- not be re-posted by its on_cycle (the first cycle of a watch posted
+  -- every firing alert twice), nor counted from an older re-send.
+  for _, a in ipairs(alerts) do
+    local id = identity(a.labels)
+    if a.endsAt then self.sent[id], self.fresh[id] = nil, nil else self.fresh[id] = true end
+  end
 end
 
----Re-posts the firing alerts when `resend` has passed since the last time,
----so that Alertmanager does not resolve them by its resolve_timeout.
----The watch calls it after each cycle with the alerts firing for this hook.
+---Re-posts each firing alert that has not been posted for `resend` (by
+---this hook or a previous re-send), so that Alertmanager does not resolve
+---it by its resolve_timeout. The watch calls it after each cycle with the
+---alerts firing for this hook.
 ---@param firing table[] the watch report's firing alerts that notify this hook
 ---@param now number|nil epoch seconds
----@return boolean|nil sent true when it posted, nil when not due
+---@return boolean|nil sent true when it posted, nil when none was due
 function Notifier:on_cycle(firing, now)
   now = now or os.time()
-  if self.last_resend and now - self.last_resend < self.resend then return nil end
-  self.last_resend = now
-  local alerts = {}
+  local due, ids, firing_now = {}, {}, {}
   for _, a in ipairs(firing or {}) do
     local ev = {}
     for k, v in pairs(a) do ev[k] = v end
     ev.state = "firing"
-    alerts[#alerts + 1] = M.to_alert(ev, self)
+    local al = M.to_alert(ev, self)
+    local id = identity(al.labels)
+    firing_now[id] = true
+    if self.fresh[id] then
+      self.sent[id] = now -- posted during this cycle: its resend counts from now
+    elseif not self.sent[id] or now - self.sent[id] >= self.resend then
+      due[#due + 1] = al
+      ids[#due] = id
+    end
   end
-  if #alerts == 0 then return nil end
-  self:_post(alerts)
+  self.fresh = {}
+  for id in pairs(self.sent) do
+    if not firing_now[id] then self.sent[id] = nil end
+  end
+  if #due == 0 then return nil end
+  self:_post(due)
+  for _, id in ipairs(ids) do self.sent[id] = now end
   return true
 end
 
@@ -167,6 +196,8 @@ function M.new(opts)
     generator_url = opts.generator_url,
     timeout = opts.timeout or 10,
     headers = opts.headers or {},
+    sent = {},  -- alert identity -> when on_cycle last counted it posted
+    fresh = {}, -- alert identities the hook posted since the last on_cycle
   }, Notifier)
 end
 
