@@ -100,7 +100,7 @@ end
 -- fetch(c, id) -> KPI object, or raises: one execution with the prepared
 -- options c (kpis.get, and each worker of get_all and each).
 local function fetch(c, id)
-  id = check_id(id)
+  id = uuid(id) or check_id(id) -- check_id raises the error of a bad one
   local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
     ca_file = c.ca_file }
   return send(c, req, id, model.parse)

@@ -49,8 +49,8 @@ local function rate_interval(spec)
   return per / tonumber(n)
 end
 
+-- acquire(c) -> seconds waited for a slot of c.rate (set)
 local function acquire(c)
-  if not c.rate then return 0 end
   local key = c.rate .. "#" .. c.burst
   local b = M._buckets[key]
   if not b then
@@ -192,14 +192,14 @@ local UNSENT = { connect = true, dns = true }
 -- failures that prove it never reached the server (UNSENT), never after a
 -- timeout, a broken connection or an HTTP error.
 local function send(c, req, id, parse, not_idempotent)
-  lazy()
+  if not http then lazy() end
   http_request = http_request or http.request
   local url, method = req.url, req.method
   local stats = M._stats
   local attempt = 0
   while true do
     attempt = attempt + 1
-    local waited = acquire(c)
+    local waited = c.rate and acquire(c) or 0
     local observe = M._observer
     if observe and waited > 0 then observe("rate_wait", waited) end
     local t0 = (c.verbose or observe) and now()

@@ -42,7 +42,8 @@ end
 M.snippet = snippet
 
 local function has_documented_field(body)
-  for _, rec in ipairs(FIELD_ORDER) do
+  for i = 1, #FIELD_ORDER do
+    local rec = FIELD_ORDER[i]
     if body[rec.snake] ~= nil or (rec.camel and body[rec.camel] ~= nil) then return true end
   end
   return false
@@ -65,15 +66,6 @@ end
 local HEX, HEX_UPPER = "[:,%[]%s*[+-]?0x%x*%s*[,}%]]", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]"
 local INFINITY, NAN, PLUS = "[:,%[]%s*[+-]?Infinity%s*[,}%]]", "[:,%[]%s*[+-]?NaN%s*[,}%]]", "[:,%[]%s*%+[%d.]"
 
--- Whether text may hold a number the grammar refuses (each test a
--- memchr-fast plain search first, the pattern only on a hit).
-local function suspect(text)
-  return find(text, "x", 1, true) and find(text, "0x", 1, true) and find(text, HEX)
-    or find(text, "X", 1, true) and find(text, "0X", 1, true) and find(text, HEX_UPPER)
-    or find(text, "Infinity", 1, true) and find(text, INFINITY)
-    or find(text, "NaN", 1, true) and find(text, NAN)
-    or find(text, "+", 1, true) and find(text, PLUS)
-end
 
 -- A strict JSON number followed by the end of the value.
 local function json_number_at(text, pos)
@@ -104,7 +96,14 @@ end
 -- Non-finite values (1e400, a NaN the prefilter did not see) are found
 -- where they are read (nonfinite), at no cost to a parse.
 local function check_numbers(text, inner)
-  if not suspect(text) then return end
+  -- each test a memchr-fast plain search first, the pattern only on a hit
+  if not (find(text, "x", 1, true) and find(text, "0x", 1, true) and find(text, HEX)
+      or find(text, "X", 1, true) and find(text, "0X", 1, true) and find(text, HEX_UPPER)
+      or find(text, "Infinity", 1, true) and find(text, INFINITY)
+      or find(text, "NaN", 1, true) and find(text, NAN)
+      or find(text, "+", 1, true) and find(text, PLUS)) then
+    return
+  end
   local bad
   for key, v in next, inner do
     if type(v) == "number" and type(key) == "string" then
