@@ -792,6 +792,13 @@ static int ascii_ieq(const char *a, const char *b, size_t n) {
   return 1;
 }
 
+/* A header line as check_headers found it: strings of the options table. */
+typedef struct {
+  const char *name, *value;
+  size_t nlen, vlen;
+} hdr_ref;
+#define HDR_REFS 16
+
 /* The options of one request, read and checked before anything is
  * allocated, so that a malformed option raises without leaking. The
  * strings belong to the options table, which stays at stack index 1. */
@@ -806,6 +813,10 @@ typedef struct {
   curl_off_t max_body;
   const char *ca_file;
   int follow;
+  /* Header lines with string values, so that building the list does not
+   * walk the table again (numbers, lists or more than HDR_REFS: -1). */
+  hdr_ref hdrs[HDR_REFS];
+  int nhdrs;
 } req_opts;
 
 static int is_tchar(unsigned char c) {
@@ -836,7 +847,18 @@ static void check_headers(lua_State *L, int idx, req_opts *o) {
       if (!is_tchar((unsigned char)name[i]))
         opt_error(L, "http.request: invalid character in header name '%s'", name);
     if (nlen == 6 && ascii_ieq(name, "expect", 6)) o->has_expect = 1;
-    if (lua_type(L, -1) == LUA_TTABLE) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      check_header_value(L, name, lua_gettop(L)); /* a string is read, not converted */
+      if (o->nhdrs >= 0 && o->nhdrs < HDR_REFS) {
+        hdr_ref *h = &o->hdrs[o->nhdrs++];
+        h->name = name;
+        h->nlen = nlen;
+        h->value = lua_tolstring(L, -1, &h->vlen);
+      } else {
+        o->nhdrs = -1;
+      }
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+      o->nhdrs = -1;
       lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
       for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
@@ -844,6 +866,7 @@ static void check_headers(lua_State *L, int idx, req_opts *o) {
         lua_pop(L, 1);
       }
     } else {
+      o->nhdrs = -1;
       lua_pushvalue(L, -1); /* lua_tolstring must not convert lua_next's value */
       check_header_value(L, name, lua_gettop(L));
       lua_pop(L, 1);
@@ -1001,7 +1024,13 @@ static int apply_opts(lua_State *L, http_req *r, const req_opts *o) {
   } else if (strcmp(m, "GET") != 0) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
   }
-  if (o->headers && build_headers(L, r, o->headers)) return -1;
+  if (o->nhdrs > 0) {
+    for (int i = 0; i < o->nhdrs; i++)
+      if (add_req_header(r, o->hdrs[i].name, o->hdrs[i].nlen, o->hdrs[i].value, o->hdrs[i].vlen))
+        return -1;
+  } else if (o->headers && o->nhdrs < 0 && build_headers(L, r, o->headers)) {
+    return -1;
+  }
   /* A 100-continue round trip only adds latency against servers we talk to. */
   if (o->body && !o->has_expect) {
     struct curl_slist *l = curl_slist_append(r->req_headers, "Expect:");
