@@ -56,6 +56,13 @@ static int l_utf8_invalid(lua_State *L) {
   p = s + (i - 1);
   while (p < end) {
     size_t n;
+    /* 32 bytes a step while all are ASCII (most of any JSON text), then 8 */
+    while ((size_t)(end - p) >= 32) {
+      uint64_t w[4];
+      memcpy(w, p, 32);
+      if ((w[0] | w[1] | w[2] | w[3]) & UINT64_C(0x8080808080808080)) break;
+      p += 32;
+    }
     while ((size_t)(end - p) >= 8) {
       uint64_t w;
       memcpy(&w, p, 8);
