@@ -59,6 +59,8 @@
 /* Metatable of responses; kpiwatch.http gives it the __index that builds
  * header_list on first use. */
 #define RESPONSE_MT "kpiwatch.http.response"
+/* Metatable of prepared header lists (http.headers). */
+#define HEADERS_MT "kpiwatch.http.headers"
 
 #define HTTP_DEFAULT_MAX_CONCURRENT 64
 #define HTTP_DEFAULT_MAX_BODY (8 * 1024 * 1024)
@@ -112,11 +114,30 @@ typedef struct {
 
 enum { REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_DONE };
 
+/* A header list prepared once (http.headers) and given to every request of
+ * a client: libcurl only reads a CURLOPT_HTTPHEADER list, so one immutable
+ * list can serve any number of handles. Counted: the Lua object holds one
+ * reference, and so does each easy handle that has the list set, until the
+ * handle is given another list, reset or destroyed. */
+typedef struct {
+  struct curl_slist *list;
+  int refs;
+  int has_expect;
+} hdr_set;
+
+static void hdr_set_release(hdr_set *h) {
+  if (h && --h->refs == 0) {
+    curl_slist_free_all(h->list);
+    free(h);
+  }
+}
+
 typedef struct http_req http_req;
 struct http_req {
   kw_op op; /* first: the scheduler sees a kw_op */
   CURL *easy;
-  struct curl_slist *req_headers;
+  struct curl_slist *req_headers; /* this request's own list */
+  hdr_set *shared;                /* or the prepared list the handle has set */
   int state;
   http_req *prev, *next;   /* the pending queue while REQ_QUEUED */
   http_req *lprev, *lnext; /* every request not yet freed, for teardown */
@@ -127,6 +148,11 @@ struct http_req {
   int too_large;
   int sticky; /* set options that a plain GET must not inherit */
   int follow;
+  /* What the handle has set, so that a recycled one is told only what
+   * changes (-1: not known, after a reset). */
+  long timeout_ms;
+  curl_off_t limit;
+  int pipewait;
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -511,11 +537,15 @@ static void base_options(http_req *r) {
   if (noproxy) curl_easy_setopt(e, CURLOPT_NOPROXY, noproxy);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+  r->timeout_ms = -1;
+  r->limit = -1;
+  r->pipewait = -1;
 }
 
 static void req_destroy(http_req *r) {
   curl_easy_cleanup(r->easy);
   curl_slist_free_all(r->req_headers);
+  hdr_set_release(r->shared);
   free(r->body.p);
   free(r->hbuf.p);
   free(r);
@@ -568,11 +598,17 @@ static void req_free(http_req *r) {
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
     curl_slist_free_all(r->req_headers);
     r->req_headers = NULL;
+    hdr_set_release(r->shared); /* unset too (a request that failed to start) */
+    r->shared = NULL;
   }
+  /* A prepared list (r->shared) stays set: the next request of the same
+   * client finds it there. */
   if (r->sticky) {
     curl_easy_reset(r->easy);
     base_options(r);
     r->sticky = 0;
+    hdr_set_release(r->shared); /* the reset unset it */
+    r->shared = NULL;
   }
   if (r->body.cap > HTTP_KEEP_BUF) {
     free(r->body.p);
@@ -807,7 +843,8 @@ typedef struct {
   char method[32];
   const char *body;
   size_t blen;
-  int headers; /* stack index of the headers table, 0 when none */
+  int headers;  /* stack index of the headers table, 0 when none */
+  hdr_set *set; /* or the prepared list given as headers */
   int has_expect;
   long timeout_ms;
   curl_off_t max_body;
@@ -910,7 +947,8 @@ static void read_opts(lua_State *L, req_opts *o) {
       if (t != LUA_TSTRING) bad_option(L, k, "a string");
       o->body = lua_tolstring(L, -1, &o->blen);
     } else if (strcmp(k, "headers") == 0) {
-      if (t != LUA_TTABLE) bad_option(L, k, "a table");
+      if (t != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
+        bad_option(L, k, "a table or http.headers' list");
     } else if (strcmp(k, "timeout") == 0) {
       if (t != LUA_TNUMBER) bad_option(L, k, "a number of seconds");
       lua_Number s = lua_tonumber(L, -1);
@@ -932,9 +970,15 @@ static void read_opts(lua_State *L, req_opts *o) {
     lua_pop(L, 1);
   }
   if (!o->url) opt_error(L, "http.request: 'url' (a string) is required");
-  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+  int ht = lua_getfield(L, 1, "headers");
+  if (ht == LUA_TTABLE) {
     o->headers = lua_gettop(L);
     check_headers(L, o->headers, o);
+  } else if (ht == LUA_TUSERDATA) {
+    o->set = *(hdr_set **)lua_touserdata(L, -1);
+    if (!o->set) opt_error(L, "http.request: headers: the prepared list is closed");
+    o->has_expect = o->set->has_expect;
+    lua_pop(L, 1); /* the options table keeps the list alive for the call */
   } else {
     lua_pop(L, 1);
   }
@@ -944,7 +988,8 @@ static void read_opts(lua_State *L, req_opts *o) {
     o->body = ""; /* an empty body still gets its Content-Length: 0 */
 }
 
-static int add_req_header(http_req *r, const char *name, size_t nlen, const char *v, size_t vlen) {
+static int add_req_header(struct curl_slist **lp, const char *name, size_t nlen, const char *v,
+                          size_t vlen) {
   char small[512], *line = small;
   size_t need = nlen + vlen + 3;
   if (need > sizeof small) {
@@ -963,16 +1008,16 @@ static int add_req_header(http_req *r, const char *name, size_t nlen, const char
     memcpy(line + nlen + 2, v, vlen);
     line[nlen + 2 + vlen] = '\0';
   }
-  struct curl_slist *l = curl_slist_append(r->req_headers, line);
+  struct curl_slist *l = curl_slist_append(*lp, line);
   if (line != small) free(line);
   if (!l) return -1;
-  r->req_headers = l;
+  *lp = l;
   return 0;
 }
 
 /* Builds the header list from the table read_opts checked; cannot raise
  * (the values were checked, the numbers already converted). */
-static int build_headers(lua_State *L, http_req *r, int idx) {
+static int build_headers(lua_State *L, struct curl_slist **lp, int idx) {
   int rc = 0;
   lua_pushnil(L);
   while (rc == 0 && lua_next(L, idx)) {
@@ -983,13 +1028,13 @@ static int build_headers(lua_State *L, http_req *r, int idx) {
       for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
         lua_rawgeti(L, -1, i);
         const char *v = lua_tolstring(L, -1, &vlen);
-        rc = add_req_header(r, name, nlen, v, vlen);
+        rc = add_req_header(lp, name, nlen, v, vlen);
         lua_pop(L, 1);
       }
     } else {
       lua_pushvalue(L, -1);
       const char *v = lua_tolstring(L, -1, &vlen);
-      rc = add_req_header(r, name, nlen, v, vlen);
+      rc = add_req_header(lp, name, nlen, v, vlen);
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -1013,7 +1058,11 @@ static int apply_opts(lua_State *L, http_req *r, const req_opts *o) {
    * say so and multiplex over it rather than opening one per transfer.
    * Cleartext is HTTP/1.1 (no prior knowledge), where waiting would only
    * hold every transfer behind the first response. */
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, ascii_ieq(o->url, "https://", 8) ? 1L : 0L);
+  int pipewait = ascii_ieq(o->url, "https://", 8);
+  if (r->pipewait != pipewait) {
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)pipewait);
+    r->pipewait = pipewait;
+  }
   if (o->body || strcmp(m, "GET") != 0) r->sticky = 1;
   if (o->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->blen);
@@ -1024,25 +1073,52 @@ static int apply_opts(lua_State *L, http_req *r, const req_opts *o) {
   } else if (strcmp(m, "GET") != 0) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
   }
-  if (o->nhdrs > 0) {
-    for (int i = 0; i < o->nhdrs; i++)
-      if (add_req_header(r, o->hdrs[i].name, o->hdrs[i].nlen, o->hdrs[i].value, o->hdrs[i].vlen))
-        return -1;
-  } else if (o->headers && o->nhdrs < 0 && build_headers(L, r, o->headers)) {
-    return -1;
-  }
   /* A 100-continue round trip only adds latency against servers we talk to. */
-  if (o->body && !o->has_expect) {
-    struct curl_slist *l = curl_slist_append(r->req_headers, "Expect:");
-    if (!l) return -1;
-    r->req_headers = l;
+  int no_expect = o->body && !o->has_expect;
+  if (o->set && !no_expect) {
+    /* The prepared list as it is: set once on a handle that keeps it. */
+    if (r->shared != o->set) {
+      curl_easy_setopt(e, CURLOPT_HTTPHEADER, o->set->list);
+      o->set->refs++;
+      hdr_set_release(r->shared);
+      r->shared = o->set;
+    }
+  } else {
+    if (o->set) {
+      /* A body needs "Expect:" added: a copy of the prepared lines. */
+      for (struct curl_slist *p = o->set->list; p; p = p->next) {
+        struct curl_slist *l = curl_slist_append(r->req_headers, p->data);
+        if (!l) return -1;
+        r->req_headers = l;
+      }
+    } else if (o->nhdrs > 0) {
+      for (int i = 0; i < o->nhdrs; i++)
+        if (add_req_header(&r->req_headers, o->hdrs[i].name, o->hdrs[i].nlen, o->hdrs[i].value,
+                           o->hdrs[i].vlen))
+          return -1;
+    } else if (o->headers && o->nhdrs < 0 && build_headers(L, &r->req_headers, o->headers)) {
+      return -1;
+    }
+    if (no_expect) {
+      struct curl_slist *l = curl_slist_append(r->req_headers, "Expect:");
+      if (!l) return -1;
+      r->req_headers = l;
+    }
+    if (r->req_headers || r->shared) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
+    hdr_set_release(r->shared);
+    r->shared = NULL;
   }
-  if (r->req_headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  if (r->timeout_ms != o->timeout_ms) {
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    r->timeout_ms = o->timeout_ms;
+  }
   r->max_body = o->max_body;
   /* Rejects a declared Content-Length over the cap before any body; the
    * write callback catches chunked or lying responses. */
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, o->max_body);
+  if (r->limit != o->max_body) {
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, o->max_body);
+    r->limit = o->max_body;
+  }
   if (o->ca_file) {
     r->sticky = 1;
     curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
@@ -1149,6 +1225,38 @@ static int l_header_list(lua_State *L) {
   return 1;
 }
 
+static hdr_set **headers_ud(lua_State *L) {
+  return (hdr_set **)luaL_checkudata(L, 1, HEADERS_MT);
+}
+
+/* __gc and __close: the list lives on while a handle still has it set. */
+static int l_headers_close(lua_State *L) {
+  hdr_set **u = headers_ud(L);
+  hdr_set_release(*u);
+  *u = NULL;
+  return 0;
+}
+
+/* headers(table) -> a prepared list: checked and built once, for requests
+ * that all send the same headers (a client's credentials). */
+static int l_headers(lua_State *L) {
+  req_opts o;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  memset(&o, 0, sizeof o);
+  check_headers(L, 1, &o); /* raises before anything is allocated */
+  hdr_set **u = lua_newuserdatauv(L, sizeof *u, 0);
+  *u = NULL;
+  luaL_setmetatable(L, HEADERS_MT);
+  hdr_set *h = calloc(1, sizeof *h);
+  if (!h) return luaL_error(L, "http.headers: out of memory");
+  *u = h; /* from here __gc frees it, whatever happens */
+  h->refs = 1;
+  h->has_expect = o.has_expect;
+  if (build_headers(L, &h->list, 1)) return luaL_error(L, "http.headers: out of memory");
+  return 1;
+}
+
 static int l_configure(lua_State *L) {
   static const char *const known[] = {"max_concurrent", "max_body", "timeout", "ca_file", NULL};
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -1241,8 +1349,14 @@ int luaopen_kpiwatch__http(lua_State *L) {
                                  {"stats", l_stats},
                                  {"header_table", l_header_table},
                                  {"header_list", l_header_list},
+                                 {"headers", l_headers},
                                  {NULL, NULL}};
+  static const luaL_Reg headers_mt[] = {
+      {"__gc", l_headers_close}, {"__close", l_headers_close}, {NULL, NULL}};
   luaL_newlib(L, fns);
+  luaL_newmetatable(L, HEADERS_MT);
+  luaL_setfuncs(L, headers_mt, 0);
+  lua_pop(L, 1);
   luaL_newmetatable(L, RESPONSE_MT);
   lua_setfield(L, -2, "response_mt");
   lua_pushliteral(L, "kpiwatch/" KW_VERSION);

@@ -52,6 +52,14 @@ function M.request(opts)
   error(errors.new(kind, message, { url = opts.url, curl_code = code }), 0)
 end
 
+--- Check and build a headers table once for many requests: the returned list
+--- is given as `headers` of `http.request` in place of the table, and every
+--- request sends it as it is (a client's credentials). Closed (`<close>`, or
+--- collected) when no request needs it any more; requests under way keep it.
+---@param headers table<string, string|number|(string|number)[]> as `headers` of `http.request`
+---@return kpiwatch.http.Headers list
+M.headers = C.headers
+
 -- http.get(url [, opts]): request with method GET.
 --- `http.request` with method GET.
 ---@async

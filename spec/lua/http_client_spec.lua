@@ -141,6 +141,43 @@ describe("http.request", function()
     end
   end)
 
+  it("sends a list prepared by http.headers, alone, on recycled handles", function()
+    local list = http.headers{ ["X-Api-Key"] = "pk", Accept = "application/json", ["X-N"] = 7 }
+    local ts = {}
+    for i = 1, 8 do
+      ts[i] = task.spawn(function() return json.decode(http.request{ url = base .. "/echo", headers = list }.body) end)
+    end
+    for i = 1, 8 do
+      local e = task.wait(ts[i])
+      assert.are.equal("pk", e.headers["x-api-key"])
+      assert.are.equal("application/json", e.headers["accept"])
+      assert.are.equal("7", e.headers["x-n"])
+    end
+    -- the handles that had it set send nothing of it afterwards
+    for _ = 1, 3 do
+      local e = json.decode(http.request{ url = base .. "/echo" }.body)
+      assert.is_nil(e.headers["x-api-key"])
+      e = json.decode(http.request{ url = base .. "/echo", headers = { ["X-Other"] = "o" } }.body)
+      assert.is_nil(e.headers["x-api-key"])
+      assert.are.equal("o", e.headers["x-other"])
+      e = json.decode(http.request{ url = base .. "/echo", headers = list }.body)
+      assert.are.equal("pk", e.headers["x-api-key"])
+      assert.is_nil(e.headers["x-other"])
+    end
+    -- with a body (its own copy of the list, with Expect: added)
+    local e = json.decode(http.request{ url = base .. "/echo", headers = list, body = "b" }.body)
+    assert.are.same({ "POST", "b", "pk" }, { e.method, e.body, e.headers["x-api-key"] })
+    assert.is_nil(e.headers["expect"])
+    -- closed: refused; handles that still have it set go on safely
+    do local closing <close> = list end
+    assert.has_error(function() http.request{ url = base .. "/echo", headers = list } end,
+      "http.request: headers: the prepared list is closed")
+    e = json.decode(http.request{ url = base .. "/echo" }.body)
+    assert.is_nil(e.headers["x-api-key"])
+    assert.has_error(function() http.headers{ X = "a\r\nInjected: 1" } end)
+    assert.has_error(function() http.request{ url = base, headers = io.stdout } end)
+  end)
+
   it("sends request bodies with POST (the default with a body), PUT and PATCH", function()
     local r = http.request{ url = base .. "/echo", body = '{"a":1}',
       headers = { ["Content-Type"] = "application/json" } }

@@ -23,13 +23,17 @@ local http = {}
 ---@class kpiwatch.http.RequestOptions
 ---@field url string http:// or https:// URL
 ---@field method? string default `GET`, or `POST` when there is a body
----@field headers? table<string, string|string[]> a list value sends repeated header lines
+---@field headers? table<string, string|string[]>|kpiwatch.http.Headers a list value sends repeated header lines; or a list from `http.headers`
 ---@field body? string the request body
 ---@field timeout? number seconds for the whole transfer (default 30; 0: none)
 ---@field max_body? integer the largest response body kept (default 8 MiB; more is kind `too_large`)
 ---@field ca_file? string CA certificates (PEM) to verify TLS with, instead of the system's
 ---@field follow? boolean follow redirects (default false)
 local RequestOptions = {}
+
+--- A header list `http.headers` prepared once for many requests.
+---@class kpiwatch.http.Headers
+local Headers = {}
 
 --- What `http.request` returns.
 ---@class kpiwatch.http.Response

@@ -32,7 +32,7 @@ local transport = require "kpiwatch.kpis.transport"
 local type, tostring, pcall, error = type, tostring, pcall, error
 local format = string.format
 local CHECK, resolve, prepare = config.CHECK, config.resolve, config.prepare
-local send, lazy = M._send, transport.lazy
+local send, lazy, headers = M._send, transport.lazy, transport.headers
 
 ---@brief
 --- The Future AGI KPIs client (global `kpis`): `GET
@@ -101,8 +101,8 @@ end
 -- options c (kpis.get, and each worker of get_all and each).
 local function fetch(c, id)
   id = uuid(id) or check_id(id) -- check_id raises the error of a bad one
-  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.req_headers, timeout = c.timeout,
-    ca_file = c.ca_file }
+  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.header_list or headers(c),
+    timeout = c.timeout, ca_file = c.ca_file }
   return send(c, req, id, model.parse)
 end
 

@@ -289,6 +289,16 @@ local function send(c, req, id, parse, not_idempotent)
 end
 M._send = send
 
+-- headers(c) -> c.req_headers as one list checked and built by libcurl's
+-- side once (http.headers), kept on c: every request of c sends it as it
+-- is. c is a call's own copy when the call has options (config.resolve).
+local function headers(c)
+  if not http then lazy() end
+  local list = http.headers(c.req_headers)
+  c.header_list = list
+  return list
+end
+
 -- _client([opts]) -> the resolved, checked options of one call (c.base,
 -- c.req_headers, c.timeout, ...) for modules that build their own requests
 -- and send them with kpis._send (kpiwatch.execution).
@@ -298,4 +308,4 @@ function M._client(opts)
   return c
 end
 
-return { lazy = lazy }
+return { lazy = lazy, headers = headers }
