@@ -8,8 +8,9 @@
  *   pushes an integral number as an integer as cjson produces it: walking
  *   every decoded table afterwards cost half as much as cjson's decoding.
  * - cjson decodes [] and {} to the same empty table and encodes an empty
- *   table as {}; an empty array is marked with json.array_mt on decode (and
- *   by json.array() in scripts) and encoded back as [].
+ *   table as {}; an empty array is marked with json.array_mt on decode (as
+ *   cjson builds it, below; by json.array() in scripts) and encoded back
+ *   as [].
  * - json.null is cjson's null sentinel (a light userdata), exposed so that
  *   scripts can test for it.
  * - cjson decodes NaN, Infinity and 1e400 (servers written in Python send
@@ -41,78 +42,8 @@ static const char MARK_JSON[] = "[\"\\u0000kw-empty-array\"]";
 
 enum { UP_DECODE = 1, UP_ENCODE };
 
-static int is_mark(lua_State *L, int idx) {
-  size_t len;
-  const char *s;
-  if (lua_type(L, idx) != LUA_TSTRING) return 0;
-  s = lua_tolstring(L, idx, &len);
-  return len == MARK_LEN && memcmp(s, MARK, len) == 0;
-}
-
 static int is_json_space(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* The first "[", whitespace, "]" in [p, end), whether in a string or not;
- * sets *close to its "]". memchr, not a byte loop: decoding a KPIs body
- * went through here for every response (a third of cjson's own time). */
-static const char *find_empty_array(const char *p, const char *end, const char **close) {
-  while (p < end && (p = memchr(p, '[', (size_t)(end - p)))) {
-    const char *q = p + 1;
-    while (q < end && is_json_space(*q))
-      q++;
-    if (q < end && *q == ']') {
-      *close = q;
-      return p;
-    }
-    p = q;
-  }
-  return NULL;
-}
-
-/* Past the string whose opening quote is at quote: after the next quote
- * that ends an even run of backslashes (an odd run escapes it), or end. */
-static const char *skip_string(const char *quote, const char *end) {
-  const char *p = quote + 1;
-  for (;;) {
-    const char *q = memchr(p, '"', (size_t)(end - p)), *k;
-    if (!q) return end;
-    for (k = q; k > quote + 1 && k[-1] == '\\'; k--) {
-    }
-    p = q + 1;
-    if (((q - k) & 1) == 0) return p;
-  }
-}
-
-/* Rewrite every empty array outside strings into MARK_JSON, pushing the
- * text rewritten. Returns how many (0 when the text has none, the common
- * case: nothing is copied or pushed). Strings are skipped only up to the
- * last "[]" in the text, wherever it is: a KPIs body has a hundred of them
- * and one empty array, if any. */
-static int mark_empty_arrays(lua_State *L, const char *s, size_t len) {
-  const char *end = s + len, *p = s, *from = s, *close;
-  const char *open = find_empty_array(s, end, &close);
-  luaL_Buffer b;
-  int found = 0;
-  while (open) {
-    /* Outside strings from p: is there a string before the candidate? */
-    const char *quote = memchr(p, '"', (size_t)(open - p));
-    if (quote) {
-      p = skip_string(quote, end);
-      if (open < p) open = find_empty_array(p, end, &close); /* it was in that string */
-      continue;
-    }
-    if (!found) luaL_buffinit(L, &b);
-    found++;
-    luaL_addlstring(&b, from, (size_t)(open - from));
-    luaL_addlstring(&b, MARK_JSON, MARK_JSON_LEN);
-    from = p = close + 1;
-    open = find_empty_array(p, end, &close);
-  }
-  if (!found) return 0;
-  luaL_addlstring(&b, from, (size_t)(end - from));
-  luaL_pushresult(&b);
-  return found;
 }
 
 /* Every number cjson decodes (see the top). Integral and exact in a double
@@ -125,64 +56,71 @@ void kw_json_pushnumber(lua_State *L, lua_Number n) {
     lua_pushnumber(L, n);
 }
 
-/* Marked arrays back to empty arrays (only after a decode that marked).
- * *left counts the marks not met yet, and the walk stops at the last one;
- * -1 when the text could hold a string equal to MARK (below): every table
- * is visited. */
-static void fix_decoded(lua_State *L, int idx, int depth, int *left) {
-  idx = lua_absindex(L, idx);
-  if (lua_rawlen(L, idx) == 1) {
-    lua_rawgeti(L, idx, 1);
-    if (is_mark(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushnil(L);
-      lua_rawseti(L, idx, 1);
-      luaL_setmetatable(L, ARRAY_MT);
-      if (*left > 0) --*left;
-      return;
-    }
-    lua_pop(L, 1);
-  }
-  luaL_checkstack(L, 4, "json too deep");
-  lua_pushnil(L);
-  while (*left != 0 && lua_next(L, idx)) {
-    if (lua_type(L, -1) == LUA_TTABLE && depth < MAX_DEPTH) fix_decoded(L, -1, depth + 1, left);
-    lua_pop(L, 1);
-  }
-  lua_settop(L, idx); /* lua_next's key when the walk stopped early */
+/* Empty arrays, seen as cjson builds them: the build renames cjson's calls of
+ * lua_checkstack, lua_createtable, lua_rawset and lua_rawseti to the
+ * functions below (CMakeLists.txt). cjson checks the stack for 2 slots
+ * before it creates an array's table (3 before an object's), and stores
+ * each value with rawset (in an object) or rawseti (in an array) from the
+ * top of its stack. An empty array is stored right after its creation,
+ * nothing created or stored in between, while it is still at the top: a
+ * non-empty one first has an element stored above it. Knowing it from the
+ * decoder costs a flag test per value; finding [] in the text and walking
+ * the decoded tables after cost half again cjson's own time on a body that
+ * had one. Only while l_decode runs cjson's decode (one Lua state, one
+ * thread); cjson's encoding calls them too and is left alone. */
+static struct {
+  int on;    /* in l_decode's call of cjson's decode */
+  int slots; /* of cjson's last lua_checkstack */
+  int fresh; /* stack index of an array just created, 0 once anything is stored */
+} dec;
+
+int kw_json_checkstack(lua_State *L, int n);
+int kw_json_checkstack(lua_State *L, int n) {
+  dec.slots = n;
+  return lua_checkstack(L, n);
 }
 
-/* Whether the text may decode to a string starting with NUL, as MARK does:
- * only through \u0000 (cjson stops at a raw NUL; an escaped backslash
- * before "u0000" counts too: a full walk is merely slower). */
-static int may_hold_mark(const char *s, size_t len) {
-  static const char esc[] = "\\u0000";
-  const char *p = s, *end = s + len;
-  while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
-    if ((size_t)(end - p) >= sizeof esc - 1 && memcmp(p, esc, sizeof esc - 1) == 0) return 1;
-    p++;
+void kw_json_createtable(lua_State *L, int narr, int nrec);
+void kw_json_createtable(lua_State *L, int narr, int nrec) {
+  lua_createtable(L, narr, nrec);
+  dec.fresh = dec.on && dec.slots == 2 ? lua_gettop(L) : 0;
+}
+
+static void mark_stored(lua_State *L) {
+  if (dec.fresh) {
+    if (lua_gettop(L) == dec.fresh) luaL_setmetatable(L, ARRAY_MT);
+    dec.fresh = 0;
   }
-  return 0;
+}
+
+void kw_json_rawset(lua_State *L, int idx);
+void kw_json_rawset(lua_State *L, int idx) {
+  mark_stored(L);
+  lua_rawset(L, idx);
+}
+
+void kw_json_rawseti(lua_State *L, int idx, lua_Integer n);
+void kw_json_rawseti(lua_State *L, int idx, lua_Integer n) {
+  mark_stored(L);
+  lua_rawseti(L, idx, n);
 }
 
 static int l_decode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
-  int marked = mark_empty_arrays(L, s, len);
   lua_pushvalue(L, lua_upvalueindex(UP_DECODE));
-  lua_pushvalue(L, marked ? -2 : 1);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    if (marked) {
-      /* Report the position in the caller's text, not in our rewrite. */
-      lua_pushvalue(L, lua_upvalueindex(UP_DECODE));
-      lua_pushvalue(L, 1);
-      lua_pcall(L, 1, 1, 0);
-    }
-    return luaL_error(L, "invalid JSON: %s", lua_tostring(L, -1));
-  }
-  if (marked && lua_istable(L, -1)) {
-    if (may_hold_mark(s, len)) marked = -1;
-    fix_decoded(L, -1, 0, &marked);
+  lua_pushvalue(L, 1);
+  dec.on = 1;
+  int status = lua_pcall(L, 1, 1, 0);
+  dec.on = dec.fresh = 0;
+  if (status != LUA_OK) return luaL_error(L, "invalid JSON: %s", lua_tostring(L, -1));
+  /* The whole document is stored nowhere: an empty table is an empty
+   * array when the text starts with one. */
+  if (lua_type(L, -1) == LUA_TTABLE && lua_rawlen(L, -1) == 0) {
+    size_t i = 0;
+    while (i < len && is_json_space(s[i]))
+      i++;
+    if (i < len && s[i] == '[') luaL_setmetatable(L, ARRAY_MT);
   }
   return 1;
 }

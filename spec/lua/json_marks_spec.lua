@@ -1,8 +1,8 @@
--- json.decode tells [] from {} (runtime/json.c marks empty arrays in the
--- text before lua-cjson decodes it, since cjson decodes both to the same
--- empty table). The marking scans for "[", whitespace, "]" outside strings:
--- these check it on hand-picked texts and on random documents whose
--- strings are full of brackets, quotes and backslashes.
+-- json.decode tells [] from {} (lua-cjson decodes both to the same empty
+-- table; runtime/json.c sees which kind cjson creates and marks the empty
+-- arrays as they are stored): these check it on hand-picked texts and on
+-- random documents whose strings are full of brackets, quotes and
+-- backslashes.
 
 local function is_empty_array(t)
   return type(t) == "table" and next(t) == nil and json.encode(t) == "[]"
@@ -58,6 +58,20 @@ describe("json.decode and empty arrays", function()
     assert.is_true(is_empty_array(d[2]))
     d = json.decode('{"a": ["\\u0000kw-empty-array"], "b": {"c": []}}')
     assert.is_true(is_empty_array(d.b.c))
+  end)
+
+  it("marks nothing else: non-empty arrays, objects, strings that spell the old mark", function()
+    local d = json.decode('{"a": [1], "o": {"x": []}, "m": ["\\u0000kw-empty-array"], "e": {}}')
+    assert.is_nil(getmetatable(d))
+    assert.is_nil(getmetatable(d.a))
+    assert.is_nil(getmetatable(d.o))
+    assert.is_nil(getmetatable(d.e))
+    assert.same({ "\0kw-empty-array" }, d.m)
+    assert.is_nil(getmetatable(d.m))
+    assert.is_true(is_empty_array(d.o.x))
+    -- a failed decode leaves the next one unaffected
+    assert.has_error(function() json.decode('[[], {"a": [') end)
+    assert.is_true(is_empty_object(json.decode('{"k": {}}').k))
   end)
 
   it("still reports invalid JSON, unterminated strings included", function()
