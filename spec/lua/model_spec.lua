@@ -314,6 +314,39 @@ describe("kpiwatch.model", function()
       assert.are.equal(100, k.avg_score)
     end)
 
+    it("marks Infinity and NaN too, when any number of the body is not JSON's", function()
+      for _, tok in ipairs({ "Infinity", "-Infinity", "NaN" }) do
+        local k = assert(model.parse('{"total_calls": 3, "avg_score": ' .. tok .. "}", "abc"))
+        assert.is_true(model.is_invalid(k.avg_score), tok)
+      end
+      -- one nested: the top-level fields are checked, and are JSON's
+      local k = assert(model.parse('{"total_calls": 3, "avg_score": 0.5, "x": {"n": 0x10}}', "abc"))
+      assert.are.same({ 3, 0.5 }, { k.total_calls, k.avg_score })
+      -- the decoder says which texts need the check
+      assert.are.same({ false, true, true }, { select(2, json._decode('{"a": 1e+2, "b": "0x1"}')),
+        select(2, json._decode('[+1]')), select(2, json._decode('{"a": [-0X1]}')) })
+    end)
+
+    it("searches the text for them where the decoder cannot tell (lua-cjson alone)", function()
+      local saved, real_json = {}, _G.json
+      for name, m in pairs(package.loaded) do
+        if name:match("^kpiwatch%.model") then saved[name] = m end
+      end
+      for name in pairs(saved) do package.loaded[name] = nil end
+      _G.json = setmetatable({}, { __index = function(_, key) if key ~= "_decode" then return real_json[key] end end })
+      local ok, plain = pcall(require, "kpiwatch.model")
+      _G.json = real_json
+      for name in pairs(package.loaded) do
+        if name:match("^kpiwatch%.model") then package.loaded[name] = nil end
+      end
+      for name, m in pairs(saved) do package.loaded[name] = m end
+      assert(ok, plain)
+      local k = assert(plain.parse('{"total_calls": 3, "text": "max", "avg_score": 0x1}', "abc"))
+      assert.is_true(plain.is_invalid(k.avg_score))
+      k = assert(plain.parse('{"total_calls": 3, "agent_type": "text 0x 0X +1", "avg_score": 1e+2}', "abc"))
+      assert.are.equal(100, k.avg_score)
+    end)
+
     it("accepts every KPI fixture", function()
       for _, id in ipairs(fixtures.kpi_ids()) do
         assert.is_truthy(model.parse(fixtures.get(id).body, id), id)

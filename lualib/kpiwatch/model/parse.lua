@@ -14,6 +14,8 @@ local format, find = string.format, string.find
 local Invalid = invalid.Invalid
 local json, NULL, FIELD_ORDER, unwrap = fields.json, fields.NULL, fields.FIELD_ORDER, fields.unwrap
 local RAW, KPI = kpi.RAW, kpi.KPI
+-- kpiwatch's json: decode that also says whether a number was not JSON's
+local decode_odd = rawget(json, "_decode")
 
 -- A server's text made fit for a one-line message: at most 300 bytes.
 local function one_line(s)
@@ -56,12 +58,13 @@ end
 -- on one, so such a top-level value is replaced by an invalid-number
 -- object: comparing or doing arithmetic with it raises a `protocol` error,
 -- the gate reports that field as an error, JSON outputs write null.
--- Where a raw text may hold a number the grammar refuses; only then are
--- the values' tokens checked one by one (a cost only hostile bodies pay).
--- Each is a plain string (memchr-fast) and the whole value it starts,
--- delimited on both sides, so times and prose in strings rarely count.
--- A hex prefix is looked for from its letter: memchr stops at every 0 of
--- a KPIs body, and most bodies have no x at all.
+-- Only when the text holds a number the grammar refuses are the values'
+-- tokens checked one by one (a cost only hostile bodies pay): kpiwatch's
+-- json._decode says whether the decoder read one. Under a plain lua5.4
+-- with lua-cjson, the text is searched for one instead: each pattern a
+-- plain string (memchr-fast) and the whole value it starts, delimited on
+-- both sides, so times and prose in strings rarely count; a hex prefix
+-- from its letter (memchr stops at every 0 of a KPIs body).
 -- Leading zeros (01) are not looked for: they read as the number written.
 local HEX, HEX_UPPER = "[:,%[]%s*[+-]?0x%x*%s*[,}%]]", "[:,%[]%s*[+-]?0X%x*%s*[,}%]]"
 local INFINITY, NAN, PLUS = "[:,%[]%s*[+-]?Infinity%s*[,}%]]", "[:,%[]%s*[+-]?NaN%s*[,}%]]", "[:,%[]%s*%+[%d.]"
@@ -93,17 +96,19 @@ local function raw_values(text, key)
   return out
 end
 
--- Non-finite values (1e400, a NaN the prefilter did not see) are found
--- where they are read (nonfinite), at no cost to a parse.
-local function check_numbers(text, inner)
+-- Whether text may hold a number the grammar refuses, from the text alone.
+local function odd_numbers_in(text)
   -- each test a memchr-fast plain search first, the pattern only on a hit
-  if not (find(text, "x", 1, true) and find(text, "0x", 1, true) and find(text, HEX)
+  return find(text, "x", 1, true) and find(text, "0x", 1, true) and find(text, HEX)
       or find(text, "X", 1, true) and find(text, "0X", 1, true) and find(text, HEX_UPPER)
       or find(text, "Infinity", 1, true) and find(text, INFINITY)
       or find(text, "NaN", 1, true) and find(text, NAN)
-      or find(text, "+", 1, true) and find(text, PLUS)) then
-    return
-  end
+      or find(text, "+", 1, true) and find(text, PLUS)
+end
+
+-- Non-finite values (1e400, a NaN not seen here) are found where they are
+-- read (nonfinite), at no cost to a parse.
+local function check_numbers(text, inner)
   local bad
   for key, v in next, inner do
     if type(v) == "number" and type(key) == "string" then
@@ -162,7 +167,12 @@ function M.parse(text, execution_id)
   -- refuses it): replaced there, every output that copies a string stays
   -- valid UTF-8 for strict parsers
   text = shared.fix_utf8(text)
-  local ok, body = pcall(json.decode, text)
+  local ok, body, odd
+  if decode_odd then
+    ok, body, odd = pcall(decode_odd, text)
+  else
+    ok, body = pcall(json.decode, text)
+  end
   if not ok then
     local what = text:match("^%s*<") and "an HTML or XML page" or "invalid JSON"
     return nil, errors.new("protocol",
@@ -180,7 +190,7 @@ function M.parse(text, execution_id)
       { execution_id = execution_id, retryable = false })
   end
   local inner = unwrap(body)
-  check_numbers(text, inner)
+  if odd or odd == nil and odd_numbers_in(text) then check_numbers(text, inner) end
   if not has_documented_field(inner) then
     return nil, errors.new("protocol",
       "expected a KPIs object, got a JSON object with none of its fields: '" .. snippet(text) .. "'",
