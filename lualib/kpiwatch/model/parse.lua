@@ -179,17 +179,21 @@ function M.parse(text, execution_id)
       format("expected a JSON object, got %s: '%s'", what, snippet(text)),
       { execution_id = execution_id, retryable = false })
   end
-  if type(body) ~= "table" or (rawlen(body) > 0) or type(next(body)) == "number" then
+  -- a decoded array has its elements from 1 (json.null for a null): a
+  -- table without [1] is an object, or an empty array
+  if type(body) ~= "table" or (rawlen(body) > 0) then
     local what = type(body) == "table" and "a JSON array" or ("a JSON " .. (body == NULL and "null" or type(body)))
     return nil, errors.new("protocol", "expected a JSON object, got " .. what,
       { execution_id = execution_id, retryable = false })
   end
-  if rawget(body, "status") == false then
+  -- a decoded object has no metatable: plain reads
+  local status = body.status
+  if status == false then
     local msg = M.server_message(body) or "error body without a message"
     return nil, errors.new("protocol", "server answered with an error body: " .. msg,
       { execution_id = execution_id, retryable = false })
   end
-  local inner = unwrap(body)
+  local inner = status == nil and body or unwrap(body)
   if odd or odd == nil and odd_numbers_in(text) then check_numbers(text, inner) end
   if not has_documented_field(inner) then
     return nil, errors.new("protocol",
