@@ -101,8 +101,9 @@ end
 -- options c (kpis.get, and each worker of get_all and each).
 local function fetch(c, id)
   id = uuid(id) or check_id(id) -- check_id raises the error of a bad one
-  local req = { method = "GET", url = c.root .. id .. "/kpis/", headers = c.header_list or headers(c),
-    timeout = c.timeout, ca_file = c.ca_file }
+  -- GET, http.request's default: one option fewer to build and read
+  local req = { url = c.root .. id .. "/kpis/", headers = c.header_list or headers(c), timeout = c.timeout,
+    ca_file = c.ca_file }
   return send(c, req, id, model.parse)
 end
 

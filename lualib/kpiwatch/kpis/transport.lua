@@ -194,7 +194,7 @@ local UNSENT = { connect = true, dns = true }
 local function send(c, req, id, parse, not_idempotent)
   if not http then lazy() end
   http_request = http_request or http.request
-  local url, method = req.url, req.method
+  local url, method = req.url, req.method or "GET" -- http.request's default
   local stats = M._stats
   local attempt = 0
   while true do
