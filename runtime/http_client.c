@@ -679,6 +679,9 @@ static const char *error_kind(http_req *r) {
   return "network";
 }
 
+/* The address that keys RESPONSE_MT in the registry too. */
+static const char response_mt = 0;
+
 static int req_push(kw_op *op, lua_State *L) {
   http_req *r = (http_req *)op;
   if (r->result != CURLE_OK) {
@@ -725,7 +728,8 @@ static int req_push(kw_op *op, lua_State *L) {
                     : version == CURL_HTTP_VERSION_3   ? "3"
                                                        : "1.1");
   lua_setfield(L, -2, "http_version");
-  luaL_setmetatable(L, RESPONSE_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &response_mt); /* RESPONSE_MT, not by name */
+  lua_setmetatable(L, -2);
   return 1;
 }
 
@@ -912,6 +916,17 @@ static void check_headers(lua_State *L, int idx, req_opts *o) {
   }
 }
 
+/* HEADERS_MT itself, for a test cheaper than luaL_testudata's registry
+ * lookup by name on every request (one Lua state per process). */
+static const void *headers_mt;
+
+static int is_headers(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  int yes = lua_topointer(L, -1) == headers_mt;
+  lua_pop(L, 1);
+  return yes;
+}
+
 static void bad_option(lua_State *L, const char *key, const char *want) {
   opt_error(L, "http.request: '%s' must be %s, not %s", key, want, luaL_typename(L, -1));
 }
@@ -947,7 +962,7 @@ static void read_opts(lua_State *L, req_opts *o) {
       if (t != LUA_TSTRING) bad_option(L, k, "a string");
       o->body = lua_tolstring(L, -1, &o->blen);
     } else if (strcmp(k, "headers") == 0) {
-      if (t != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
+      if (t != LUA_TTABLE && !(t == LUA_TUSERDATA && is_headers(L, -1)))
         bad_option(L, k, "a table or http.headers' list");
     } else if (strcmp(k, "timeout") == 0) {
       if (t != LUA_TNUMBER) bad_option(L, k, "a number of seconds");
@@ -1351,13 +1366,16 @@ int luaopen_kpiwatch__http(lua_State *L) {
                                  {"header_list", l_header_list},
                                  {"headers", l_headers},
                                  {NULL, NULL}};
-  static const luaL_Reg headers_mt[] = {
+  static const luaL_Reg headers_mt_fns[] = {
       {"__gc", l_headers_close}, {"__close", l_headers_close}, {NULL, NULL}};
   luaL_newlib(L, fns);
   luaL_newmetatable(L, HEADERS_MT);
-  luaL_setfuncs(L, headers_mt, 0);
+  luaL_setfuncs(L, headers_mt_fns, 0);
+  headers_mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   luaL_newmetatable(L, RESPONSE_MT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &response_mt);
   lua_setfield(L, -2, "response_mt");
   lua_pushliteral(L, "kpiwatch/" KW_VERSION);
   lua_setfield(L, -2, "user_agent");
