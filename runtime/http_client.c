@@ -990,9 +990,12 @@ static void read_opts(lua_State *L, req_opts *o) {
     o->headers = lua_gettop(L);
     check_headers(L, o->headers, o);
   } else if (ht == LUA_TUSERDATA) {
-    o->set = *(hdr_set **)lua_touserdata(L, -1);
-    if (!o->set) opt_error(L, "http.request: headers: the prepared list is closed");
-    o->has_expect = o->set->has_expect;
+    hdr_set *set = *(hdr_set **)lua_touserdata(L, -1);
+    if (!set)
+      opt_error(L, "http.request: headers: the prepared list is closed");
+    else
+      o->has_expect = set->has_expect;
+    o->set = set;
     lua_pop(L, 1); /* the options table keeps the list alive for the call */
   } else {
     lua_pop(L, 1);
@@ -1260,7 +1263,7 @@ static int l_headers(lua_State *L) {
   lua_settop(L, 1);
   memset(&o, 0, sizeof o);
   check_headers(L, 1, &o); /* raises before anything is allocated */
-  hdr_set **u = lua_newuserdatauv(L, sizeof *u, 0);
+  hdr_set **u = lua_newuserdatauv(L, sizeof(hdr_set *), 0);
   *u = NULL;
   luaL_setmetatable(L, HEADERS_MT);
   hdr_set *h = calloc(1, sizeof *h);

@@ -169,7 +169,7 @@ describe("http.request", function()
     assert.are.same({ "POST", "b", "pk" }, { e.method, e.body, e.headers["x-api-key"] })
     assert.is_nil(e.headers["expect"])
     -- closed: refused; handles that still have it set go on safely
-    do local closing <close> = list end
+    do local _ <close> = list end
     assert.has_error(function() http.request{ url = base .. "/echo", headers = list } end,
       "http.request: headers: the prepared list is closed")
     e = json.decode(http.request{ url = base .. "/echo" }.body)
