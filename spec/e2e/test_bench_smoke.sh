@@ -28,7 +28,7 @@ done
 # The rows that need nothing but kpiwatch and a C compiler have figures.
 grep -Eq '^ +kpiwatch kpis\.each .* [0-9]+ +[0-9.]+ +[0-9.]+$' "$out" || fail "no figures for kpis.each"
 grep -Eq '^ +libcurl multi, C .* [0-9]+ +[0-9.]+ +[0-9.]+$' "$out" || fail "no figures for the libcurl client"
-grep -Eq '^ +libcurl multi, C \+ lua-cjson .* [0-9]+ +[0-9.]+ +[0-9.]+$' "$out" || fail "no figures for libcurl + lua-cjson"
+grep -Eq '^ +libcurl multi, C \+ lua-cjson[ ,].* [0-9]+ +[0-9.]+ +[0-9.]+$' "$out" || fail "no figures for libcurl + lua-cjson"
 grep -Eq "goal: kpis.each CPU/request <= 1.25x libcurl \+ lua-cjson's +[0-9.]+x" "$out" || fail "no kpis.each goal against libcurl + lua-cjson"
 grep -Eq '^ +N=200 +[0-9.]+ MiB$' "$out" || fail "no peak RSS at N=200"
 grep -Eq '^ +wall, CPU \(user\+sys\) +[0-9.]+ s, [0-9.]+ s$' "$out" || fail "no idle-watch figures"
