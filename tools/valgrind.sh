@@ -23,6 +23,9 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 export FI_API_KEY= FI_SECRET_KEY= FI_BASE_URL=
+# the runs record into a history (the SQLite path under memcheck too), this
+# run's own, never the user's
+export KPIWATCH_HISTORY=$TMP/history.db
 
 fails=0
 n=0
