@@ -272,8 +272,6 @@ end
 M.run_test_ids = {}
 for _, t in ipairs(run_tests) do M.run_test_ids[t.name] = t.id end
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
-M.UUID_PATTERN = UUID
 
 -- File names in dir. Lua has no directory listing: the runtime's fs module
 -- is used when it has one, else `ls` run without a shell (kpiwatch._process),
@@ -316,6 +314,7 @@ end
 function M.load_dir(dir)
   local errors = require "kpiwatch.errors"
   local model = require "kpiwatch.model"
+  local shared = require "kpiwatch.shared"
   if type(dir) ~= "string" or dir == "" then errors.raise("config", "fixtures folder: expected a path") end
   local names, err = list_dir(dir)
   if not names then errors.raise("config", err) end
@@ -323,7 +322,7 @@ function M.load_dir(dir)
   local out = {}
   for _, name in ipairs(names) do
     local id = name:match("^(.+)%.json$")
-    if id and id:match(UUID) then
+    if id and shared.uuid(id) then
       local path = dir:gsub("/+$", "") .. "/" .. name
       local fh, ferr = io.open(path, "rb")
       if not fh then errors.raise("config", "cannot read fixture " .. tostring(ferr)) end

@@ -37,6 +37,7 @@ local M = {}
 
 local rl = require "kpiwatch._repl"
 local task = require "kpiwatch.task"
+local shared = require "kpiwatch.shared"
 
 local type, tostring, next, select = type, tostring, next, select
 local getmetatable, rawget, pcall = getmetatable, rawget, pcall
@@ -369,9 +370,8 @@ local KEY_PREFIXES = { "whsec_", "xox[abposre]%-", "xapp%-", "ghp_", "gho_", "gh
   "discordapp%.com/api/webhooks" }
 
 -- (a UUID, an execution id, is not a secret)
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 local function token_like(s)
-  return #s >= 16 and s:find("%a") ~= nil and s:find("%d") ~= nil and not s:find(UUID)
+  return #s >= 16 and s:find("%a") ~= nil and s:find("%d") ~= nil and not shared.uuid(s)
 end
 
 local function url_has_token(line)

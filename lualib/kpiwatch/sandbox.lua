@@ -86,6 +86,7 @@ local HTML_200 = "<!DOCTYPE html>\n<html lang=\"en\">\n"
   .. "<body><div id=\"root\"></div><script src=\"/static/js/main.js\"></script></body>\n</html>\n"
 
 local http_date = require("kpiwatch.time").http_date
+local shared = require "kpiwatch.shared"
 
 -- A small seeded PRNG of our own (64-bit LCG, high bits), so that the
 -- fault sequence depends on the seed only, not on who else uses math.random.
@@ -221,8 +222,8 @@ function M.start(opts)
   local rng = new_rng(1)
 
   local function add_fixture(f, where)
-    local id = type(f.id) == "string" and f.id:lower()
-    if not id or not id:match(fixtures.UUID_PATTERN) then
+    local id = shared.uuid(f.id)
+    if not id then
       require("kpiwatch.errors").raise("config",
         (where or "sandbox") .. ": fixture id is not a UUID: " .. tostring(f.id))
     end

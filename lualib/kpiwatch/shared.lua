@@ -21,14 +21,24 @@ local M = {}
 local type, tostring = type, tostring
 local byte, sub, format, concat = string.byte, string.sub, string.format, table.concat
 local math_type = math.type
--- The first invalid byte of s from i on, or nil: a C scan in the binary;
--- utf8.len's own answer under a plain lua5.4 (the model's specs run there)
-local utf8_invalid
+-- The C scans of kpiwatch._text in the binary; under a plain lua5.4 (the
+-- model's specs run there) the same answers from Lua's library.
+-- utf8_invalid(s [, i]): the first invalid byte of s from i on, or nil.
+-- uuid(s): s in lower case when it is a canonical UUID, else nil.
+local utf8_invalid, uuid
 do
   local ok, text = pcall(require, "kpiwatch._text")
-  utf8_invalid = ok and text.utf8_invalid or function(s, i)
-    local valid, bad = utf8.len(s, i)
-    if not valid then return bad end
+  if ok then
+    utf8_invalid, uuid = text.utf8_invalid, text.uuid
+  else
+    utf8_invalid = function(s, i)
+      local valid, bad = utf8.len(s, i)
+      if not valid then return bad end
+    end
+    local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    uuid = function(s)
+      if type(s) == "string" and #s == 36 and s:find(UUID) then return s:lower() end
+    end
   end
 end
 
@@ -425,6 +435,13 @@ function M.random_hex(n)
     return string.format("%02x", c:byte())
   end))
 end
+
+---`s` in lower case when it is a UUID in its canonical text form (8-4-4-4-12
+---hexadecimal digits, either case), else nil: the one check of execution,
+---run test and fixture ids.
+---@param s any
+---@return string|nil uuid
+M.uuid = uuid
 
 ---A random UUID (version 4, RFC 9562), lowercase: the shape of the API's ids.
 ---@return string uuid

@@ -221,6 +221,27 @@ describe("shared.validate and shared.config_error", function()
   end)
 end)
 
+describe("shared.uuid", function()
+  it("gives a canonical UUID in lower case, and nil for anything else", function()
+    assert.are.equal("c0ffee00-0000-4000-8000-00000000abcd", shared.uuid("C0FFEE00-0000-4000-8000-00000000ABCD"))
+    assert.are.equal("c0ffee00-0000-4000-8000-000000000001", shared.uuid("c0ffee00-0000-4000-8000-000000000001"))
+    for _, bad in ipairs({ "c0ffee00-0000-4000-8000-00000000000", "c0ffee00-0000-4000-8000-0000000000011",
+      "c0ffee00+0000-4000-8000-000000000001", "g0ffee00-0000-4000-8000-000000000001",
+      "c0ffee0000000-4000-8000-000000000001", " c0ffee00-0000-4000-8000-00000000001", "", 42, nil, {} }) do
+      assert.is_nil(shared.uuid(bad), tostring(bad))
+    end
+  end)
+
+  it("is the check of the sandbox's fixture ids (either case)", function()
+    local sandbox = require "kpiwatch.sandbox"
+    local ok, err = pcall(sandbox.start, { fixtures = { { id = "not-a-uuid", body = "{}" } } })
+    assert.is_false(ok)
+    assert.matches("fixture id is not a UUID: not%-a%-uuid", tostring(err.message or err))
+    local s = sandbox.start { fixtures = { { id = "ABCDEF00-0000-4000-8000-000000000001", body = "{}" } } }
+    s:close()
+  end)
+end)
+
 describe("shared.uuid4 and shared.random_hex", function()
   it("give random ids in the API's UUID shape (version 4, RFC 9562 variant)", function()
     local seen = {}

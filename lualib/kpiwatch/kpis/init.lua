@@ -24,6 +24,7 @@
 -- server could echo a header back).
 
 local errors = require "kpiwatch.errors"
+local shared = require "kpiwatch.shared"
 local model = require "kpiwatch.model"
 local M = require "kpiwatch.kpis.api"
 local config = require "kpiwatch.kpis.config"
@@ -59,8 +60,7 @@ local send, lazy, headers = M._send, transport.lazy, transport.headers
 
 -- ---- ids ------------------------------------------------------------------------
 
--- s in lower case when it is a canonical UUID, else nil (a C scan)
-local uuid = require("kpiwatch._text").uuid
+local uuid = shared.uuid
 
 -- An id as it can be shown in one line of a message: printable, short.
 local function show_id(id)
