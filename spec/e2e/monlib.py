@@ -1,6 +1,7 @@
 """What the monitoring end-to-end tests share (test_exporter_prometheus,
 test_alertmanager, test_monitoring_examples): the binary's path, a free
-loopback port, polling until a condition holds, a GET."""
+loopback port, polling until a condition holds, a GET, stopping what a
+test started."""
 import os
 import sys
 import time
@@ -31,6 +32,14 @@ def wait_for(fn, timeout=15, what="condition"):
             last = e
         time.sleep(0.1)
     raise AssertionError("timed out waiting for %s (last error: %r)" % (what, last))
+
+
+def stop_all(procs):
+    """Kill each process still running and reap them all."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 def get(url, headers=None):

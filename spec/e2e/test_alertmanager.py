@@ -21,7 +21,7 @@ import unittest
 import urllib.request
 
 from mockserver import MockServer
-from monlib import KW, free_port, wait_for
+from monlib import KW, free_port, stop_all, wait_for
 
 EXEC_A = "c0ffee00-0000-4000-8000-0000000000a1"
 EXEC_B = "c0ffee00-0000-4000-8000-0000000000b2"
@@ -126,10 +126,7 @@ receivers:
 
     @classmethod
     def tearDownClass(cls):
-        for p in cls.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        stop_all(cls.procs)
         cls.receiver.close()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 

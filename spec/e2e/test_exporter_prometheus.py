@@ -18,7 +18,7 @@ import time
 import unittest
 import urllib.parse
 
-from monlib import KW, SRC, free_port, get, wait_for
+from monlib import KW, SRC, free_port, get, stop_all, wait_for
 
 VOICE = "c0ffee00-0000-4000-8000-000000000001"
 TEXT = "c0ffee00-0000-4000-8000-000000000003"
@@ -55,10 +55,7 @@ class Exporter(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for p in cls.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        stop_all(cls.procs)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def test_promtool_accepts_the_text_format(self):
